@@ -74,6 +74,10 @@ class FinetuneConfig(StrictModel):
     online_steps: int = Field(100_000, ge=0)
     eval_every: int = Field(5000, gt=0)
     eval_episodes: int = Field(10, gt=0)
+    # Env steps between saves of the resume state (learner state + replay contents); None: at
+    # every evaluation. Policy checkpoints are written at every evaluation regardless. Long runs
+    # with a big replay save it less often (each save writes the whole replay).
+    resume_every: int | None = Field(None, gt=0)
     batch_size: int = Field(256, gt=0)
     hidden: list[int] = Field(default_factory=lambda: [256, 256])
     gamma: float = 0.99

@@ -70,3 +70,24 @@ def collect(
         f"wrote {len(dataset)} transitions, {dataset.num_episodes} episodes of {name} on {dataset.env_id} "
         f"(return {returns.mean():.1f} ± {returns.std():.1f}) to {out}"
     )
+
+
+@app.command()
+def make(
+    env: str = typer.Option(..., "--env", help="Env with a zoo entry (Hopper-v5, HalfCheetah-v5, Walker2d-v5)."),
+    quality: str = typer.Option(..., "--quality", help="random, medium, medium-replay, medium-expert or expert."),
+    out: Path = typer.Option(..., "--out", help="HDF5 file to write."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Transitions (default: D4RL's, 1M; 2M for "
+                                                                   "medium-expert; medium-replay: all the zoo holds)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Build a D4RL-protocol dataset from the zoo's policies (deterministic per seed)."""
+    from distributed_o2o.data.make import make_dataset
+
+    dataset = make_dataset(env, quality, steps, seed)
+    write_dataset(out, dataset, env_id=dataset.env_id, behavior_policy=f"zoo {quality}", seed=seed,
+                  ref_min_score=dataset.ref_min_score, ref_max_score=dataset.ref_max_score,
+                  ref_scores_measured_by="zoo random / expert policies, 100 episodes each")
+    summary = dataset.summary()
+    typer.echo(f"wrote {summary['transitions']} transitions, {summary['episodes']} episodes of {env} {quality} "
+               f"(return {summary['return_mean']:.1f}, normalised {summary['normalized_score_mean']:.1f}) to {out}")

@@ -9,11 +9,12 @@ import sys
 
 import typer
 
-from distributed_o2o.cli import data, demo, finetune, pretrain
+from distributed_o2o.cli import data, demo, finetune, pretrain, zoo
 from distributed_o2o.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(data.app, name="data", help="Inspect, collect and convert offline datasets.")
+app.add_typer(zoo.app, name="zoo", help="The shipped behaviour-policy zoo: list it, or build an entry from a SAC run.")
 pretrain.register(app)
 finetune.register(app)
 demo.register(app)

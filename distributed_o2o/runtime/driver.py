@@ -508,14 +508,18 @@ class Driver:
 
     # ------------------------------------------------------------------ evaluation, logging
     def _evaluate_and_save(self, initial: bool = False) -> None:
-        """Evaluate, checkpoint and save the resume state, at a point where nothing is in flight
-        (the replay files are written while the evaluator plays its episodes)."""
+        """Evaluate, checkpoint and (when due) save the resume state, at a point where nothing is
+        in flight (the replay files are written while the evaluator plays its episodes)."""
         self._settle_syncs()
-        saves = self._save_replay()
+        step, every = self.counters.env_steps, self.config.resume_every
+        due = (initial or every is None or step >= self.config.online_steps
+               or step // every > (self.saved_step or 0) // every)
+        saves = self._save_replay() if due else []
         self._evaluate(initial)
         for future in saves:
             self.t.get(future)
-        self._save_resume()
+        if due:
+            self._save_resume()
 
     def _evaluate(self, initial: bool = False) -> dict:
         c = self.counters
@@ -526,7 +530,8 @@ class Driver:
         self.t.call(self.c.learner, "on_evaluation", record["return_mean"], c.env_steps)
         line = {"env_steps": c.env_steps, "updates": c.updates, "eval_env_steps": c.eval_env_steps,
                 "return_mean": record["return_mean"], "return_std": record["return_std"],
-                "normalized_score": record["normalized_score"], "episodes": record["episodes"]}
+                "normalized_score": record["normalized_score"], "episodes": record["episodes"],
+                "wall_time_s": round(self._wall_time(), 1)}
         self.run_dir.append_metrics(line)
         self.run_dir.scalars(c.env_steps, {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "env_steps"}, "eval")
         self.run_dir.flush()

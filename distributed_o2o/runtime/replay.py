@@ -16,7 +16,9 @@ import numpy as np
 
 from distributed_o2o.errors import UserError
 
-COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "policy_version")
+# `policy_version`: the learner version that acted; `stream`: which env of which rollout worker
+# (worker index x envs per worker + env index), so each env's episodes can be read back in order.
+COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "policy_version", "stream")
 
 
 def _column_specs(obs_dim: int, act_dim: int) -> dict[str, tuple[tuple[int, ...], type]]:
@@ -28,6 +30,7 @@ def _column_specs(obs_dim: int, act_dim: int) -> dict[str, tuple[tuple[int, ...]
         "terminals": ((), np.float32),
         "timeouts": ((), np.float32),
         "policy_version": ((), np.int32),
+        "stream": ((), np.int32),
     }
 
 
@@ -154,7 +157,7 @@ class ReplayService:
     def load(self, path: str | Path) -> None:
         """Append a saved table (a shard may load several files: counts add up)."""
         with np.load(path, allow_pickle=False) as saved:
-            chunk = {name: saved[name] for name in COLUMNS}
+            chunk = {name: saved[name] for name in COLUMNS if name in saved}
             inserted = int(saved["inserted"])
         before = self.online.inserted
         self.online.add(chunk)

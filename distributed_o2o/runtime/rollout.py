@@ -56,6 +56,7 @@ class RolloutWorker:
         base_seed = seed + 1000 * worker_index
         self.envs = make_vector_env(env_id, num_envs, base_seed, env_kwargs)
         self.num_envs = num_envs
+        self.streams = worker_index * num_envs + np.arange(num_envs, dtype=np.int32)
         self.obs, _ = self.envs.reset(seed=[base_seed + i for i in range(num_envs)])
         self.rng = np.random.default_rng(base_seed)
         torch.manual_seed(base_seed)
@@ -135,6 +136,7 @@ class RolloutWorker:
             self.obs = next_obs
         arrays = {k: np.stack(v).astype(np.float32) for k, v in cols.items()}
         arrays["policy_version"] = np.repeat(np.asarray(versions, dtype=np.int32)[:, None], self.num_envs, axis=1)
+        arrays["stream"] = np.repeat(self.streams[None], steps, axis=0)
         return Fragment(arrays, returns, lengths)
 
     def close(self) -> None:

@@ -1,0 +1,44 @@
+"""`o2o zoo ...`: the shipped behaviour-policy zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command(name="list")
+def list_entries() -> None:
+    """The envs the zoo covers, with each policy's measured return."""
+    from distributed_o2o.zoo import zoo_entry, zoo_envs
+
+    table = Table(title="distributed_o2o zoo (returns: mean over the episodes given)")
+    for column in ("env", "random", "medium", "expert", "medium-replay"):
+        table.add_column(column)
+    for env_id in zoo_envs():
+        info = zoo_entry(env_id).info
+        cells = [f"{p['return_mean']:.0f} ({p['episodes']} ep., step {p['env_steps']})" for p in
+                 (info["policies"][q] for q in ("random", "medium", "expert"))]
+        replay = info["medium_replay"]
+        cells.append(f"{replay['transitions']} transitions" + (" (subsample)" if replay["subsampled"] else ""))
+        table.add_row(env_id, *cells)
+    Console().print(table)
+
+
+@app.command()
+def build(
+    run: Path = typer.Option(..., "--run", help="Directory of a SAC run (configs/zoo-sac.yaml)."),
+    out: Path | None = typer.Option(None, "--out", help="Zoo root to write into (default: the package's)."),
+    episodes: int = typer.Option(100, "--episodes", min=1, help="Episodes per measured policy."),
+    max_replay_transitions: int = typer.Option(40_000, "--max-replay-transitions", min=1,
+                                               help="Cap on the shipped medium-replay (whole episodes)."),
+) -> None:
+    """Pick random / medium / expert checkpoints of a SAC run, measure them, and write a zoo entry."""
+    from distributed_o2o.zoo import ZOO_DIR
+    from distributed_o2o.zoo.build import build_zoo_entry
+
+    build_zoo_entry(run, out or ZOO_DIR, episodes=episodes, max_replay_transitions=max_replay_transitions)
