@@ -16,15 +16,15 @@ def list_entries() -> None:
     """The envs the zoo covers, with each policy's measured return."""
     from distributed_o2o.zoo import zoo_entry, zoo_envs
 
-    table = Table(title="distributed_o2o zoo (returns: mean over the episodes given)")
+    table = Table(title="distributed_o2o zoo: mean return (env step of the SAC run)")
     for column in ("env", "random", "medium", "expert", "medium-replay"):
         table.add_column(column)
     for env_id in zoo_envs():
         info = zoo_entry(env_id).info
-        cells = [f"{p['return_mean']:.0f} ({p['episodes']} ep., step {p['env_steps']})" for p in
+        cells = [f"{p['return_mean']:.0f} ({p['env_steps'] // 1000}k)" for p in
                  (info["policies"][q] for q in ("random", "medium", "expert"))]
         replay = info["medium_replay"]
-        cells.append(f"{replay['transitions']} transitions" + (" (subsample)" if replay["subsampled"] else ""))
+        cells.append(f"{replay['transitions']} of {replay['full_transitions']}")
         table.add_row(env_id, *cells)
     Console().print(table)
 
