@@ -101,3 +101,69 @@ def test_porl_trains_two_iterations_and_round_trips_a_checkpoint(bc_policy, tmp_
         assert third["num_updates_lifetime"] > second["num_updates_lifetime"]
     finally:
         restored.stop()
+
+
+def test_importing_the_package_alone_registers_the_names():
+    import subprocess
+    import sys
+
+    code = ("import distributed_o2o\nfrom ray.tune.registry import get_trainable_cls\n"
+            "print(*(get_trainable_cls(n).__name__ for n in ('PORL', 'O2SAC', 'O2TD3', 'O2PPO')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PORL", "O2SAC", "O2TD3", "O2PPO"]
+
+
+@pytest.fixture(scope="module")
+def pendulum_dataset(tmp_path_factory):
+    from distributed_o2o.data import collect_dataset, write_dataset
+
+    rng = np.random.default_rng(1)
+    data = collect_dataset("Pendulum-v1", lambda obs: rng.uniform(-1, 1, (len(obs), 1)), 600, seed=1, num_envs=2, progress=False)
+    return str(write_dataset(tmp_path_factory.mktemp("data") / "data.hdf5", data, env_id="Pendulum-v1", behavior_policy="random", seed=1))
+
+
+SMALL_TRAINING = {
+    "O2SAC": dict(reevaluate_steps=30, align_steps=30, utd=1, num_critics=2, learning_starts=10),
+    "O2TD3": dict(reevaluate_steps=30, align_steps=30, utd=1, learning_starts=10),
+    "O2PPO": dict(reevaluate_steps=30, rollout_steps=50, minibatch_size=25, epochs=1, shaping_end_steps=1000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_TRAINING))
+def test_offline_to_online_algorithms_train_two_iterations(name, bc_policy, pendulum_dataset):
+    from ray.tune.registry import get_trainable_cls
+
+    config = (get_trainable_cls(name).get_default_config().environment("Pendulum-v1")
+              .env_runners(num_env_runners=1, num_envs_per_env_runner=2)
+              .training(iteration_env_steps=200, policy=bc_policy, dataset=pendulum_dataset, hidden=[32, 32], batch_size=32,
+                        eval_episodes=1, eval_every=100_000, log_every=100, **SMALL_TRAINING[name]))
+    algo = config.build_algo()
+    try:
+        first, second = algo.train(), algo.train()
+    finally:
+        algo.stop()
+    assert (first["num_env_steps_sampled_lifetime"], second["num_env_steps_sampled_lifetime"]) == (200, 400)
+    assert second["num_updates_lifetime"] > first["num_updates_lifetime"] > 0
+    assert np.isfinite(second["env_runners"]["episode_return_mean"])
+
+
+def test_tune_runs_a_grid_of_two_trials(bc_policy, tmp_path):
+    import ray
+    from ray import tune
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        param_space = _porl_config(bc_policy).training(utd=tune.grid_search([1, 2]))
+        tuner = tune.Tuner("PORL", param_space=param_space,
+                           run_config=tune.RunConfig(storage_path=str(tmp_path), stop={"training_iteration": 1}, verbose=0))
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert len(results) == 2 and not results.errors
+    for result in results:
+        assert result.metrics["num_env_steps_sampled_lifetime"] == 200
+        assert np.isfinite(result.metrics["env_runners"]["episode_return_mean"])
+    # The grid reached the project config: after the 100 pre-sample steps (same updates in both
+    # trials), UTD 2 ran one more update per env step than UTD 1.
+    low, high = sorted(r.metrics["num_updates_lifetime"] for r in results)
+    assert 80 <= high - low <= 100

@@ -45,7 +45,8 @@ class O2OConfig(AlgorithmConfig):
                 raise UserError(f"iteration_env_steps must be positive, got {iteration_env_steps}")
             self.iteration_env_steps = int(iteration_env_steps)
         merged = {**self.o2o_fields, **fields}
-        finetune_config(self.ALGO, None, merged)  # unknown keys and bad values fail here
+        # Unknown keys and bad values fail here; a Tune search space is checked once resolved.
+        finetune_config(self.ALGO, None, {k: v for k, v in merged.items() if not _is_search_space(v)})
         self.o2o_fields = merged
         return self
 
@@ -132,6 +133,13 @@ class O2OAlgorithm(Algorithm):
 
     def cleanup(self) -> None:
         pass
+
+
+def _is_search_space(value: Any) -> bool:
+    """A Tune search space (`tune.grid_search(...)`, `tune.uniform(...)`...) that Tune resolves per trial."""
+    from ray.tune.search.sample import Domain
+
+    return isinstance(value, Domain) or (isinstance(value, dict) and set(value) == {"grid_search"})
 
 
 def _result(summary: dict[str, Any]) -> dict[str, Any]:

@@ -172,9 +172,9 @@ class Driver:
 
     def _run(self, resume: bool) -> dict[str, Any]:
         self.segment_start = time.perf_counter()
-        if resume:
-            self._restore()
         on_policy = self.t.call(self.c.learner, "is_on_policy")
+        if resume:
+            self._restore(on_policy)
         self._plan_online(on_policy)  # refuses a configuration that would stall, before any work
         if not resume:
             self.run_dir.write_config(self.config_dict)
@@ -375,7 +375,10 @@ class Driver:
         if self.updating or self.limiter.owed < 1:
             return False
         n = self.limiter.start(self.c.max_updates_per_call)
-        future = self.t.submit(self.c.learner, "update_from_replay", n, self.counters.env_steps, list(self.shard_sizes))
+        # Labelled with the step of the newest transition taken (count - 1): at a phase boundary
+        # (e.g. the end of PORL's pre-sample) the updates still owed were earned before it and
+        # must run in the phase that earned them, not the next one.
+        future = self.t.submit(self.c.learner, "update_from_replay", n, self.counters.env_steps - 1, list(self.shard_sizes))
         self.pending[future] = _Flight("update", updates=n)
         self.updating = True
         return True
@@ -598,17 +601,18 @@ class Driver:
         """Seconds of this run, summed over resumed segments."""
         return self.counters.wall_time + time.perf_counter() - self.segment_start
 
-    def _restore(self) -> None:
+    def _restore(self, on_policy: bool) -> None:
         d = self.run_dir.resume_dir
         state = load_state(d / "state")
         env_steps = int(state["counters"]["env_steps"])
+        stored = 0 if on_policy else env_steps  # on-policy fragments are served once, never stored
         staged = _replay_files(d / "staged")
-        if staged and _inserted(staged) == env_steps:
+        if staged and _inserted(staged) == stored:
             _promote_replay(d)  # the state was written but its replay files not yet moved
         files = _replay_files(d)
-        if _inserted(files) != env_steps:
+        if _inserted(files) != stored:
             raise UserError(f"the replay files in {d} hold {_inserted(files)} transitions but the resume state counts "
-                            f"{env_steps} env steps: the run directory was altered; start the run again")
+                            f"{stored} stored transitions: the run directory was altered; start the run again")
         self.t.call(self.c.learner, "load", state["learner"])
         shards = self.c.replays
         self.t.call_all([(shards[k % len(shards)], "load", (str(path),)) for k, path in enumerate(files)])
