@@ -166,4 +166,4 @@ def test_tune_runs_a_grid_of_two_trials(bc_policy, tmp_path):
     # The grid reached the project config: after the 100 pre-sample steps (same updates in both
     # trials), UTD 2 ran one more update per env step than UTD 1.
     low, high = sorted(r.metrics["num_updates_lifetime"] for r in results)
-    assert 80 <= high - low <= 100
+    assert 90 <= high - low <= 110
