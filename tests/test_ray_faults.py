@@ -146,3 +146,42 @@ def test_losing_a_rollout_node_moves_its_actors_and_the_run_finishes(tmp_path):
 
 def _node_of(out: Path, role: str) -> str:
     return ray.get(_actor(out, role).__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+
+
+def test_the_job_script_joins_the_cluster_and_places_actors_by_resource(tmp_path):
+    """`ray submit`'s view: cluster/o2o_job.py run as its own process on a cluster of a head with
+    the `learner` resource and a node with `rollout` slots; the learner, replay and evaluator
+    land on the head, the rollout actors on the rollout node."""
+    import os
+    import subprocess
+    import sys
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"learner": 1}})
+    rollout_node = cluster.add_node(num_cpus=1, resources={"rollout": 2})
+    ray.init(address=cluster.address)
+    try:
+        out = tmp_path / "run"
+        roles = ("learner-0", "replay-0", "evaluator-0", "rollout-0", "rollout-1")
+        placed: dict[str, str] = {}
+
+        def record_placement() -> bool:
+            if _saved_step(out) < 0:
+                return False
+            placed.update({role: _node_of(out, role) for role in roles})
+            return True
+
+        recorder = _in_background(record_placement)
+        settings = [part for key, value in SMALL.items() if key not in ("env", "num_rollout_workers")
+                    for part in ("--set", f"{key}={json.dumps(value)}")]
+        job = Path(__file__).parents[1] / "cluster" / "o2o_job.py"
+        subprocess.run([sys.executable, str(job), "--algo", "sac", "--env", ENV, "--num-rollout-workers", "2",
+                        "--online-steps", "1200", "--set", "eval_every=600", *settings, "--quiet", "--out", str(out)],
+                       env={**os.environ, "RAY_ADDRESS": cluster.address}, check=True, timeout=300)
+        recorder.join(timeout=1)
+        head = cluster.head_node.node_id
+        assert [placed[role] for role in roles] == [head, head, head, rollout_node.node_id, rollout_node.node_id]
+        assert _evaluations(out) == [0, 600, 1200]
+        _assert_nothing_lost(out, 1200)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

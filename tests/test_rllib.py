@@ -107,7 +107,9 @@ def test_importing_the_package_alone_registers_the_names():
     import subprocess
     import sys
 
-    code = ("import distributed_o2o\nfrom ray.tune.registry import get_trainable_cls\n"
+    # A Ray session started and ended in between: Tune's registry forgets names then.
+    code = ("import distributed_o2o, ray\nfrom ray.tune.registry import get_trainable_cls\n"
+            "ray.init(num_cpus=1, include_dashboard=False)\nray.shutdown()\n"
             "print(*(get_trainable_cls(n).__name__ for n in ('PORL', 'O2SAC', 'O2TD3', 'O2PPO')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["PORL", "O2SAC", "O2TD3", "O2PPO"]
