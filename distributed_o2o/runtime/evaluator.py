@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from distributed_o2o.algorithms.policies import build_policy
 from distributed_o2o.data.scores import normalized_score
 from distributed_o2o.evaluation import evaluate_policy
@@ -12,7 +10,6 @@ from distributed_o2o.evaluation import evaluate_policy
 class Evaluator:
     def __init__(self, env_id: str, episodes: int, seed: int, env_kwargs: dict | None = None,
                  ref_min: float | None = None, ref_max: float | None = None):
-        torch.set_num_threads(1)
         self.env_id, self.episodes, self.seed, self.env_kwargs = env_id, episodes, seed, env_kwargs
         self.ref_min, self.ref_max = ref_min, ref_max
         self.calls = 0

@@ -155,11 +155,20 @@ class RolloutActor(RolloutWorker):
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if restarted:
             seed = int(np.random.SeedSequence().entropy % 2**31)
+        torch.set_num_threads(1)  # one core's share: batched inference of a small MLP
         super().__init__(env_id, num_envs, seed, policy_arch, env_kwargs, worker_index)
 
     @ray.method(concurrency_group="weights")
     def offer_weights(self, version: int, state_dict: dict) -> None:
         super().offer_weights(version, state_dict)
+
+
+class EvaluatorActor(Evaluator):
+    """The evaluator in a process of its own, sharing the learner's node: one torch thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        torch.set_num_threads(1)
+        super().__init__(*args, **kwargs)
 
 
 def actor_class(cls: type) -> Any:
@@ -236,7 +245,7 @@ def ray_components(config, inputs: RunInputs, run_id: str, address: str | None) 
         replays = [create(ReplayService, "replay", j, {**plan["replay"], **near_learner, "max_restarts": 0},
                           inputs.obs_dim, inputs.act_dim, capacity, part, config.seed + j)
                    for j, part in enumerate(shard_offline(inputs.replay_offline, config.replay_shards))]
-        evaluator = create(Evaluator, "evaluator", 0, {**plan["evaluator"], **near_learner, "max_restarts": -1, "max_task_retries": 2},
+        evaluator = create(EvaluatorActor, "evaluator", 0, {**plan["evaluator"], **near_learner, "max_restarts": -1, "max_task_retries": 2},
                            config.env, config.eval_episodes, config.seed + 10_000, config.env_kwargs, inputs.ref_min, inputs.ref_max)
         arch = transport.call(learner, "policy_arch")
         workers = [create(RolloutActor, "rollout", i, {**plan["rollout"], "max_restarts": -1, "max_task_retries": 0},

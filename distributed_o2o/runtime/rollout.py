@@ -52,7 +52,6 @@ class RolloutWorker:
     `seed + 1000 * w + i`; evaluation uses other seeds and other env instances."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, policy_arch: dict, env_kwargs: dict | None = None, worker_index: int = 0):
-        torch.set_num_threads(1)
         base_seed = seed + 1000 * worker_index
         self.envs = make_vector_env(env_id, num_envs, base_seed, env_kwargs)
         self.num_envs = num_envs
