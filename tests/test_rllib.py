@@ -169,3 +169,52 @@ def test_tune_runs_a_grid_of_two_trials(bc_policy, tmp_path):
     # trials), UTD 2 ran one more update per env step than UTD 1.
     low, high = sorted(r.metrics["num_updates_lifetime"] for r in results)
     assert 90 <= high - low <= 110
+
+
+def _saved_rllib_module(config_cls, path):
+    import gymnasium as gym
+
+    env = gym.make("Pendulum-v1")
+    spec = config_cls().environment("Pendulum-v1").get_rl_module_spec(env=env)
+    spec.observation_space, spec.action_space = env.observation_space, env.action_space
+    module = spec.build()
+    module.save_to_path(str(path))
+    return module
+
+
+@pytest.mark.parametrize("which", ["CQL", "IQL"])
+def test_rllib_squashed_gaussian_policies_convert_exactly(which, tmp_path):
+    import torch
+    from ray.rllib.algorithms.cql import CQLConfig
+    from ray.rllib.algorithms.iql import IQLConfig
+    from ray.rllib.core.columns import Columns
+
+    from distributed_o2o.checkpoint import load_policy
+    from distributed_o2o.cli.main import main
+
+    # Laid out as in an Algorithm checkpoint, which the converter searches.
+    module_path = tmp_path / "algo" / "learner_group" / "learner" / "rl_module" / "default_policy"
+    module = _saved_rllib_module({"CQL": CQLConfig, "IQL": IQLConfig}[which], module_path)
+    assert main(["convert-rllib", "--checkpoint", str(tmp_path / "algo"), "--env", "Pendulum-v1", "--out", str(tmp_path / "pi")]) == 0
+    policy = load_policy(tmp_path / "pi", "Pendulum-v1")
+    obs = torch.randn(64, 3)
+    with torch.no_grad():
+        inputs = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        mean, log_std = policy.mean_and_log_std(obs)
+    assert policy.family == "tanh_gaussian" and policy.activation == "tanh"
+    assert torch.allclose(policy.mode(obs), torch.tanh(inputs[:, :1]), atol=1e-6)
+    assert torch.allclose(mean, inputs[:, :1], atol=1e-6)
+    assert torch.allclose(log_std, inputs[:, 1:].clamp(-5, 2), atol=1e-6)
+    # A policy for another env's spaces is refused.
+    assert main(["convert-rllib", "--checkpoint", str(tmp_path / "algo"), "--env", "Hopper-v5", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_rllib_bc_policy_is_refused_with_the_reason(tmp_path, capsys):
+    from ray.rllib.algorithms.bc import BCConfig
+
+    from distributed_o2o.cli.main import main
+
+    _saved_rllib_module(BCConfig, tmp_path / "bc")
+    assert main(["convert-rllib", "--checkpoint", str(tmp_path / "bc"), "--env", "Pendulum-v1", "--out", str(tmp_path / "pi")]) == 2
+    assert "unsquashed" in capsys.readouterr().err
+    assert not (tmp_path / "pi").exists()

@@ -30,13 +30,17 @@ class ObsNormalizer(nn.Module):
         return (obs - self.mean) / self.std
 
 
-def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], layer_norm: bool = False) -> nn.Sequential:
+# Hidden-layer activations; ReLU is the project's, tanh is RLlib's default (converted policies).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], layer_norm: bool = False, activation: str = "relu") -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in hidden:
         layers.append(nn.Linear(in_dim, width))
         if layer_norm:
             layers.append(nn.LayerNorm(width))
-        layers.append(nn.ReLU())
+        layers.append(ACTIVATIONS[activation]())
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)

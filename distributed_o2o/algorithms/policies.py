@@ -43,15 +43,17 @@ class Policy(nn.Module):
     family: str = ""
     stochastic: bool = True
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), head_width: int | None = None):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), head_width: int | None = None,
+                 activation: str = "relu"):
         super().__init__()
-        self.obs_dim, self.act_dim, self.hidden = obs_dim, act_dim, tuple(hidden)
+        self.obs_dim, self.act_dim, self.hidden, self.activation = obs_dim, act_dim, tuple(hidden), activation
         self.normalizer = ObsNormalizer(obs_dim)
-        self.net = mlp(obs_dim, head_width or act_dim, hidden)
+        self.net = mlp(obs_dim, head_width or act_dim, hidden, activation=activation)
 
     def arch(self) -> dict:
         """Constructor arguments, stored in checkpoint metadata to rebuild the module."""
-        return {"family": self.family, "obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": list(self.hidden)}
+        return {"family": self.family, "obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": list(self.hidden),
+                "activation": self.activation}
 
     def _head(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalizer(obs))
@@ -82,8 +84,9 @@ class TanhGaussianPolicy(Policy):
     family = "tanh_gaussian"
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256),
-                 state_dependent_std: bool = True, init_log_std: float = 0.0):
-        super().__init__(obs_dim, act_dim, hidden, head_width=2 * act_dim if state_dependent_std else act_dim)
+                 state_dependent_std: bool = True, init_log_std: float = 0.0, activation: str = "relu"):
+        super().__init__(obs_dim, act_dim, hidden, head_width=2 * act_dim if state_dependent_std else act_dim,
+                         activation=activation)
         self.state_dependent_std = state_dependent_std
         self.log_std_param = None if state_dependent_std else nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
@@ -115,8 +118,9 @@ class DeterministicPolicy(Policy):
 class GaussianPolicy(Policy):
     family = "gaussian"
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), init_log_std: float = 0.0):
-        super().__init__(obs_dim, act_dim, hidden)
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), init_log_std: float = 0.0,
+                 activation: str = "relu"):
+        super().__init__(obs_dim, act_dim, hidden, activation=activation)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def mean_and_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +168,7 @@ def convert_policy(source: Policy, family: str, init_std: float = 0.1) -> Policy
     kwargs: dict = {}
     if family == TanhGaussianPolicy.family:
         kwargs = {"state_dependent_std": False}
-    target = FAMILIES[family](source.obs_dim, source.act_dim, source.hidden, **kwargs)
+    target = FAMILIES[family](source.obs_dim, source.act_dim, source.hidden, activation=source.activation, **kwargs)
     target.normalizer.load_state_dict(source.normalizer.state_dict())
     src_layers = [m for m in source.net if isinstance(m, nn.Linear)]
     dst_layers = [m for m in target.net if isinstance(m, nn.Linear)]

@@ -41,5 +41,19 @@ def pretrain(
     typer.echo(f"wrote {config.algo} checkpoint ({config.steps} steps on {config.dataset}) to {path}")
 
 
+def convert_rllib(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="RLlib Algorithm checkpoint (new API stack) or RLModule directory."),
+    env: str = typer.Option(..., "--env", help="Env the policy acts in (its widths are checked)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
+    module_id: str = typer.Option("default_policy", "--module-id", help="RLModule id inside the checkpoint."),
+) -> None:
+    """Convert an RLlib CQL / IQL / SAC policy into this project's format (a starting policy)."""
+    from distributed_o2o.rllib.convert import convert_rllib_policy
+
+    path = convert_rllib_policy(checkpoint, env, out, module_id)
+    typer.echo(f"wrote the converted policy to {path}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("pretrain")(pretrain)
+    app.command("convert-rllib")(convert_rllib)

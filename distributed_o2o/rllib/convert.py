@@ -1,0 +1,88 @@
+"""A pretrained policy from an RLlib (new API stack) checkpoint, in this project's format.
+
+RLlib's offline algorithms keep the policy as an MLP encoder (tanh hidden layers by default)
+and a linear head whose outputs are the action distribution's inputs, mean then log-std:
+- CQL, IQL (and SAC): a squashed Gaussian, tanh(N(mean, std)), the project's TanhGaussian
+  family with a state-dependent std: converted exactly (same weights, same mode and noise).
+- BC, MARWIL: an unsquashed diagonal Gaussian whose mean is clipped to the action bounds.
+  No family here has that mode (every family acts with tanh(u)), so they are refused with
+  the reason rather than converted into a policy that acts differently.
+RLlib acts in the normalised action space [-1, 1] (its default normalize_actions=True), as the
+envs here do. Observation filters (a MeanStdFilter connector) live outside the module and are
+not carried over: the converted policy takes raw observations.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distributed_o2o.algorithms.policies import TanhGaussianPolicy
+from distributed_o2o.checkpoint import save_checkpoint
+from distributed_o2o.envs import check_spaces
+from distributed_o2o.errors import UserError
+
+# State-dict prefixes of the policy's encoder and head in RLlib's default modules.
+_ENCODER = re.compile(r"^(?:_encoder|encoder\.actor_encoder|encoder\.encoder|pi_encoder)\.net\.mlp\.(\d+)\.(weight|bias)$")
+_HEAD = re.compile(r"^(?:_pi_head|pi)\.net\.mlp\.(\d+)\.(weight|bias)$")
+_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu"}
+
+
+def module_dir(path: str | Path, module_id: str = "default_policy") -> Path:
+    """The RLModule directory in an Algorithm checkpoint (or `path` itself if it is one)."""
+    path = Path(path)
+    if (path / "class_and_ctor_args.pkl").is_file():
+        return path
+    found = sorted(path.glob(f"**/rl_module/{module_id}/class_and_ctor_args.pkl"))
+    if not found:
+        raise UserError(f"no RLlib RLModule '{module_id}' under '{path}': pass an Algorithm checkpoint of the new API "
+                        "stack (algo.save_to_path()) or its learner_group/learner/rl_module/<module id> directory")
+    return found[0].parent
+
+
+def convert_rllib_policy(path: str | Path, env_id: str, out: str | Path, module_id: str = "default_policy") -> Path:
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchSquashedGaussian
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    source = module_dir(path, module_id)
+    module = RLModule.from_checkpoint(source)
+    dist = module.get_inference_action_dist_cls()
+    if dist is not TorchSquashedGaussian:
+        raise UserError(f"the RLlib policy in '{source}' acts with {getattr(dist, '__name__', dist)}, an unsquashed "
+                        "Gaussian whose mean is clipped (RLlib's BC and MARWIL): no policy family here acts like that "
+                        "(all act with tanh(u)); pretrain with `o2o pretrain --algo bc` on the same data instead")
+    state = module.state_dict()
+    encoder = _linear_layers(state, _ENCODER)
+    head = _linear_layers(state, _HEAD)
+    if not encoder or len(head) != 1:
+        raise UserError(f"the RLlib module in '{source}' is not a default MLP policy (encoder layers {len(encoder)}, "
+                        f"head layers {len(head)}: a single linear head is supported)")
+    obs_dim, act_dim = encoder[0][0].shape[1], head[0][0].shape[0] // 2
+    check_spaces(f"RLlib checkpoint '{path}'", obs_dim, act_dim, env_id)
+    policy = TanhGaussianPolicy(obs_dim, act_dim, [w.shape[0] for w, _ in encoder], activation=_activation(module))
+    with torch.no_grad():
+        for layer, (weight, bias) in zip([m for m in policy.net if isinstance(m, nn.Linear)], encoder + head):
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+    return save_checkpoint(out, {"policy": policy}, env_id=env_id, algo="rllib",
+                           extra={"converted_from": str(source), "rllib_module": type(module).__name__})
+
+
+def _linear_layers(state: dict[str, torch.Tensor], pattern: re.Pattern) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    found: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        match = pattern.match(key)
+        if match:
+            found.setdefault(int(match.group(1)), {})[match.group(2)] = torch.as_tensor(value)
+    return [(found[i]["weight"], found[i]["bias"]) for i in sorted(found)]
+
+
+def _activation(module) -> str:
+    kinds = {type(m) for m in module.modules() if type(m) in _ACTIVATIONS}
+    if len(kinds) != 1:
+        raise UserError(f"the RLlib module uses hidden activations {sorted(k.__name__ for k in kinds)}: only one of "
+                        "tanh or relu throughout is supported")
+    return _ACTIVATIONS[kinds.pop()]
