@@ -218,3 +218,63 @@ def test_rllib_bc_policy_is_refused_with_the_reason(tmp_path, capsys):
     assert main(["convert-rllib", "--checkpoint", str(tmp_path / "bc"), "--env", "Pendulum-v1", "--out", str(tmp_path / "pi")]) == 2
     assert "unsquashed" in capsys.readouterr().err
     assert not (tmp_path / "pi").exists()
+
+
+def test_ray_mode_runs_the_runtime_as_actors(bc_policy):
+    """`.training(mode="ray")`: each train() runs the run's actors on the Ray instance the
+    Algorithm lives in (here the test's), named as `o2o finetune --mode ray` names them."""
+    import threading
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.update(a["name"].rsplit("/", 1)[-1] for a in ray.util.list_named_actors(all_namespaces=True)
+                        if a["namespace"] == "o2o")
+            stop.wait(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        algo = _porl_config(bc_policy).training(mode="ray").build_algo()
+        watcher.start()
+        try:
+            first, second = algo.train(), algo.train()
+        finally:
+            stop.set()
+            algo.stop()
+    finally:
+        ray.shutdown()
+    assert {"learner-0", "replay-0", "evaluator-0", "rollout-0"} <= seen
+    assert (first["num_env_steps_sampled_lifetime"], second["num_env_steps_sampled_lifetime"]) == (200, 400)
+    assert second["num_updates_lifetime"] > first["num_updates_lifetime"] > 0
+
+
+def test_ray_mode_asks_tune_for_the_actors_resources():
+    from distributed_o2o.rllib import PORL, PORLConfig
+
+    local = PORL.default_resource_request(PORLConfig().env_runners(num_env_runners=3))
+    ray_mode = PORL.default_resource_request(PORLConfig().env_runners(num_env_runners=3).training(mode="ray"))
+    assert local.bundles == [{"CPU": 1}]
+    assert ray_mode.bundles == [{"CPU": 1}, {"CPU": 1}] + [{"CPU": 1}] * 3
+    with pytest.raises(UserError, match="unknown mode"):
+        PORLConfig().training(mode="cluster")
+
+
+def test_tune_trial_in_ray_mode_places_its_actors_in_the_trial_bundles(bc_policy, tmp_path):
+    """Three logical CPUs: the trial's bundle plus one each for its learner and rollout actor."""
+    import ray
+    from ray import tune
+
+    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
+    try:
+        tuner = tune.Tuner("PORL", param_space=_porl_config(bc_policy).training(mode="ray"),
+                           run_config=tune.RunConfig(storage_path=str(tmp_path), stop={"training_iteration": 2}, verbose=0))
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert not results.errors
+    assert [r.metrics["num_env_steps_sampled_lifetime"] for r in results] == [400]

@@ -2,8 +2,9 @@
 
 One implementation, two front doors: each `train()` iteration raises the run's `online_steps`
 by `iteration_env_steps` and continues the run through `run_finetune` / `resume_finetune`
-(local mode, inside the Algorithm's process), so an RLlib or Tune user gets the same learner,
-replay, rollouts, evaluation and resume state as `o2o finetune`.
+(`.training(mode="local")`, the default: inside the Algorithm's process; `mode="ray"`: as
+actors on the Ray cluster the Algorithm runs in), so an RLlib or Tune user gets the same
+learner, replay, rollouts, evaluation and resume state as `o2o finetune`.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ class O2OConfig(AlgorithmConfig):
         super().__init__(algo_class=algo_class)
         self.o2o_fields: dict[str, Any] = {}
         self.iteration_env_steps = 1000
+        self.o2o_mode = "local"
 
-    def training(self, *, iteration_env_steps: int | None = NotProvided, **fields) -> O2OConfig:
+    def training(self, *, iteration_env_steps: int | None = NotProvided, mode: str | None = NotProvided,
+                 **fields) -> O2OConfig:
+        """`mode`: "local" (default; the runtime in the Algorithm's process) or "ray" (its rollout,
+        replay, learner and evaluator actors on the Ray cluster the Algorithm runs in)."""
         rllib = {k: fields.pop(k) for k in _RLLIB_TRAINING_KEYS if k in fields}
         if rllib:
             super().training(**rllib)
@@ -44,6 +49,10 @@ class O2OConfig(AlgorithmConfig):
             if int(iteration_env_steps) <= 0:
                 raise UserError(f"iteration_env_steps must be positive, got {iteration_env_steps}")
             self.iteration_env_steps = int(iteration_env_steps)
+        if mode is not NotProvided:
+            if mode not in ("local", "ray"):
+                raise UserError(f"unknown mode '{mode}': use 'local' or 'ray'")
+            self.o2o_mode = mode
         merged = {**self.o2o_fields, **fields}
         # Unknown keys and bad values fail here; a Tune search space is checked once resolved.
         finetune_config(self.ALGO, None, {k: v for k, v in merged.items() if not _is_search_space(v)})
@@ -81,6 +90,11 @@ class O2OAlgorithm(Algorithm):
     @classmethod
     def default_resource_request(cls, config) -> PlacementGroupFactory:
         config = cls.get_default_config().update_from_dict(config) if isinstance(config, dict) else config
+        if config.o2o_mode == "ray":
+            # The trial itself (the driver), then what its actors ask for (runtime/ray_runtime.py's
+            # plan: at most one CPU for the learner and each rollout actor; replay and evaluator none).
+            workers = max(1, config.num_env_runners)
+            return PlacementGroupFactory([{"CPU": 1}, {"CPU": 1, "GPU": config.num_gpus_per_learner}] + [{"CPU": 1}] * workers)
         return PlacementGroupFactory([{"CPU": 1, "GPU": config.num_gpus_per_learner}])
 
     def setup(self, config: O2OConfig) -> None:
@@ -99,14 +113,14 @@ class O2OAlgorithm(Algorithm):
         config = self.config.finetune_config(target)
         run_dir = RunDir(self.run_path)
         if not (run_dir.resume_dir / "state.json").exists():
-            summary = run_finetune(config, self.run_path, mode="local", progress=False)
+            summary = run_finetune(config, self.run_path, mode=self.config.o2o_mode, progress=False)
         else:
             # The run continues with its saved config; only the horizon (and the runtime
             # fields) move, so the config file is rewritten with the new `online_steps`.
             saved = run_dir.read_config()
             run_dir.write_config({**saved, "online_steps": target})
             runtime = {k: v for k, v in config.model_dump().items() if k in RUNTIME_FIELDS}
-            summary = resume_finetune(self.run_path, mode="local", progress=False, runtime=runtime)
+            summary = resume_finetune(self.run_path, mode=self.config.o2o_mode, progress=False, runtime=runtime)
         self.env_steps, self.updates = summary["env_steps"], summary["updates"]
         return _result(summary)
 
