@@ -209,15 +209,31 @@ def test_rllib_squashed_gaussian_policies_convert_exactly(which, tmp_path):
     assert main(["convert-rllib", "--checkpoint", str(tmp_path / "algo"), "--env", "Hopper-v5", "--out", str(tmp_path / "x")]) == 2
 
 
-def test_rllib_bc_policy_is_refused_with_the_reason(tmp_path, capsys):
+@pytest.mark.parametrize("which", ["BC", "MARWIL"])
+def test_rllib_unsquashed_gaussian_policies_keep_their_clipped_mean_as_mode(which, tmp_path):
+    import torch
     from ray.rllib.algorithms.bc import BCConfig
+    from ray.rllib.algorithms.marwil import MARWILConfig
+    from ray.rllib.core.columns import Columns
 
-    from distributed_o2o.cli.main import main
+    from distributed_o2o.algorithms.policies import convert_policy
+    from distributed_o2o.checkpoint import load_policy
+    from distributed_o2o.rllib.convert import convert_rllib_policy
 
-    _saved_rllib_module(BCConfig, tmp_path / "bc")
-    assert main(["convert-rllib", "--checkpoint", str(tmp_path / "bc"), "--env", "Pendulum-v1", "--out", str(tmp_path / "pi")]) == 2
-    assert "unsquashed" in capsys.readouterr().err
-    assert not (tmp_path / "pi").exists()
+    module = _saved_rllib_module({"BC": BCConfig, "MARWIL": MARWILConfig}[which], tmp_path / "m")
+    with torch.no_grad():  # a mean that leaves the bounds somewhere, as BC policies' can
+        for name, value in module.state_dict().items():
+            if name.endswith("mlp.0.bias") and value.shape[0] == 2:
+                module.state_dict()[name][0] += 1.0
+    module.save_to_path(str(tmp_path / "m"))
+    policy = load_policy(convert_rllib_policy(tmp_path / "m", "Pendulum-v1", tmp_path / "pi"), "Pendulum-v1")
+    obs = torch.randn(256, 3) * 3
+    with torch.no_grad():
+        mean = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS][:, :1]
+        assert (mean.abs() > 1).any() and (mean.abs() < 1).any()
+        assert torch.allclose(policy.mode(obs), mean.clamp(-1, 1), atol=1e-5)
+        # Cross-family conversion (e.g. to the deterministic family of O2TD3) keeps that mode.
+        assert torch.allclose(convert_policy(policy, "deterministic").mode(obs), mean.clamp(-1, 1), atol=1e-5)
 
 
 def test_ray_mode_runs_the_runtime_as_actors(bc_policy):

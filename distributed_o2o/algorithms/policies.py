@@ -23,6 +23,9 @@ from torch import nn
 from distributed_o2o.algorithms.networks import ObsNormalizer, mlp
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+# mean_output="action" (a converted policy whose MLP outputs the action mean itself, clipped to
+# the bounds): u = atanh(clip(m)) with this clip, so tanh(u) gives the clipped mean back.
+_ACTION_CLIP = 1.0 - 1e-6
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -44,22 +47,29 @@ class Policy(nn.Module):
     stochastic: bool = True
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), head_width: int | None = None,
-                 activation: str = "relu"):
+                 activation: str = "relu", mean_output: str = "pre_tanh"):
         super().__init__()
+        if mean_output not in ("pre_tanh", "action"):
+            raise ValueError(f"mean_output must be 'pre_tanh' or 'action', not {mean_output!r}")
         self.obs_dim, self.act_dim, self.hidden, self.activation = obs_dim, act_dim, tuple(hidden), activation
+        self.mean_output = mean_output
         self.normalizer = ObsNormalizer(obs_dim)
         self.net = mlp(obs_dim, head_width or act_dim, hidden, activation=activation)
 
     def arch(self) -> dict:
         """Constructor arguments, stored in checkpoint metadata to rebuild the module."""
         return {"family": self.family, "obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": list(self.hidden),
-                "activation": self.activation}
+                "activation": self.activation, "mean_output": self.mean_output}
 
     def _head(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalizer(obs))
 
+    def _pre_tanh(self, mean: torch.Tensor) -> torch.Tensor:
+        """u(s) from the head's mean outputs (see `_ACTION_CLIP`)."""
+        return mean if self.mean_output == "pre_tanh" else torch.atanh(mean.clamp(-_ACTION_CLIP, _ACTION_CLIP))
+
     def pre_tanh_mean(self, obs: torch.Tensor) -> torch.Tensor:
-        return self._head(obs)[..., : self.act_dim]
+        return self._pre_tanh(self._head(obs)[..., : self.act_dim])
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.pre_tanh_mean(obs))
@@ -84,9 +94,10 @@ class TanhGaussianPolicy(Policy):
     family = "tanh_gaussian"
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256),
-                 state_dependent_std: bool = True, init_log_std: float = 0.0, activation: str = "relu"):
+                 state_dependent_std: bool = True, init_log_std: float = 0.0, activation: str = "relu",
+                 mean_output: str = "pre_tanh"):
         super().__init__(obs_dim, act_dim, hidden, head_width=2 * act_dim if state_dependent_std else act_dim,
-                         activation=activation)
+                         activation=activation, mean_output=mean_output)
         self.state_dependent_std = state_dependent_std
         self.log_std_param = None if state_dependent_std else nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
@@ -95,7 +106,7 @@ class TanhGaussianPolicy(Policy):
 
     def mean_and_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         head = self._head(obs)
-        mean = head[..., : self.act_dim]
+        mean = self._pre_tanh(head[..., : self.act_dim])
         log_std = head[..., self.act_dim:] if self.state_dependent_std else self.log_std_param.expand_as(mean)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
@@ -119,8 +130,8 @@ class GaussianPolicy(Policy):
     family = "gaussian"
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), init_log_std: float = 0.0,
-                 activation: str = "relu"):
-        super().__init__(obs_dim, act_dim, hidden, activation=activation)
+                 activation: str = "relu", mean_output: str = "pre_tanh"):
+        super().__init__(obs_dim, act_dim, hidden, activation=activation, mean_output=mean_output)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def mean_and_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +179,8 @@ def convert_policy(source: Policy, family: str, init_std: float = 0.1) -> Policy
     kwargs: dict = {}
     if family == TanhGaussianPolicy.family:
         kwargs = {"state_dependent_std": False}
-    target = FAMILIES[family](source.obs_dim, source.act_dim, source.hidden, activation=source.activation, **kwargs)
+    target = FAMILIES[family](source.obs_dim, source.act_dim, source.hidden, activation=source.activation,
+                              mean_output=source.mean_output, **kwargs)
     target.normalizer.load_state_dict(source.normalizer.state_dict())
     src_layers = [m for m in source.net if isinstance(m, nn.Linear)]
     dst_layers = [m for m in target.net if isinstance(m, nn.Linear)]

@@ -47,7 +47,7 @@ def convert_rllib(
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
     module_id: str = typer.Option("default_policy", "--module-id", help="RLModule id inside the checkpoint."),
 ) -> None:
-    """Convert an RLlib CQL / IQL / SAC policy into this project's format (a starting policy)."""
+    """Convert an RLlib BC / MARWIL / CQL / IQL / SAC policy into this project's format (a starting policy)."""
     from distributed_o2o.rllib.convert import convert_rllib_policy
 
     path = convert_rllib_policy(checkpoint, env, out, module_id)

@@ -4,9 +4,10 @@ RLlib's offline algorithms keep the policy as an MLP encoder (tanh hidden layers
 and a linear head whose outputs are the action distribution's inputs, mean then log-std:
 - CQL, IQL (and SAC): a squashed Gaussian, tanh(N(mean, std)), the project's TanhGaussian
   family with a state-dependent std: converted exactly (same weights, same mode and noise).
-- BC, MARWIL: an unsquashed diagonal Gaussian whose mean is clipped to the action bounds.
-  No family here has that mode (every family acts with tanh(u)), so they are refused with
-  the reason rather than converted into a policy that acts differently.
+- BC, MARWIL: an unsquashed diagonal Gaussian, N(mean, std) clipped to the bounds. Converted
+  into a TanhGaussian whose MLP outputs the action mean (`mean_output="action"`: u =
+  atanh(clip(mean)), so its mode is RLlib's clipped mean, to 1e-6); the std is RLlib's,
+  applied before the tanh, so exploration noise is close to, not the same as, RLlib's.
 RLlib acts in the normalised action space [-1, 1] (its default normalize_actions=True), as the
 envs here do. Observation filters (a MeanStdFilter connector) live outside the module and are
 not carried over: the converted policy takes raw observations.
@@ -44,16 +45,16 @@ def module_dir(path: str | Path, module_id: str = "default_policy") -> Path:
 
 
 def convert_rllib_policy(path: str | Path, env_id: str, out: str | Path, module_id: str = "default_policy") -> Path:
-    from ray.rllib.core.distribution.torch.torch_distribution import TorchSquashedGaussian
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian, TorchSquashedGaussian
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     source = module_dir(path, module_id)
     module = RLModule.from_checkpoint(source)
     dist = module.get_inference_action_dist_cls()
-    if dist is not TorchSquashedGaussian:
-        raise UserError(f"the RLlib policy in '{source}' acts with {getattr(dist, '__name__', dist)}, an unsquashed "
-                        "Gaussian whose mean is clipped (RLlib's BC and MARWIL): no policy family here acts like that "
-                        "(all act with tanh(u)); pretrain with `o2o pretrain --algo bc` on the same data instead")
+    mean_outputs = {TorchSquashedGaussian: "pre_tanh", TorchDiagGaussian: "action"}
+    if dist not in mean_outputs:
+        raise UserError(f"the RLlib policy in '{source}' acts with {getattr(dist, '__name__', dist)}: only continuous "
+                        "Gaussian policies (BC, MARWIL, CQL, IQL, SAC) convert")
     state = module.state_dict()
     encoder = _linear_layers(state, _ENCODER)
     head = _linear_layers(state, _HEAD)
@@ -62,7 +63,8 @@ def convert_rllib_policy(path: str | Path, env_id: str, out: str | Path, module_
                         f"head layers {len(head)}: a single linear head is supported)")
     obs_dim, act_dim = encoder[0][0].shape[1], head[0][0].shape[0] // 2
     check_spaces(f"RLlib checkpoint '{path}'", obs_dim, act_dim, env_id)
-    policy = TanhGaussianPolicy(obs_dim, act_dim, [w.shape[0] for w, _ in encoder], activation=_activation(module))
+    policy = TanhGaussianPolicy(obs_dim, act_dim, [w.shape[0] for w, _ in encoder], activation=_activation(module),
+                                mean_output=mean_outputs[dist])
     with torch.no_grad():
         for layer, (weight, bias) in zip([m for m in policy.net if isinstance(m, nn.Linear)], encoder + head):
             layer.weight.copy_(weight)
