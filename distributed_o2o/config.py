@@ -151,6 +151,17 @@ class NaiveConfig(SACConfig):
         return True
 
 
+class ConstraintConfig(StrictModel):
+    """The adaptive divergence constraint of O2O stage C (shared by O2SAC and O2TD3)."""
+
+    eps_start: float = 0.125
+    eps_end: float = 2.0
+    eps_anneal_steps: int = 100_000
+    lambda_init: float = 1.0
+    lambda_lr: float = 5e-5
+    violation_weight: float = 0.7
+
+
 class PORLConfig(SACConfig):
     algo: Literal["porl"] = "porl"
     presample_steps: int = Field(5000, ge=0)
@@ -162,6 +173,11 @@ class PORLConfig(SACConfig):
     random_start_steps: int = 0
     learning_starts: int = 0
     keep_offline_data: bool = False
+    # Not in the PORL specification (None: no constraint): after the pre-sample, O2SAC's stage-C
+    # constraint λ·(log π_θ − log π_ref) with π_ref = π_pre, then the best-evaluated policy
+    # (docs/results.md: without it the policy collapses at hand-over on Hopper).
+    constraint: ConstraintConfig | None = None
+    log_ref_min: float = -50.0
 
     def needs_policy(self) -> bool:
         return True
@@ -190,17 +206,6 @@ class WSRLConfig(SACConfig):
 
     def needs_policy(self) -> bool:
         return True
-
-
-class ConstraintConfig(StrictModel):
-    """The adaptive divergence constraint of O2O stage C (shared by O2SAC and O2TD3)."""
-
-    eps_start: float = 0.125
-    eps_end: float = 2.0
-    eps_anneal_steps: int = 100_000
-    lambda_init: float = 1.0
-    lambda_lr: float = 5e-5
-    violation_weight: float = 0.7
 
 
 class O2TD3ConstraintConfig(ConstraintConfig):

@@ -148,6 +148,37 @@ def test_porl_presample_trains_only_the_critic_then_switches_to_sac():
     assert algo.alpha.item() != pytest.approx(config.alpha_init, rel=1e-6)
 
 
+def test_porl_constraint_anchors_pi_ref_to_pi_pre_at_hand_over():
+    """Optional (not in the PORL spec): from the first update after the pre-sample, the actor
+    loss and the critic target carry λ·(log π_θ − log π_ref) with π_ref = π_pre."""
+    plain = PORL(small(PORLConfig, presample_steps=100), OBS, ACT, CPU, policy=pretrained())
+    assert plain.lagrange is None and "lagrange" not in plain.snapshot()
+    config = small(PORLConfig, presample_steps=100, constraint={"lambda_init": 2.0})
+    algo = PORL(config, OBS, ACT, CPU, policy=pretrained())
+    pi_pre = params(algo.policy)
+    algo.on_evaluation(-5.0, env_step=0)  # π_pre's score, before there is a π_ref
+    algo.update(random_batch(0), env_step=50)
+    assert algo.policy_ref is None and algo.penalty(*_sample(algo)) is None
+    metrics = algo.update(random_batch(1), env_step=100)
+    assert same(params(algo.policy_ref), pi_pre)
+    assert metrics["lambda"] == pytest.approx(2.0, rel=1e-3) and "divergence" in metrics
+    assert algo.threshold.item() == pytest.approx(config.constraint.eps_start + (2.0 - 0.125) * 100 / 100_000)
+    algo.on_evaluation(-10.0, env_step=100)  # worse than π_pre's: π_ref stays π_pre
+    assert same(params(algo.policy_ref), pi_pre)
+    algo.on_evaluation(0.0, env_step=200)  # better: π_ref follows the policy
+    assert same(params(algo.policy_ref), params(algo.policy))
+
+    restored = PORL(config, OBS, ACT, CPU, policy=pretrained(seed=1))
+    restored.load_state_dict(algo.state_dict())
+    assert same(params(restored.policy_ref), params(algo.policy_ref)) and restored.best_score == 0.0
+
+
+def _sample(algo):
+    obs = random_batch(0).obs
+    actions, log_prob = algo.policy.sample(obs)
+    return obs, actions, log_prob
+
+
 # ---------------------------------------------------------------- O2SAC
 def test_o2sac_stage_b_freezes_the_target_and_pi_off_while_training_critic_and_pi_theta():
     algo = O2SAC(small(O2SACConfig), OBS, ACT, CPU, policy=pretrained())

@@ -15,16 +15,15 @@ Every min over critics is over all K members (the spec's min_j).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable
 
 import torch
 
 from distributed_o2o.algorithms.base import Batch, OfflineStage
-from distributed_o2o.algorithms.constraint import LagrangeMultiplier, divergence_threshold
+from distributed_o2o.algorithms.constrained import ConstrainedFineTuning
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy
 from distributed_o2o.algorithms.policies import Policy
-from distributed_o2o.algorithms.sac import SACCore, adam, optimizer_step, soft_td_target, to_floats
+from distributed_o2o.algorithms.sac import SACCore, optimizer_step, soft_td_target, to_floats
 
 
 @torch.no_grad()
@@ -44,7 +43,7 @@ def alignment_target(target_critic: CriticEnsemble, policy_off: Policy, obs: tor
     return torch.minimum(anchored, q_actions), q_anchor
 
 
-class O2SAC(SACCore):
+class O2SAC(ConstrainedFineTuning, SACCore):
     name = "o2sac"
 
     def __init__(self, config, obs_dim: int, act_dim: int, device: torch.device,
@@ -53,15 +52,7 @@ class O2SAC(SACCore):
         super().__init__(config, obs_dim, act_dim, device, policy, critic=None)
         self.num_min_critics = self.critic.num_critics
         self.policy_off = frozen_copy(self.policy)
-        self.policy_ref: Policy | None = None  # set at hand-over
-        self.best_score = -math.inf
-        c = config.constraint
-        self.lagrange = LagrangeMultiplier(c.lambda_init, c.lambda_lr, c.violation_weight).to(device)
-        # λ steps inside the update (see `constraint_loss`): with the same Adam as the other
-        # parameters (fused and capturable on CUDA).
-        self.lagrange.optimizer = adam(self.lagrange.parameters(), c.lambda_lr, device)
-        # ε_t, written by `prepare` so a captured update reads the current threshold.
-        self.threshold = torch.zeros((), device=device)
+        self.init_constraint(config.constraint, device)  # π_ref is set at hand-over
 
     def initial_alpha(self) -> float:
         return self.config.alpha0
@@ -106,66 +97,17 @@ class O2SAC(SACCore):
         return {"handover_score_offline": score_offline, "handover_score_aligned": score_aligned}
 
     # ------------------------------------------------------------------ C. constrained fine-tuning
-    def divergence(self, obs: torch.Tensor, actions: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
-        """D = log π_θ(a|s) − log π_ref(a|s), a ~ π_θ, log π_ref clamped below at `log_ref_min`."""
-        return log_prob - self.policy_ref.log_prob(obs, actions).clamp(min=self.config.log_ref_min)
-
-    def penalty(self, obs: torch.Tensor, actions: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor | None:
-        # No π_ref before hand-over: stage B's actor loss is unconstrained.
-        return None if self.policy_ref is None else self.lagrange.value * self.divergence(obs, actions, log_prob)
-
-    def constraint_loss(self, obs: torch.Tensor, actions: torch.Tensor,
-                        log_prob: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with torch.no_grad():
-            divergence = self.divergence(obs, actions, log_prob)
-        return self.lagrange.loss(divergence, self.threshold), {"divergence": divergence.mean(), "threshold": self.threshold}
-
-    def constraint_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.lagrange.optimizer]
-
-    def constraint_metrics(self) -> dict[str, torch.Tensor]:
-        return {"lambda": self.lagrange.value}
-
     def prepare(self, env_step: int) -> Hashable:
         if self.policy_ref is None:
             raise RuntimeError("O2SAC.update before handover(): π_ref is chosen at the hand-over")
-        c = self.config.constraint
-        self.threshold.fill_(divergence_threshold(env_step, c.eps_start, c.eps_end, c.eps_anneal_steps))
+        self.write_threshold(env_step)
         return super().prepare(env_step)
-
-    def set_reference(self, policy: Policy) -> None:
-        """π_ref <- a frozen copy of `policy`, written in place once it exists (a captured
-        update keeps reading the same tensors)."""
-        if self.policy_ref is None:
-            self.policy_ref = frozen_copy(policy)
-        else:
-            self.policy_ref.load_state_dict(policy.state_dict())
-
-    def on_evaluation(self, score: float, env_step: int) -> None:
-        if score > self.best_score:
-            self.best_score = score
-            self.set_reference(self.policy)
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict:
-        return {
-            **super().snapshot(),
-            "policy_off": self.policy_off.state_dict(),
-            "policy_ref": None if self.policy_ref is None else self.policy_ref.state_dict(),
-            "lagrange": self.lagrange.state_dict(),
-            "lagrange_optimizer": self.lagrange.optimizer.state_dict(),
-            "best_score": self.best_score,
-        }
+        return {**super().snapshot(), "policy_off": self.policy_off.state_dict(), **self.constraint_snapshot()}
 
     def restore(self, state: dict) -> None:
         super().restore(state)
         self.policy_off.load_state_dict(state["policy_off"])
-        if state["policy_ref"] is None:
-            self.policy_ref = None
-        else:
-            if self.policy_ref is None:
-                self.policy_ref = frozen_copy(self.policy_off)
-            self.policy_ref.load_state_dict(state["policy_ref"])
-        self.lagrange.load_state_dict(state["lagrange"])
-        self.lagrange.optimizer.load_state_dict(state["lagrange_optimizer"])
-        self.best_score = float(state["best_score"])
+        self.constraint_restore(state)

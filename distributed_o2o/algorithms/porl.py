@@ -8,7 +8,9 @@
    was trained against the target it will keep seeing (a min over all 10 members would be a
    far more pessimistic value than the one stage 2 bootstraps from).
 2. Afterwards: SAC from (π_pre, Q) at `utd`, min over `num_min_critics` random members, α
-   auto-tuned from alpha_init.
+   auto-tuned from alpha_init. With `constraint` set (not in the specification; off by
+   default), O2SAC's stage-C divergence constraint applies from here, π_ref = π_pre at first
+   and then the best-evaluated policy (algorithms/constrained.py).
 
 A deterministic π_pre arrives as a TanhGaussian with a state-independent std σ = `init_std`
 (0.1, the caller's conversion), so "sample π_pre" covers "add N(0, σ²)" (noise before tanh).
@@ -21,12 +23,18 @@ from collections.abc import Hashable
 import torch
 
 from distributed_o2o.algorithms.base import ActingSpec, Batch
+from distributed_o2o.algorithms.constrained import ConstrainedFineTuning
 from distributed_o2o.algorithms.sac import SACCore, soft_td_target
 
 
-class PORL(SACCore):
+class PORL(ConstrainedFineTuning, SACCore):
     name = "porl"
     compiled = (*SACCore.compiled, "evaluation_target")
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        if config.constraint is not None:
+            self.init_constraint(config.constraint, self.device)
 
     def presampling(self, env_step: int) -> bool:
         return env_step < self.config.presample_steps
@@ -37,7 +45,13 @@ class PORL(SACCore):
                               self.config.num_min_critics)
 
     def prepare(self, env_step: int) -> Hashable:
-        return "presample" if self.presampling(env_step) else super().prepare(env_step)
+        if self.presampling(env_step):
+            return "presample"
+        if self.lagrange is not None:
+            if self.policy_ref is None:  # the hand-over: π_ref = π_pre
+                self.set_reference(self.policy)
+            self.write_threshold(env_step)
+        return super().prepare(env_step)
 
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
         if phase != "presample":
@@ -54,3 +68,12 @@ class PORL(SACCore):
     def updates_due(self, env_step: int) -> int:
         due = super().updates_due(env_step)
         return self.config.presample_utd if due and self.presampling(env_step) else due
+
+    def snapshot(self) -> dict:
+        state = super().snapshot()
+        return state if self.lagrange is None else {**state, **self.constraint_snapshot()}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        if self.lagrange is not None:
+            self.constraint_restore(state)
