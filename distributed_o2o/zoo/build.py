@@ -3,8 +3,9 @@
 - expert: of the `expert_candidates` checkpoints with the best training evaluations, the one
   with the best mean return over `episodes` fresh episodes; R_max is that mean.
 - random: the run's step-0 checkpoint (the randomly initialised policy); R_min is its mean.
-- medium: the first checkpoint whose training evaluation reached a third of R_max and whose
-  `episodes`-episode mean is at least MEDIUM_ACCEPT of that third (else the next such one).
+- medium: the first checkpoint whose training evaluation reached R_min + (R_max − R_min)/3 and
+  whose `episodes`-episode mean reached R_min + MEDIUM_ACCEPT of that third (else the next such
+  one, up to MEDIUM_TRIES).
 - medium-replay: the run's replay up to the medium checkpoint's env step, each env's
   transitions put back in time order (so episodes are contiguous rows); if it holds more
   than `max_replay_transitions`, whole episodes are drawn without replacement with a seeded
@@ -34,9 +35,9 @@ _DATA_COLUMNS = ("observations", "actions", "rewards", "next_observations", "ter
 def build_zoo_entry(run_path: str | Path, out_root: str | Path = ZOO_DIR, *, episodes: int = 100, expert_candidates: int = 3,
                     max_replay_transitions: int = 40_000, seed: int = 0,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    run = RunDir(run_path)
-    if not run.config_file.exists():
+    if not (Path(run_path) / "config.yaml").is_file():  # checked before RunDir, which would create the directory
         raise UserError(f"'{run_path}' is not a run directory (config.yaml is missing): pass the --out of a SAC run")
+    run = RunDir(run_path)
     config = run.read_config()
     env_id = config["env"]
     evals = [m for m in run.read_metrics() if run.checkpoint_dir(m["env_steps"]).is_dir()]
