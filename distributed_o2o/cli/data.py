@@ -87,7 +87,7 @@ def make(
     dataset = make_dataset(env, quality, steps, seed)
     write_dataset(out, dataset, env_id=dataset.env_id, behavior_policy=f"zoo {quality}", seed=seed,
                   ref_min_score=dataset.ref_min_score, ref_max_score=dataset.ref_max_score,
-                  ref_scores_measured_by="zoo random / expert policies, 100 episodes each")
+                  ref_scores_measured_by=dataset.attrs["ref_scores_measured_by"])
     summary = dataset.summary()
     typer.echo(f"wrote {summary['transitions']} transitions, {summary['episodes']} episodes of {env} {quality} "
                f"(return {summary['return_mean']:.1f}, normalised {summary['normalized_score_mean']:.1f}) to {out}")

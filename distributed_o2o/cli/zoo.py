@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from distributed_o2o.zoo import MAX_REPLAY_TRANSITIONS
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -34,7 +36,7 @@ def build(
     run: Path = typer.Option(..., "--run", help="Directory of a SAC run (configs/zoo-sac.yaml)."),
     out: Path | None = typer.Option(None, "--out", help="Zoo root to write into (default: the package's)."),
     episodes: int = typer.Option(100, "--episodes", min=1, help="Episodes per measured policy."),
-    max_replay_transitions: int = typer.Option(40_000, "--max-replay-transitions", min=1,
+    max_replay_transitions: int = typer.Option(MAX_REPLAY_TRANSITIONS, "--max-replay-transitions", min=1,
                                                help="Cap on the shipped medium-replay (whole episodes)."),
 ) -> None:
     """Pick random / medium / expert checkpoints of a SAC run, measure them, and write a zoo entry."""

@@ -20,7 +20,7 @@ from distributed_o2o.data.collect import collect_dataset
 from distributed_o2o.data.dataset import OfflineDataset, episode_returns, validate_columns
 from distributed_o2o.errors import UserError
 from distributed_o2o.zoo import ZOO_DIR, ZooEntry, zoo_entry
-from distributed_o2o.zoo.build import load_compact
+from distributed_o2o.zoo.build import episode_ends, load_compact
 
 QUALITIES = ("random", "medium", "medium-replay", "medium-expert", "expert")
 DEFAULT_STEPS = {"medium-expert": 2_000_000}  # D4RL's sizes; the rest 1M (medium-replay: what the zoo holds)
@@ -42,7 +42,9 @@ def make_dataset(env_id: str, quality: str, steps: int | None = None, seed: int 
                           _sampled(entry, "expert", total - total // 2, seed + 1, progress))
     else:
         dataset = _sampled(entry, quality, steps or DEFAULT_STEPS.get(quality, 1_000_000), seed, progress)
-    attrs = {**dataset.attrs, "zoo_quality": quality, "seed": seed}
+    episodes = entry.info["evaluation"]["episodes"]
+    attrs = {**dataset.attrs, "zoo_quality": quality, "seed": seed,
+             "ref_scores_measured_by": f"zoo random / expert policies, {episodes} episodes each"}
     return dataclasses.replace(dataset, ref_min_score=entry.ref_min_score, ref_max_score=entry.ref_max_score, attrs=attrs)
 
 
@@ -58,7 +60,7 @@ def _sampled(entry: ZooEntry, quality: str, steps: int, seed: int, progress: boo
 
 def _medium_replay(entry: ZooEntry, steps: int | None) -> OfflineDataset:
     arrays = load_compact(entry.medium_replay_file)
-    ends = np.flatnonzero((arrays["terminals"] > 0) | (arrays["timeouts"] > 0))
+    ends = np.flatnonzero(episode_ends(arrays))
     if steps is not None:  # whole episodes only
         kept = ends[ends < steps]
         if kept.size == 0:

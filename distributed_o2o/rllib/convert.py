@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distributed_o2o.algorithms.networks import ACTIVATIONS
 from distributed_o2o.algorithms.policies import TanhGaussianPolicy
 from distributed_o2o.checkpoint import save_checkpoint
 from distributed_o2o.envs import check_spaces
@@ -29,7 +30,7 @@ from distributed_o2o.errors import UserError
 # State-dict prefixes of the policy's encoder and head in RLlib's default modules.
 _ENCODER = re.compile(r"^(?:_encoder|encoder\.actor_encoder|encoder\.encoder|pi_encoder)\.net\.mlp\.(\d+)\.(weight|bias)$")
 _HEAD = re.compile(r"^(?:_pi_head|pi)\.net\.mlp\.(\d+)\.(weight|bias)$")
-_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu"}
+_ACTIVATION_NAMES = {cls: name for name, cls in ACTIVATIONS.items()}
 
 
 def module_dir(path: str | Path, module_id: str = "default_policy") -> Path:
@@ -83,8 +84,8 @@ def _linear_layers(state: dict[str, torch.Tensor], pattern: re.Pattern) -> list[
 
 
 def _activation(module) -> str:
-    kinds = {type(m) for m in module.modules() if type(m) in _ACTIVATIONS}
+    kinds = {type(m) for m in module.modules() if type(m) in _ACTIVATION_NAMES}
     if len(kinds) != 1:
         raise UserError(f"the RLlib module uses hidden activations {sorted(k.__name__ for k in kinds)}: only one of "
                         "tanh or relu throughout is supported")
-    return _ACTIVATIONS[kinds.pop()]
+    return _ACTIVATION_NAMES[kinds.pop()]

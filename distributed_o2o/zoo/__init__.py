@@ -24,6 +24,7 @@ ZOO_DIR = Path(__file__).parent
 POLICY_QUALITIES = ("random", "medium", "expert")
 ENTRY_FILE = "zoo.json"
 MEDIUM_REPLAY_FILE = "medium-replay.npz"
+MAX_REPLAY_TRANSITIONS = 40_000  # shipped medium-replay cap (keeps the package small: docs/results.md)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from distributed_o2o.checkpoint import load_checkpoint, load_policy, save_checkp
 from distributed_o2o.errors import UserError
 from distributed_o2o.evaluation import evaluate_policy
 from distributed_o2o.runtime.run_dir import RunDir
-from distributed_o2o.zoo import ENTRY_FILE, MEDIUM_REPLAY_FILE, ZOO_DIR
+from distributed_o2o.zoo import ENTRY_FILE, MAX_REPLAY_TRANSITIONS, MEDIUM_REPLAY_FILE, ZOO_DIR
 
 EVAL_SEED = 424_242  # differs from every seed a run's evaluator uses
 MEDIUM_ACCEPT = 0.8
@@ -33,7 +33,7 @@ _DATA_COLUMNS = ("observations", "actions", "rewards", "next_observations", "ter
 
 
 def build_zoo_entry(run_path: str | Path, out_root: str | Path = ZOO_DIR, *, episodes: int = 100, expert_candidates: int = 3,
-                    max_replay_transitions: int = 40_000, seed: int = 0,
+                    max_replay_transitions: int = MAX_REPLAY_TRANSITIONS, seed: int = 0,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     if not (Path(run_path) / "config.yaml").is_file():  # checked before RunDir, which would create the directory
         raise UserError(f"'{run_path}' is not a run directory (config.yaml is missing): pass the --out of a SAC run")
@@ -119,10 +119,15 @@ def medium_replay(run: RunDir, env_steps: int) -> dict[str, np.ndarray]:
     return arrays
 
 
+def episode_ends(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Per row: does an episode end there (termination or timeout)?"""
+    return (arrays["terminals"] > 0) | (arrays["timeouts"] > 0)
+
+
 def save_compact(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Rows whose episodes are contiguous, without the next observations that repeat the next
     row's observation: only episode ends keep theirs (`load_compact` restores the column)."""
-    ends = (arrays["terminals"] > 0) | (arrays["timeouts"] > 0)
+    ends = episode_ends(arrays)
     np.savez_compressed(path, **{k: arrays[k] for k in _DATA_COLUMNS if k != "next_observations"},
                         end_next_observations=arrays["next_observations"][ends])
 
@@ -130,7 +135,7 @@ def save_compact(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def load_compact(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as saved:
         arrays = {name: saved[name] for name in saved.files}
-    ends = (arrays["terminals"] > 0) | (arrays["timeouts"] > 0)
+    ends = episode_ends(arrays)
     next_obs = np.empty_like(arrays["observations"])
     next_obs[:-1] = arrays["observations"][1:]
     next_obs[ends] = arrays.pop("end_next_observations")
@@ -139,7 +144,7 @@ def load_compact(path: Path) -> dict[str, np.ndarray]:
 
 def _subsample(arrays: dict[str, np.ndarray], cap: int, seed: int) -> dict[str, Any]:
     """Whole episodes, at most `cap` transitions, drawn with a seeded generator, kept in order."""
-    ends = np.flatnonzero((arrays["terminals"] > 0) | (arrays["timeouts"] > 0))
+    ends = np.flatnonzero(episode_ends(arrays))
     starts = np.concatenate([[0], ends[:-1] + 1])
     lengths = ends - starts + 1
     info = {"full_transitions": int(len(arrays["rewards"])), "full_episodes": int(len(ends))}
