@@ -116,7 +116,8 @@ class CriticEnsemble(nn.Module):
         """min over `num_min` random members, evaluating only those (REDQ/RLPD subsampling)."""
         if num_min >= self.num_critics:
             return self(obs, act).min(dim=0).values
-        members = torch.randperm(self.num_critics, device=obs.device)[:num_min]
+        # The `num_min` largest of K uniform draws: a uniform subset without randperm's sort.
+        members = torch.rand(self.num_critics, device=obs.device).topk(num_min).indices
         return self(obs, act, members).min(dim=0).values
 
 

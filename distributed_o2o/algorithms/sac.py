@@ -35,15 +35,20 @@ from distributed_o2o.errors import UserError
 Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
 
 
+Sample = tuple[torch.Tensor, torch.Tensor]  # (a ~ π(·|s), log π(a|s))
+
+
 @torch.no_grad()
 def soft_td_target(batch: Batch, target_critic: CriticEnsemble, policy: Policy, alpha: torch.Tensor | float,
-                   gamma: float, num_min: int, penalty: Penalty | None = None) -> torch.Tensor:
+                   gamma: float, num_min: int, penalty: Penalty | None = None,
+                   next_sample: Sample | None = None) -> torch.Tensor:
     """y = r + γ(1−d)[min Q̄(s',a') − α log π(a'|s') − penalty(s',a')], a' ~ π(·|s').
 
     The min is over `num_min` random members (all of them when num_min ≥ K). d is
     `batch.terminals`: true termination only, so a truncated transition still bootstraps.
+    `next_sample`: (a', log π(a'|s')) already drawn from `policy`; drawn here when None.
     """
-    next_actions, next_log_prob = policy.sample(batch.next_obs)
+    next_actions, next_log_prob = policy.sample(batch.next_obs) if next_sample is None else next_sample
     value = target_critic.min_q(batch.next_obs, next_actions, num_min) - alpha * next_log_prob
     extra = None if penalty is None else penalty(batch.next_obs, next_actions, next_log_prob)
     if extra is not None:
@@ -133,9 +138,9 @@ class SACCore(Algorithm):
         """Per-sample extra cost of (s, a ~ π): subtracted from the soft value, added to L_π."""
         return None
 
-    def td_target(self, batch: Batch) -> torch.Tensor:
+    def td_target(self, batch: Batch, next_sample: Sample | None = None) -> torch.Tensor:
         return soft_td_target(batch, self.target_critic, self.policy, self.alpha, self.config.gamma,
-                              self.num_min_critics, self.penalty)
+                              self.num_min_critics, self.penalty, next_sample)
 
     def constraint_loss(self, obs: torch.Tensor, actions: torch.Tensor,
                         log_prob: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -150,7 +155,7 @@ class SACCore(Algorithm):
         return {}
 
     # ------------------------------------------------------------------ steps
-    compiled: tuple[str, ...] = ("td_target", "critic_loss", "policy_loss")
+    compiled: tuple[str, ...] = ("sample_policy", "td_target", "critic_loss", "policy_loss")
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -166,9 +171,18 @@ class SACCore(Algorithm):
         optimizer_step(self.critic_optimizer, loss, self.critic.parameters())
         return metrics
 
-    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """L_π = E[α log π(a|s) − min Q(s,a) + penalty], a ~ π; also the detached sample."""
-        actions, log_prob = self.policy.sample(obs)
+    def sample_policy(self, obs: torch.Tensor, next_obs: torch.Tensor) -> tuple[Sample, Sample]:
+        """π's samples at s (differentiable, for the actor step) and at s′ (detached, for the
+        critic target) from one forward pass: the policy has not moved between the two uses."""
+        actions, log_prob = self.policy.sample(torch.cat([obs, next_obs]))
+        n = obs.shape[0]
+        return (actions[:n], log_prob[:n]), (actions[n:].detach(), log_prob[n:].detach())
+
+    def actor_loss(self, obs: torch.Tensor, sample: Sample | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """L_π = E[α log π(a|s) − min Q(s,a) + penalty], a ~ π (`sample`, or drawn here);
+        also the detached sample."""
+        actions, log_prob = self.policy.sample(obs) if sample is None else sample
         objective = self.alpha * log_prob - self.critic.min_q(obs, actions, self.num_min_critics)
         penalty = self.penalty(obs, actions, log_prob)
         if penalty is not None:
@@ -184,14 +198,14 @@ class SACCore(Algorithm):
         optimizer_step(self.actor_optimizer, loss, self.policy.parameters())
         return metrics
 
-    def policy_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def policy_loss(self, obs: torch.Tensor, sample: Sample | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_π + L_α + the constraint's loss, for one backward: none depends on another's
         parameters (α and λ enter L_π detached; L_α and L_λ see the sample detached), so the
         gradients are those of three separate steps.
 
         L_α = −log α·(log π + H̄): α rises while the entropy is below the target.
         """
-        loss, actions, log_prob, metrics = self.actor_loss(obs)
+        loss, actions, log_prob, metrics = self.actor_loss(obs, sample)
         if self.config.autotune_alpha:
             loss = loss - (self.log_alpha * (log_prob + self.target_entropy)).mean()
         constraint, constraint_metrics = self.constraint_loss(obs, actions, log_prob)
@@ -203,9 +217,9 @@ class SACCore(Algorithm):
         alpha = [self.alpha_optimizer] if self.config.autotune_alpha else []
         return [self.actor_optimizer, *alpha, *self.constraint_optimizers()]
 
-    def policy_step(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def policy_step(self, obs: torch.Tensor, sample: Sample | None = None) -> dict[str, torch.Tensor]:
         with frozen(self.critic):
-            loss, metrics = self.policy_loss(obs)
+            loss, metrics = self.policy_loss(obs, sample)
         optimizers = self.policy_optimizers()
         optimizer_step(optimizers, loss, optimizer_params(optimizers))
         return {**metrics, "alpha": self.alpha, **self.constraint_metrics()}
@@ -221,8 +235,9 @@ class SACCore(Algorithm):
 
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
         """One gradient step with no host-device sync; metrics as device tensors."""
-        metrics = self.critic_step(batch, self.td_target(batch))
-        metrics.update(self.policy_step(batch.obs))
+        sample, next_sample = self.sample_policy(batch.obs, batch.next_obs)
+        metrics = self.critic_step(batch, self.td_target(batch, next_sample))
+        metrics.update(self.policy_step(batch.obs, sample))
         self.update_target()
         return metrics
 

@@ -90,6 +90,11 @@ class DeviceReplay:
         return Batch(rows[:, :o], rows[:, o:o + a], rows[:, o + a], rows[:, o + a + 1:2 * o + a + 1], rows[:, -1])
 
 
+def accumulate(sums: torch.Tensor, values: list[torch.Tensor]) -> None:
+    """sums += the scalar metrics `values`, in their order."""
+    sums.add_(torch.stack([v.detach().float().reshape(()) for v in values]))
+
+
 def prepare_optimizers(optimizers: list[torch.optim.Optimizer], foreach: bool) -> None:
     """Adam ready for capture, also after a restore (which brings back the saved flags):
     capturable, with its step counts on the device (a checkpoint written by a CPU run restores
@@ -122,9 +127,13 @@ class GraphedUpdater:
         self.use_graphs = self.device.type == "cuda"
         self.tf32 = tf32
         self.compiled = self.use_graphs and compile
+        self.sample = self.replay.sample
+        self.accumulate = accumulate
         if self.compiled:
             algorithm.compile_losses()
             algorithm.compile_optimizers()
+            # The batch draw (index arithmetic, gather) and the metric sums fused as well.
+            self.sample, self.accumulate = torch.compile(self.sample), torch.compile(accumulate)
         self.graphs: dict[tuple, dict[int, torch.cuda.CUDAGraph]] = {}
         self.warm: Counter = Counter()
         self.names: dict[tuple, list[str]] = {}
@@ -144,11 +153,11 @@ class GraphedUpdater:
     # ------------------------------------------------------------------ one update
     def _step(self, key: tuple) -> None:
         phase, num_offline_rows = key
-        metrics = self.algorithm.update_tensors(self.replay.sample(self.batch_size, num_offline_rows), phase)
+        metrics = self.algorithm.update_tensors(self.sample(self.batch_size, num_offline_rows), phase)
         if key not in self.sums:
             self.names[key] = list(metrics)
             self.sums[key] = torch.zeros(len(metrics), device=self.device)
-        self.sums[key].add_(torch.stack([metrics[name].detach().float().reshape(()) for name in self.names[key]]))
+        self.accumulate(self.sums[key], [metrics[name] for name in self.names[key]])
 
     @contextmanager
     def _precision(self) -> Iterator[None]:
