@@ -8,7 +8,11 @@ Prints one JSON object on stdout (progress goes to stderr):
 - per worker count W: `steps_per_s` of W `RolloutActor`s doing what they do in a run: batched
   CPU inference of a TanhGaussian policy (`--hidden`), chunks of `CHUNK_TRANSITIONS`
   transitions inserted into a replay shard actor, two chunks queued per actor as the driver
-  queues them; `ratio_to_raw` = steps_per_s / (W x raw) (target >= 0.7 at W = 1).
+  queues them; `ratio_to_raw` = steps_per_s / (W x raw) (target >= 0.7 at W = 1);
+  `of_linear` = steps_per_s / (W x the one-actor rate) (target >= 0.8 at W = 14).
+- per W also `raw_concurrent_steps_per_s`: W raw loops side by side, the hardware's own scaling
+  (shared cores, hyperthread siblings, memory); `ratio_to_raw_concurrent` compares against it.
+- `cpu_topology`: hardware threads per core, which bounds how W processes can scale.
 A measurement, never a test: nothing is asserted. The helpers here are shared by the other
 Ray benchmarks of bench/.
 """
@@ -129,6 +133,18 @@ def raw_rate(env: str, envs_per_worker: int, seconds: float) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def cpu_topology() -> dict[str, Any]:
+    """Logical CPUs, and how many of them share a physical core (hyperthreads)."""
+    siblings = set()
+    for cpu in range(os.cpu_count() or 1):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                siblings.add(f.read().strip())
+        except OSError:
+            return {"logical_cpus": os.cpu_count(), "physical_cores": None}
+    return {"logical_cpus": os.cpu_count(), "physical_cores": len(siblings)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="Hopper-v5")
@@ -142,15 +158,22 @@ def main() -> None:
     start_ray()
     raw = ray.get(raw_rate.remote(args.env, args.envs_per_worker, args.seconds))
     log(f"raw: {raw:.0f} env steps/s")
-    results = {}
+    results, one_actor = {}, None
     for workers in counts:
         pool = RolloutPool(args.env, workers, args.envs_per_worker, hidden)
         rate = pool.run(args.seconds)
         pool.close()
+        one_actor = one_actor or (rate if workers == 1 else None)
+        concurrent = sum(ray.get([raw_rate.remote(args.env, args.envs_per_worker, args.seconds) for _ in range(workers)]))
         results[str(workers)] = {"steps_per_s": round(rate), "per_worker": round(rate / workers),
-                                 "ratio_to_raw": round(rate / (workers * raw), 3)}
-        log(f"{workers} workers: {rate:.0f} env steps/s ({rate / (workers * raw):.2f} of raw per worker)")
-    print(json.dumps({**machine(args.device), "env": args.env, "envs_per_worker": args.envs_per_worker, "hidden": hidden,
+                                 "ratio_to_raw": round(rate / (workers * raw), 3),
+                                 "of_linear": None if one_actor is None else round(rate / (workers * one_actor), 3),
+                                 "raw_concurrent_steps_per_s": round(concurrent),
+                                 "ratio_to_raw_concurrent": round(rate / concurrent, 3)}
+        log(f"{workers} workers: {rate:.0f} env steps/s ({rate / (workers * raw):.2f} of raw per worker; "
+            f"{concurrent:.0f} raw side by side, {rate / concurrent:.2f} of it)")
+    print(json.dumps({**machine(args.device), "cpu_topology": cpu_topology(), "env": args.env,
+                      "envs_per_worker": args.envs_per_worker, "hidden": hidden,
                       "chunk_transitions": CHUNK_TRANSITIONS, "seconds": args.seconds, "raw_steps_per_s": round(raw),
                       "workers": results}, indent=2))
 

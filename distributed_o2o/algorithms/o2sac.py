@@ -75,7 +75,7 @@ class O2SAC(ConstrainedFineTuning, SACCore):
         clip = self.config.align_action_clip
         with torch.no_grad():
             anchor_actions = self.policy_off.mode(obs).clamp(-clip, clip)
-            actions = self.policy.sample(obs)[0]
+            actions = self.policy.explore(obs)
         target, q_anchor = alignment_target(self.target_critic, self.policy_off, obs, anchor_actions, actions,
                                             self.config.alpha0)
         q = self.critic(torch.cat([obs, obs]), torch.cat([anchor_actions, actions]))  # (K, 2B): a* rows, then a

@@ -78,6 +78,19 @@ class Policy(nn.Module):
         """A reparameterised action and its log-probability."""
         raise NotImplementedError(f"{self.family} policies have no sampling distribution")
 
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """An action drawn as `sample` draws it, without its log-probability (acting)."""
+        raise NotImplementedError(f"{self.family} policies have no sampling distribution")
+
+    def mean_and_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian's mean and log-std (before the tanh, where a family has one)."""
+        raise NotImplementedError(f"{self.family} policies have no sampling distribution")
+
+    def _draw(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, mean, log_std), x ~ N(mean, exp(log_std)²)."""
+        mean, log_std = self.mean_and_log_std(obs)
+        return mean + torch.exp(log_std) * torch.randn_like(mean), mean, log_std
+
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.family} policies have no log-probability")
 
@@ -86,7 +99,7 @@ class Policy(nn.Module):
         """Numpy in, numpy out, for rollouts and evaluation: (B, d_o) -> (B, d_a) in [-1, 1]."""
         device = next(self.parameters()).device
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)
-        action = self.mode(obs_t) if deterministic or not self.stochastic else self.sample(obs_t)[0]
+        action = self.mode(obs_t) if deterministic or not self.stochastic else self.explore(obs_t)
         return action.clamp(-1.0, 1.0).cpu().numpy()
 
 
@@ -111,9 +124,11 @@ class TanhGaussianPolicy(Policy):
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, obs):
-        mean, log_std = self.mean_and_log_std(obs)
-        u = mean + torch.exp(log_std) * torch.randn_like(mean)
+        u, mean, log_std = self._draw(obs)
         return torch.tanh(u), _normal_log_prob(u, mean, log_std) - _tanh_log_det(u)
+
+    def explore(self, obs):
+        return torch.tanh(self._draw(obs)[0])
 
     def log_prob(self, obs, action):
         mean, log_std = self.mean_and_log_std(obs)
@@ -139,9 +154,11 @@ class GaussianPolicy(Policy):
         return mean, self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mean)
 
     def sample(self, obs):
-        mean, log_std = self.mean_and_log_std(obs)
-        action = mean + torch.exp(log_std) * torch.randn_like(mean)
+        action, mean, log_std = self._draw(obs)
         return action, _normal_log_prob(action, mean, log_std)
+
+    def explore(self, obs):
+        return self._draw(obs)[0]
 
     def log_prob(self, obs, action):
         mean, log_std = self.mean_and_log_std(obs)

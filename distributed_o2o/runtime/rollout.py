@@ -96,7 +96,7 @@ class RolloutWorker:
             if spec.deterministic or not self.policy.stochastic:
                 raw = self.policy.mode(obs_t).numpy()
             else:
-                raw = self.policy.sample(obs_t)[0].numpy()
+                raw = self.policy.explore(obs_t).numpy()
         if spec.gaussian_sigma > 0:
             raw = raw + self.rng.normal(0.0, spec.gaussian_sigma, size=shape).astype(np.float32)
         if spec.epsilon > 0:
