@@ -257,3 +257,27 @@ def test_the_compiled_graphs_learn_what_eager_updates_learn():
         errors[backend] = action_error(algo)
     assert errors["eager"] < 0.3 * start  # the task is learned at all ...
     assert abs(errors["graph"] - errors["eager"]) < 0.1 * start  # ... and equally well by both paths
+
+
+@pytest.mark.parametrize("phase", ["reevaluate", "align"])
+def test_offline_stage_phases_run_as_their_eager_steps(phase):
+    # O2SAC's stages A and B as `run_phase` on D_off alone (how a graphed learner runs them).
+    offline = normalised(300, seed=2)
+    graphed, eager = (O2SAC(O2SACConfig(hidden=HIDDEN, batch_size=B), OBS, ACT, CPU, policy=pretrained(0)) for _ in range(2))
+    updater = GraphedUpdater(graphed, OBS, ACT, capacity=64, device=CPU)
+    replay = DeviceReplay(OBS, ACT, capacity=64, device=CPU)
+    updater.set_offline(offline)
+    replay.set_offline(offline)
+    before = state(graphed)
+
+    torch.manual_seed(7)
+    metrics = updater.run_phase(5, phase, offline_ratio=1.0)
+    torch.manual_seed(7)
+    history = [eager.update_tensors(replay.sample(B, B), phase) for _ in range(5)]
+
+    after = state(graphed)
+    assert all(torch.equal(a, b) for a, b in zip(after, state(eager), strict=True))
+    assert metrics == pytest.approx({k: np.mean([float(m[k]) for m in history]) for k in metrics}, rel=1e-6)
+    moved = [not torch.equal(a, b) for a, b in zip(after, before)]
+    n_policy = len(graphed.policy.state_dict())
+    assert any(moved[n_policy:]) and any(moved[:n_policy]) == (phase == "align")  # only B moves π_θ

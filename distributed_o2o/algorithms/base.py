@@ -9,7 +9,7 @@ networks or losses; the algorithm never sees actors, replay or transports.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -81,11 +81,14 @@ class OfflineStage:
     `step()` does one gradient step (sampling `Algorithm.offline_data` itself) and returns
     scalar metrics. The driver runs it `steps` times with progress, then caches the
     algorithm's state so a resumed or repeated run does not pay the stage twice.
+    `phase`: where `step()` is `update_tensors(batch of D_off, phase)`, so the graphed learner
+    can run the stage in CUDA graphs instead; None where the stage has no such form.
     """
 
     name: str
     steps: int
     step: Callable[[], dict[str, float]]
+    phase: Hashable | None = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ Every min over critics is over all K members (the spec's min_j).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from functools import partial
 
 import torch
 
@@ -45,6 +46,7 @@ def alignment_target(target_critic: CriticEnsemble, policy_off: Policy, obs: tor
 
 class O2SAC(ConstrainedFineTuning, SACCore):
     name = "o2sac"
+    compiled = (*SACCore.compiled, "reevaluation_target", "alignment_critic_loss")
 
     def __init__(self, config, obs_dim: int, act_dim: int, device: torch.device,
                  policy: Policy | None = None, critic: CriticEnsemble | None = None):
@@ -62,16 +64,9 @@ class O2SAC(ConstrainedFineTuning, SACCore):
         return soft_td_target(batch, self.target_critic, self.policy_off, self.config.alpha0, self.config.gamma,
                               self.num_min_critics)
 
-    def reevaluate_step(self) -> dict[str, float]:
-        batch = self.offline_data.sample(self.config.batch_size)
-        metrics = self.critic_step(batch, self.reevaluation_target(batch))
-        self.update_target()
-        return to_floats(metrics)
-
     # ------------------------------------------------------------------ B. alignment
-    def align_step(self) -> dict[str, float]:
-        """One critic step toward the aligned targets and one actor step of π_θ (fixed α0); no Polyak."""
-        obs = self.offline_data.sample(self.config.batch_size).obs
+    def alignment_critic_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Σ_i of both expectations: Q_i(s,a*) toward min_j Q̄_j(s,a*), Q_i(s,a) toward T(s,a)."""
         clip = self.config.align_action_clip
         with torch.no_grad():
             anchor_actions = self.policy_off.mode(obs).clamp(-clip, clip)
@@ -80,14 +75,30 @@ class O2SAC(ConstrainedFineTuning, SACCore):
                                             self.config.alpha0)
         q = self.critic(torch.cat([obs, obs]), torch.cat([anchor_actions, actions]))  # (K, 2B): a* rows, then a
         errors = (q - torch.cat([q_anchor, target])).pow(2)
-        loss = errors.view(q.shape[0], 2, -1).mean(dim=-1).sum()  # Σ_i of both expectations
-        optimizer_step(self.critic_optimizer, loss, self.critic.parameters())
-        metrics = self.actor_step(obs)  # α is still α0: it is first tuned online
-        return to_floats({"critic_loss": loss.detach(), "q_mean": q.detach().mean(), **metrics})
+        loss = errors.view(q.shape[0], 2, -1).mean(dim=-1).sum()
+        return loss, {"critic_loss": loss.detach(), "q_mean": q.detach().mean()}
+
+    # ------------------------------------------------------------------ A and B as update phases
+    def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
+        """Phases "reevaluate" (A: a critic step toward π_off's soft value, Polyak) and "align"
+        (B: a critic step toward the aligned targets and an actor step of π_θ at the fixed α0, no
+        Polyak), on batches of D_off; otherwise stage C."""
+        if phase == "reevaluate":
+            metrics = self.critic_step(batch, self.reevaluation_target(batch))
+            self.update_target()
+            return metrics
+        if phase == "align":
+            loss, metrics = self.alignment_critic_loss(batch.obs)
+            optimizer_step(self.critic_optimizer, loss, self.critic.parameters())
+            return {**metrics, **self.actor_step(batch.obs)}  # α is still α0: it is first tuned online
+        return super().update_tensors(batch, phase)
+
+    def offline_step(self, phase: str) -> dict[str, float]:
+        return to_floats(self.update_tensors(self.offline_data.sample(self.config.batch_size), phase))
 
     def offline_stages(self) -> list[OfflineStage]:
-        return [OfflineStage("reevaluate", self.config.reevaluate_steps, self.reevaluate_step),
-                OfflineStage("align", self.config.align_steps, self.align_step)]
+        return [OfflineStage(phase, steps, partial(self.offline_step, phase), phase=phase)
+                for phase, steps in (("reevaluate", self.config.reevaluate_steps), ("align", self.config.align_steps))]
 
     def handover(self, evaluate: Callable[[Policy], float]) -> dict[str, float]:
         score_offline, score_aligned = float(evaluate(self.policy_off)), float(evaluate(self.policy))

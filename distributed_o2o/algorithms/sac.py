@@ -155,7 +155,7 @@ class SACCore(Algorithm):
         return {}
 
     # ------------------------------------------------------------------ steps
-    compiled: tuple[str, ...] = ("sample_policy", "td_target", "critic_loss", "policy_loss")
+    compiled: tuple[str, ...] = ("sample_policy", "td_target", "critic_loss", "policy_loss", "actor_only_loss")
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -191,10 +191,14 @@ class SACCore(Algorithm):
         log_prob = log_prob.detach()
         return loss, actions.detach(), log_prob, {"actor_loss": loss.detach(), "entropy": -log_prob.mean()}
 
+    def actor_only_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, _, _, metrics = self.actor_loss(obs)
+        return loss, metrics
+
     def actor_step(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """The actor alone (α and any constraint stay put)."""
         with frozen(self.critic):
-            loss, _, _, metrics = self.actor_loss(obs)
+            loss, metrics = self.actor_only_loss(obs)
         optimizer_step(self.actor_optimizer, loss, self.policy.parameters())
         return metrics
 

@@ -217,7 +217,10 @@ class GraphedUpdater:
     def run(self, num_updates: int, env_step: int, offline_ratio: float) -> dict[str, float]:
         if num_updates <= 0:
             return {}
-        phase: Hashable = self.algorithm.prepare(env_step)
+        return self.run_phase(num_updates, self.algorithm.prepare(env_step), offline_ratio)
+
+    def run_phase(self, num_updates: int, phase: Hashable, offline_ratio: float) -> dict[str, float]:
+        """`num_updates` updates of `phase` (an online phase from `prepare`, or an offline stage's)."""
         num_offline_rows = int(round(self.batch_size * offline_ratio)) if self.replay.num_offline else 0
         if num_offline_rows < self.batch_size and self.replay.count == 0:
             raise RuntimeError("GraphedUpdater.run before any online transition was added")

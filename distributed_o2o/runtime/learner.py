@@ -84,9 +84,11 @@ class Learner:
         return [(name, stage.steps) for name, stage in self.stages.items()]
 
     def run_stage(self, name: str, count: int) -> dict[str, float]:
-        step = self.stages[name].step
-        history = [step() for _ in range(count)]
+        stage = self.stages[name]
         self.version += 1
+        if count and self.graphed is not None and stage.phase is not None:  # batches of D_off alone
+            return self.graphed.run_phase(count, stage.phase, offline_ratio=1.0)
+        history = [stage.step() for _ in range(count)]
         return _mean_metrics(history) if history else {}
 
     def handover(self, evaluator: Any) -> tuple[dict[str, float], int]:
