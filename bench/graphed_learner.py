@@ -9,6 +9,9 @@ Per setting (Hopper sizes: obs 11, act 3, 2x256 MLPs, batch 256), in one process
 - `graph`: `GraphedUpdater.run` (device replay mirror, several updates per CUDA graph);
 - `graph_compile`: the same after `torch.compile` of the losses, Polyak and optimiser steps;
 - `graph_compile_tf32`: the same with TF32 matrix products (the config's default);
+- `stages`: the offline stages that have an update phase (O2SAC's A and B), eagerly
+  (`stage.step`, the eager learner's path) and as `GraphedUpdater.run_phase` on D_off (compiled,
+  TF32): `stage_<name>_eager` and `stage_<name>_graph` updates/s;
 - `profile`: the kernels of the last compiled variant's replays (torch.profiler), a table per
   setting under `--profile-dir`: kernels per update and where the GPU time goes.
 Every variant starts from its own fresh algorithm (same seed). The graphed variants sample
@@ -99,6 +102,24 @@ def profile(updater: GraphedUpdater, name: str, ratio: float, directory: str | N
     return round(kernels / updates, 1)
 
 
+def time_stages(name: str, args, device: torch.device, offline: dict[str, np.ndarray]) -> dict[str, float]:
+    algo = build(name, device, offline, args.seed)
+    updater = GraphedUpdater(build(name, device, offline, args.seed), OBS_DIM, ACT_DIM, 1000, device,
+                             args.steps_per_graph, compile=True, tf32=True)
+    updater.set_offline(offline)
+    result = {}
+    for stage in algo.offline_stages():
+        if stage.phase is None:
+            continue
+        result[f"stage_{stage.name}_eager"] = round(time_eager(lambda _: stage.step(), [None], args.eager_updates, device), 1)
+        updater.run_phase(2 * updater.steps_per_graph + 3, stage.phase, 1.0)  # compile, warm-up, capture
+        start = synced(device)
+        updater.run_phase(args.updates, stage.phase, 1.0)
+        result[f"stage_{stage.name}_graph"] = round(args.updates / (synced(device) - start), 1)
+        log(f"{name}: stage {stage.name} {result[f'stage_{stage.name}_eager']} eager, {result[f'stage_{stage.name}_graph']} graphed")
+    return result
+
+
 def measure(name: str, args, device: torch.device) -> dict:
     rng = np.random.default_rng(args.seed)
     offline, online = random_transitions(rng, 20_000), random_transitions(rng, 100_000)
@@ -147,6 +168,8 @@ def measure(name: str, args, device: torch.device) -> dict:
                 updater = graphed(False, args.steps_per_graph, tf32=True)
                 updater.algorithm.compile_losses()
                 result[variant] = time_graphed(updater, args.updates, ratio, device)
+            elif variant == "stages":
+                result.update(time_stages(name, args, device, offline))
             elif variant == "profile":
                 result["kernels_per_update"] = profile(compiled, name, ratio, args.profile_dir)
         except Exception as error:  # one broken variant must not cost the others' figures

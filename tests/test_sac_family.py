@@ -126,6 +126,22 @@ def test_alignment_target_never_exceeds_the_anchored_value():
         assert (torch.isclose(target, q_actions) | torch.isclose(target, anchored)).all()
 
 
+@pytest.mark.parametrize("build", [lambda: SAC(small(SACConfig), OBS, ACT, CPU, policy=pretrained()),
+                                   lambda: o2sac(prefer_aligned=False)])
+def test_one_policy_forward_for_s_and_next_s_is_the_same_update(build, monkeypatch):
+    # The GPU path samples π at [s; s′] in one forward; without noise it must be the two-forward update.
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    shared, separate = build(), build()
+    shared.shared_policy_forward, separate.shared_policy_forward = True, False
+    for algo in (shared, separate):
+        torch.manual_seed(0)  # the same critic subsets and batches
+        for seed in range(3):
+            algo.update(random_batch(seed), 10_000)
+    for a, b in zip([*params(shared.policy), *params(shared.critic), shared.log_alpha],
+                    [*params(separate.policy), *params(separate.critic), separate.log_alpha], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- PORL
 def test_porl_presample_trains_only_the_critic_then_switches_to_sac():
     config = small(PORLConfig, presample_steps=100, presample_utd=10, utd=4, presample_epsilon=0.1)

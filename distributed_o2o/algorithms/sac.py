@@ -122,6 +122,9 @@ class SACCore(Algorithm):
             critic = CriticEnsemble(obs_dim, act_dim, config.num_critics, config.hidden, config.critic_layer_norm)
             critic.normalizer.load_state_dict(self.policy.normalizer.state_dict())
         self.critic = critic.to(device)
+        # On a GPU, one policy forward over [s; s′] per update saves its launches; on a CPU the
+        # actor's backward through the doubled batch costs more than the forward it saves.
+        self.shared_policy_forward = torch.device(device).type == "cuda"
         self.target_critic = frozen_copy(self.critic)
         self.num_min_critics = config.num_min_critics
         self.log_alpha = torch.tensor(math.log(self.initial_alpha()), device=device, requires_grad=True)
@@ -239,7 +242,9 @@ class SACCore(Algorithm):
 
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
         """One gradient step with no host-device sync; metrics as device tensors."""
-        sample, next_sample = self.sample_policy(batch.obs, batch.next_obs)
+        sample = next_sample = None
+        if self.shared_policy_forward:
+            sample, next_sample = self.sample_policy(batch.obs, batch.next_obs)
         metrics = self.critic_step(batch, self.td_target(batch, next_sample))
         metrics.update(self.policy_step(batch.obs, sample))
         self.update_target()
