@@ -154,9 +154,9 @@ def mirrored_ids(updater: GraphedUpdater) -> list[int]:
 
 
 def test_learner_mirrors_every_shard_row_once_and_refills_after_a_restore():
-    config = finetune_config("sac", None, {"env": "Pendulum-v1", "hidden": HIDDEN, "batch_size": B})
+    config = finetune_config("sac", None, {"env": "Pendulum-v1", "hidden": HIDDEN, "batch_size": B, "device": "cpu"})
     learner = Learner(config, OBS, ACT)
-    assert learner.graphed is None  # auto on CPU: the eager path
+    assert learner.graphed is None  # on the CPU: the eager path
     shards = [ReplayService(OBS, ACT, capacity=16, seed=j) for j in range(2)]
     learner.attach_replay(shards)
     # What `graphed_updater` builds on CUDA, here running the same steps eagerly.
