@@ -74,12 +74,12 @@ class RolloutPool:
     """Rollout actors kept busy as the driver keeps them: chunks chained into a replay shard,
     `COLLECTS_PER_WORKER` queued per actor."""
 
-    def __init__(self, env: str, workers: int, envs_per_worker: int, hidden: list[int]):
+    def __init__(self, env: str, workers: int, envs_per_worker: int, hidden: list[int], chunk: int = CHUNK_TRANSITIONS):
         arch = policy_arch(env, hidden)
         self.actors = [actor_class(RolloutActor).options(num_cpus=0).remote(env, envs_per_worker, 0, arch, None, i)
                        for i in range(workers)]
         self.replay = ray.remote(ReplayService).options(num_cpus=0).remote(arch["obs_dim"], arch["act_dim"], 1_000_000)
-        self.steps = max(1, CHUNK_TRANSITIONS // envs_per_worker)
+        self.steps = max(1, chunk // envs_per_worker)
         self.pending: dict[ray.ObjectRef, int] = {}
         weights = ray.put(build_policy(arch).state_dict())
         ray.get([a.set_weights.remote(0, weights, ActingSpec()) for a in self.actors])  # a stochastic policy acts
@@ -120,12 +120,15 @@ class RolloutPool:
 
 
 @ray.remote(num_cpus=0)
-def raw_rate(env: str, envs_per_worker: int, seconds: float) -> float:
-    """The envs alone: uniform random actions, no policy, no calls."""
+def raw_rate(env: str, envs_per_worker: int, seconds: float, start_at: float) -> float:
+    """The envs alone: uniform random actions, no policy, no calls; timed from wall-clock time
+    `start_at`, so loops started side by side (each in a worker process that may take seconds
+    to start) are timed over the same window."""
     envs = make_vector_env(env, envs_per_worker, 0)
     envs.reset(seed=0)
     rng = np.random.default_rng(0)
     shape = (envs_per_worker, envs.single_action_space.shape[0])
+    time.sleep(max(0.0, start_at - time.time()))
     start, steps = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         envs.step(rng.uniform(-1.0, 1.0, size=shape).astype(np.float32))
@@ -145,6 +148,12 @@ def cpu_topology() -> dict[str, Any]:
     return {"logical_cpus": os.cpu_count(), "physical_cores": len(siblings)}
 
 
+def side_by_side_raw(env: str, envs_per_worker: int, seconds: float, loops: int) -> float:
+    """Env steps/s of `loops` raw loops timed over the same window, in total."""
+    start_at = time.time() + 5.0 + 0.5 * loops  # after every worker process has started
+    return sum(ray.get([raw_rate.remote(env, envs_per_worker, seconds, start_at) for _ in range(loops)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="Hopper-v5")
@@ -152,19 +161,20 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4,8,14", help="worker counts to measure, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
     parser.add_argument("--hidden", default="256,256", help="policy hidden sizes")
+    parser.add_argument("--chunk", type=int, default=CHUNK_TRANSITIONS, help="transitions per chunk (the runtime's by default)")
     parser.add_argument("--device", default="cpu", help="recorded only: rollout inference runs on the CPU")
     args = parser.parse_args()
     hidden, counts = ints(args.hidden), ints(args.workers)
     start_ray()
-    raw = ray.get(raw_rate.remote(args.env, args.envs_per_worker, args.seconds))
+    raw = side_by_side_raw(args.env, args.envs_per_worker, args.seconds, 1)
     log(f"raw: {raw:.0f} env steps/s")
     results, one_actor = {}, None
     for workers in counts:
-        pool = RolloutPool(args.env, workers, args.envs_per_worker, hidden)
+        pool = RolloutPool(args.env, workers, args.envs_per_worker, hidden, args.chunk)
         rate = pool.run(args.seconds)
         pool.close()
         one_actor = one_actor or (rate if workers == 1 else None)
-        concurrent = sum(ray.get([raw_rate.remote(args.env, args.envs_per_worker, args.seconds) for _ in range(workers)]))
+        concurrent = side_by_side_raw(args.env, args.envs_per_worker, args.seconds, workers)
         results[str(workers)] = {"steps_per_s": round(rate), "per_worker": round(rate / workers),
                                  "ratio_to_raw": round(rate / (workers * raw), 3),
                                  "of_linear": None if one_actor is None else round(rate / (workers * one_actor), 3),
@@ -174,7 +184,7 @@ def main() -> None:
             f"{concurrent:.0f} raw side by side, {rate / concurrent:.2f} of it)")
     print(json.dumps({**machine(args.device), "cpu_topology": cpu_topology(), "env": args.env,
                       "envs_per_worker": args.envs_per_worker, "hidden": hidden,
-                      "chunk_transitions": CHUNK_TRANSITIONS, "seconds": args.seconds, "raw_steps_per_s": round(raw),
+                      "chunk_transitions": args.chunk, "seconds": args.seconds, "raw_steps_per_s": round(raw),
                       "workers": results}, indent=2))
 
 

@@ -142,6 +142,7 @@ def test_a_failed_run_resumes_from_its_last_checkpoint_without_losing_data(tmp_p
     (["--algo", "porl", "--env", ENV, "--policy", "{policy}", "--set", "utdd=3"], "unknown config key 'utdd'"),
     (["--algo", "nosuch", "--env", ENV], "unknown algorithm 'nosuch'"),
     (["--resume", "{tmp}/nothing"], "is not a run directory"),
+    (["--algo", "sac", "--env", ENV, "--learner-backend", "graph", "--set", "device=cpu"], "learner_backend 'graph' needs a CUDA device"),
 ])
 def test_bad_finetune_input_is_one_line_and_exit_2(args, message, weak_bc, tmp_path, capsys):
     argv = [a.format(policy=weak_bc["policy"], tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "run"), "--quiet"]

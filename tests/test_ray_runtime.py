@@ -20,7 +20,7 @@ from distributed_o2o.errors import UserError
 from distributed_o2o.runtime import learner as learner_module
 from distributed_o2o.runtime.finetune import resume_finetune, run_finetune, run_id
 from distributed_o2o.runtime.graphed import GraphedUpdater
-from distributed_o2o.runtime.ray_runtime import LearnerActor, plan_resources
+from distributed_o2o.runtime.ray_runtime import LearnerActor, RayTransport, plan_resources
 from distributed_o2o.runtime.replay import RateLimiter, ReplayService, check_rate_limits, shard_offline, split_rows
 from distributed_o2o.runtime.rollout import RolloutWorker
 from distributed_o2o.runtime.transport import Done, LocalTransport
@@ -284,3 +284,17 @@ def test_o2ppo_trains_on_whole_fragments_from_the_same_actors(tmp_path, ray_inst
     assert summary["updates"] == local["updates"] == 6
     assert len(np.load(tmp_path / "ray" / "resume" / "replay.npz")["rewards"]) == 0  # fragments never enter the table
     assert _train_scalars(tmp_path / "ray", "train/staleness") == [0.0] * 6  # strictly on-policy
+
+
+@ray.remote(num_cpus=0)
+class _RefusesItsInput:
+    def __init__(self, problem: str):
+        raise UserError(problem)
+
+
+def test_bad_input_found_by_an_actor_constructor_is_a_user_error_on_the_driver(ray_instance):
+    # Ray hands a failed constructor's exception back as text only; the transport finds the
+    # UserError in it, so the CLI prints one line and exits 2 rather than showing a dead actor.
+    actor = _RefusesItsInput.remote("the dataset has no 'rewards' key: rebuild it with o2o data make")
+    with pytest.raises(UserError, match="^the dataset has no 'rewards' key: rebuild it with o2o data make$"):
+        RayTransport().get(actor.__ray_call__.remote(lambda self: 1))

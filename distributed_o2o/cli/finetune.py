@@ -30,6 +30,8 @@ def finetune(
     num_rollout_workers: Optional[int] = typer.Option(None, min=1, help="Rollout actors (config: num_rollout_workers)."),
     envs_per_worker: Optional[int] = typer.Option(None, min=1, help="Envs each rollout actor steps as one vector."),
     replay_shards: Optional[int] = typer.Option(None, min=1, help="Replay service shards (config: replay_shards)."),
+    learner_backend: Optional[str] = typer.Option(None, help="auto: CUDA graphs for the SAC family on a GPU, eager "
+                                                            "otherwise; graph: insist; eager: never (debugging)."),
     config: Optional[str] = typer.Option(None, help="YAML config file (see configs/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: key=value (repeatable)."),
     seed: Optional[int] = typer.Option(None),
@@ -45,7 +47,7 @@ def finetune(
     from distributed_o2o.runtime.transport import ComponentFailed
 
     runtime = {k: v for k, v in {"num_rollout_workers": num_rollout_workers, "envs_per_worker": envs_per_worker,
-                                 "replay_shards": replay_shards}.items() if v is not None}
+                                 "replay_shards": replay_shards, "learner_backend": learner_backend}.items() if v is not None}
     try:
         if resume is not None:
             summary = resume_finetune(resume, mode, progress=not quiet, address=address,

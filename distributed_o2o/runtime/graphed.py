@@ -251,11 +251,17 @@ def graphed_updater(config, algorithm: Algorithm, obs_dim: int, act_dim: int,
     "auto" picks it on CUDA for the SAC family; "graph" insists and fails without CUDA or for
     another family; "eager" never picks it.
     """
-    supported = isinstance(algorithm, SACCore) and torch.device(device).type == "cuda"
-    if config.learner_backend == "graph" and not supported:
-        raise UserError(f"learner_backend 'graph' needs a CUDA device and a SAC-family algorithm "
-                        f"(got '{config.algo}' on {device}); use 'auto' or 'eager'")
-    if config.learner_backend == "eager" or not supported:
+    on_gpu = torch.device(device).type == "cuda"
+    check_learner_backend(config, type(algorithm), on_gpu)
+    if config.learner_backend == "eager" or not (on_gpu and isinstance(algorithm, SACCore)):
         return None
     return GraphedUpdater(algorithm, obs_dim, act_dim, config.replay_capacity, device, config.graph_steps,
                           config.graph_compile, config.graph_tf32)
+
+
+def check_learner_backend(config, algorithm_cls: type, on_gpu: bool) -> None:
+    """Refuse `learner_backend: graph` where the graphed path cannot run (the Ray runtime asks
+    before it starts the learner actor, from the GPU its plan gives the learner)."""
+    if config.learner_backend == "graph" and not (on_gpu and issubclass(algorithm_cls, SACCore)):
+        raise UserError(f"learner_backend 'graph' needs a CUDA device and a SAC-family algorithm (got '{config.algo}' "
+                        f"{'on a GPU' if on_gpu else 'without a GPU'}); use 'auto' or 'eager'")

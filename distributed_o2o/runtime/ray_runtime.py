@@ -27,10 +27,12 @@ import torch
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.driver import Components
 from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.finetune import MAX_UPDATES_PER_CALL, RunInputs
+from distributed_o2o.runtime.graphed import check_learner_backend
 from distributed_o2o.runtime.learner import Learner, concat_batches
 from distributed_o2o.runtime.replay import ReplayService, shard_offline
 from distributed_o2o.runtime.rollout import RolloutWorker
@@ -76,6 +78,8 @@ class RayTransport:
         try:
             return ray.get(future)
         except RayActorError as exc:  # also a task whose argument came from a dead actor
+            if isinstance(exc, ActorDiedError) and exc.actor_init_failed:
+                _raise_user_error(str(exc.error_msg))  # bad input found by a constructor: one line
             kind = next(c.__name__ for c in type(exc).__mro__ if c.__module__ == "ray.exceptions" and "Task" not in c.__name__)
             lines = [line.strip() for line in str(exc.error_msg).splitlines() if line.strip()]
             name = self.names.get(exc.actor_id or "", f"actor {exc.actor_id}")
@@ -85,6 +89,15 @@ class RayTransport:
             if isinstance(exc.cause, UserError):  # bad input found inside an actor: still one line
                 raise exc.cause from None
             raise
+
+
+def _raise_user_error(traceback_text: str) -> None:
+    """Raise the `UserError` a remote traceback ends in, if it ends in one. Ray passes a failed
+    constructor's exception only as text (no cause object to re-raise)."""
+    prefix = f"{UserError.__module__}.{UserError.__name__}: "
+    lines = [line.strip() for line in traceback_text.splitlines() if line.strip().startswith(prefix)]
+    if lines:
+        raise UserError(lines[-1][len(prefix):]) from None
 
 
 def _to_cpu(node: Any) -> Any:
@@ -236,10 +249,11 @@ def ray_components(config, inputs: RunInputs, run_id: str, address: str | None) 
 
     try:
         plan = plan_resources(ray.nodes(), config, gpu_wanted=config.device != "cpu")
+        check_learner_backend(config, algorithm_class(config.algo), on_gpu=plan["learner"]["num_gpus"] > 0)
         threads = learner_threads(ray.nodes(), config)
         learner = create(LearnerActor, "learner", 0, {**plan["learner"], "max_restarts": 0}, threads, config,
                          inputs.obs_dim, inputs.act_dim, policy=inputs.policy, pretrained=inputs.pretrained, offline=inputs.offline)
-        node = ray.get(learner.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+        node = transport.get(learner.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
         near_learner = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
         capacity = inputs.shard_capacity(config)
         replays = [create(ReplayService, "replay", j, {**plan["replay"], **near_learner, "max_restarts": 0},
