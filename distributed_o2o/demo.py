@@ -1,10 +1,10 @@
-"""`o2o demo`: the main job on its embedded default, end to end on one small env.
+"""`o2o demo`: the main job on its embedded default, end to end on Hopper-v5.
 
-1. Collect a dataset with a weak scripted controller (a noisy PD controller: it balances
-   the pendulum near the top but cannot swing it up from below).
-2. Pretrain a BC policy on it.
-3. Fine-tune that policy online with PORL on a local Ray instance (or in one process).
-4. Print a before/after table of evaluation returns and write the learning curve.
+1. A small dataset from the zoo's medium policy (what `o2o data make --quality medium` builds).
+2. A BC policy pretrained on it.
+3. PORL fine-tuning of that policy on a local Ray instance (or in one process).
+4. A before/after table of evaluation returns (normalised by the zoo's references) and the
+   learning curve.
 """
 
 from __future__ import annotations
@@ -14,28 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from distributed_o2o.config import DemoConfig
-
-
-def pd_controller(obs: np.ndarray, kp: float = 5.0, kd: float = 1.0) -> np.ndarray:
-    """Torque toward upright for Pendulum observations (cos θ, sin θ, θ'), in [-1, 1]."""
-    theta = np.arctan2(obs[..., 1], obs[..., 0])
-    return np.clip(-(kp * theta + kd * obs[..., 2]), -1.0, 1.0)[..., None].astype(np.float32)
-
-
-def random_policy_return(env_id: str, episodes: int, seed: int) -> float:
-    from distributed_o2o.envs import make_env
-
-    env = make_env(env_id, seed=seed)
-    returns = []
-    for episode in range(episodes):
-        env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total += reward
-            done = terminated or truncated
-        returns.append(total)
-    return float(np.mean(returns))
 
 
 def plot_curve(metrics: list[dict], path: Path, title: str) -> None:
@@ -63,38 +41,35 @@ def run_demo(config: DemoConfig, out: str | Path, progress: bool = True) -> dict
     from rich.console import Console
 
     from distributed_o2o.algorithms.offline import run_pretraining
-    from distributed_o2o.data import collect_dataset, load_dataset, write_dataset
+    from distributed_o2o.data import load_dataset, write_dataset
+    from distributed_o2o.data.make import make_dataset
     from distributed_o2o.runtime.finetune import run_finetune
     from distributed_o2o.runtime.run_dir import RunDir
 
     console = Console()
     out = Path(out)
-    rng = np.random.default_rng(config.seed)
 
-    def behaviour(obs: np.ndarray) -> np.ndarray:
-        noise = rng.normal(0.0, config.behaviour_noise, size=(len(obs), 1)).astype(np.float32)
-        return np.clip(pd_controller(obs) + noise, -1.0, 1.0)
-
-    console.rule("1. dataset: a noisy PD controller")
-    r_min = random_policy_return(config.env, config.reference_episodes, config.seed + 500)
-    data = collect_dataset(config.env, behaviour, config.dataset_steps, seed=config.seed, progress=progress)
-    dataset_file = write_dataset(out / "dataset.hdf5", data, env_id=config.env, behavior_policy="noisy PD controller",
-                                 seed=config.seed, ref_min_score=r_min, ref_max_score=None,
-                                 ref_scores_measured_by=f"uniform random policy, {config.reference_episodes} episodes")
+    console.rule(f"1. dataset: the zoo's {config.quality} policy")
+    data = make_dataset(config.env, config.quality, config.dataset_steps, seed=config.seed, progress=progress)
+    dataset_file = write_dataset(out / "dataset.hdf5", data, env_id=config.env, behavior_policy=f"zoo {config.quality}",
+                                 seed=config.seed, ref_min_score=data.ref_min_score, ref_max_score=data.ref_max_score,
+                                 ref_scores_measured_by=data.attrs["ref_scores_measured_by"])
     dataset = load_dataset(str(dataset_file), config.env)
-    console.print(f"{len(dataset)} transitions, behaviour return {dataset.summary()['return_mean']:.1f}; "
-                  f"random policy return {r_min:.1f}")
+    behaviour = dataset.summary()
+    console.print(f"{len(dataset)} transitions, behaviour return {behaviour['return_mean']:.1f} "
+                  f"(normalised {behaviour['normalized_score_mean']:.1f})")
 
     console.rule("2. offline pretraining: BC")
     pretrain = config.pretrain.model_copy(update={"env": config.env, "dataset": str(dataset_file), "seed": config.seed})
     policy_dir = run_pretraining(pretrain, dataset, out / "bc", progress=progress)
 
     console.rule(f"3. online fine-tuning: PORL ({'local Ray' if config.mode == 'ray' else 'one process'})")
-    finetune = config.finetune.model_copy(update={"env": config.env, "policy": str(policy_dir), "seed": config.seed})
+    finetune = config.finetune.model_copy(update={"env": config.env, "policy": str(policy_dir), "seed": config.seed,
+                                                  "ref_min_score": data.ref_min_score, "ref_max_score": data.ref_max_score})
     summary = run_finetune(finetune, out / "porl", mode=config.mode, progress=progress)
 
     metrics = RunDir(out / "porl").read_metrics()
-    plot_curve(metrics, out / "curve.png", f"PORL on {config.env} from BC of a noisy PD controller")
+    plot_curve(metrics, out / "curve.png", f"PORL on {config.env} from BC of zoo-{config.quality} data")
     summary["curve"] = str(out / "curve.png")
-    summary["behaviour_return"] = dataset.summary()["return_mean"]
+    summary["behaviour_return"] = behaviour["return_mean"]
     return summary

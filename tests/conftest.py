@@ -36,13 +36,19 @@ def write_h5(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+def pd_controller(obs: np.ndarray, kp: float = 5.0, kd: float = 1.0) -> np.ndarray:
+    """Torque toward upright for Pendulum observations (cos θ, sin θ, θ'), in [-1, 1]: with noise,
+    it balances near the top but cannot swing the pendulum up."""
+    theta = np.arctan2(obs[..., 1], obs[..., 0])
+    return np.clip(-(kp * theta + kd * obs[..., 2]), -1.0, 1.0)[..., None].astype(np.float32)
+
+
 def make_weak_bc(root: Path, transitions: int, bc_steps: int, hidden: list[int]) -> dict[str, str]:
     """A noisy-PD-controller dataset on Pendulum-v1 and a BC policy pretrained on it: a weak
     starting policy (return about -900) for fine-tuning tests. Returns the dataset and policy paths."""
     from distributed_o2o.algorithms.offline import run_pretraining
     from distributed_o2o.config import PretrainConfig
     from distributed_o2o.data import collect_dataset, load_dataset, write_dataset
-    from distributed_o2o.demo import pd_controller
 
     env = "Pendulum-v1"
     rng = np.random.default_rng(0)

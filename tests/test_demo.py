@@ -1,4 +1,4 @@
-"""The main job's pipeline end to end, shrunk: data -> BC -> PORL -> table and curve."""
+"""The main job's pipeline end to end, shrunk: zoo data -> BC -> PORL -> table and curve."""
 
 from distributed_o2o.cli.main import main
 from distributed_o2o.checkpoint import load_policy
@@ -7,17 +7,21 @@ from distributed_o2o.data import load_dataset
 
 def test_demo_pipeline_writes_every_artefact(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--quiet", "--set", "mode=local", "--set", "dataset_steps=600",
-            "--set", "reference_episodes=2", "--set", "pretrain.steps=50", "--set", "finetune.online_steps=600",
-            "--set", "finetune.presample_steps=200", "--set", "finetune.eval_every=300", "--set", "finetune.eval_episodes=2"]
+    shrunk = {"mode": "local", "dataset_steps": 600, "pretrain.steps": 50, "pretrain.hidden": "[16,16]",
+              "finetune.online_steps": 600, "finetune.presample_steps": 200, "finetune.presample_utd": 1,
+              "finetune.utd": 1, "finetune.num_critics": 2, "finetune.hidden": "[16,16]",
+              "finetune.eval_every": 300, "finetune.eval_episodes": 2}
+    argv = ["demo", "--out", str(out), "--quiet", *(arg for k, v in shrunk.items() for arg in ("--set", f"{k}={v}"))]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "initial" in printed and "final" in printed and "learning curve" in printed
-    dataset = load_dataset(str(out / "dataset.hdf5"), "Pendulum-v1")
-    assert len(dataset) == 600 and dataset.ref_min_score is not None
-    assert load_policy(out / "bc", "Pendulum-v1").family == "tanh_gaussian"
+    assert "zoo's medium policy" in printed
+    dataset = load_dataset(str(out / "dataset.hdf5"), "Hopper-v5")
+    assert len(dataset) == 600 and dataset.ref_min_score is not None and dataset.ref_max_score is not None
+    assert load_policy(out / "bc", "Hopper-v5").family == "tanh_gaussian"
     assert (out / "curve.png").stat().st_size > 10_000
-    assert (out / "porl" / "summary.json").exists()
+    summary = (out / "porl" / "summary.json").read_text()
+    assert '"normalized_score": null' not in summary  # scored against the zoo's references
 
 
 def test_demo_refuses_unknown_fields(capsys):

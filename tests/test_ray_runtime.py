@@ -298,3 +298,26 @@ def test_bad_input_found_by_an_actor_constructor_is_a_user_error_on_the_driver(r
     actor = _RefusesItsInput.remote("the dataset has no 'rewards' key: rebuild it with o2o data make")
     with pytest.raises(UserError, match="^the dataset has no 'rewards' key: rebuild it with o2o data make$"):
         RayTransport().get(actor.__ray_call__.remote(lambda self: 1))
+
+
+def test_learner_threads_sets_the_cpu_learner_actors_torch_threads(ray_instance, tmp_path):
+    # On 2 CPUs with one rollout actor and one shard the automatic share would be 1 thread.
+    out = tmp_path / "run"
+    config = finetune_config("sac", None, {**SMALL, "online_steps": 400, "eval_every": 400, "random_start_steps": 100,
+                                           "learning_starts": 100, "learner_threads": 2})
+    seen: list[int] = []
+
+    def probe() -> None:
+        name = f"o2o/{run_id(out)}/learner-0"
+        while not seen:
+            try:
+                learner = ray.get_actor(name, namespace="o2o")
+                seen.append(ray.get(learner.__ray_call__.remote(lambda self: torch.get_num_threads())))
+            except ValueError:  # not created yet
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    run_finetune(config, out, mode="ray", progress=False)
+    thread.join(timeout=5)
+    assert seen == [2]

@@ -17,7 +17,7 @@ def demo(
     set_: list[str] = typer.Option([], "--set", help="Override a field: key=value (e.g. finetune.online_steps=5000)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
-    """Scripted data -> BC pretraining -> PORL fine-tuning, with a before/after table."""
+    """Zoo data -> BC pretraining -> PORL fine-tuning on Hopper-v5, with a before/after table."""
     from distributed_o2o.cli.finetune import print_summary
     from distributed_o2o.config import DemoConfig, build_config, parse_overrides, read_yaml
     from distributed_o2o.demo import run_demo
@@ -25,5 +25,5 @@ def demo(
     cfg = build_config(DemoConfig, read_yaml(config) if config else {}, parse_overrides(set_))
     summary = run_demo(cfg, out, progress=not quiet)
     print_summary(summary)
-    typer.echo(f"behaviour policy (noisy PD controller) return: {summary['behaviour_return']:.1f}")
+    typer.echo(f"behaviour policy (the zoo's {cfg.quality} policy) return: {summary['behaviour_return']:.1f}")
     typer.echo(f"learning curve: {summary['curve']}")

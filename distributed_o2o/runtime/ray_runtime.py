@@ -250,7 +250,7 @@ def ray_components(config, inputs: RunInputs, run_id: str, address: str | None) 
     try:
         plan = plan_resources(ray.nodes(), config, gpu_wanted=config.device != "cpu")
         check_learner_backend(config, algorithm_class(config.algo), on_gpu=plan["learner"]["num_gpus"] > 0)
-        threads = learner_threads(ray.nodes(), config)
+        threads = config.learner_threads or learner_threads(ray.nodes(), config)
         learner = create(LearnerActor, "learner", 0, {**plan["learner"], "max_restarts": 0}, threads, config,
                          inputs.obs_dim, inputs.act_dim, policy=inputs.policy, pretrained=inputs.pretrained, offline=inputs.offline)
         node = transport.get(learner.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
