@@ -312,11 +312,9 @@ class IQLFinetuneConfig(FinetuneConfig):
         return True
 
 
-# Fields that say how a run is spread over processes, not what it computes before going online
-# (they do not invalidate cached offline stages).
-# How a run is spread over processes and devices, not what it computes: may change on --resume
-# (the learner backend computes the same updates, graphed or eager: a GPU run can be resumed
-# eagerly to debug it).
+# Fields that say how a run is spread over processes and devices, not what it computes: they do
+# not invalidate cached offline stages and may change on --resume (the learner backend computes
+# the same updates, graphed or eager: a GPU run can be resumed eagerly to debug it).
 RUNTIME_FIELDS = frozenset({"num_rollout_workers", "envs_per_worker", "replay_shards", "min_replay_size",
                             "samples_per_insert_tolerance", "broadcast_every", "learner_backend", "learner_threads"})
 

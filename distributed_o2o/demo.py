@@ -41,8 +41,7 @@ def run_demo(config: DemoConfig, out: str | Path, progress: bool = True) -> dict
     from rich.console import Console
 
     from distributed_o2o.algorithms.offline import run_pretraining
-    from distributed_o2o.data import load_dataset, write_dataset
-    from distributed_o2o.data.make import make_dataset
+    from distributed_o2o.data.make import make_dataset, write_made_dataset
     from distributed_o2o.runtime.finetune import run_finetune
     from distributed_o2o.runtime.run_dir import RunDir
 
@@ -50,11 +49,8 @@ def run_demo(config: DemoConfig, out: str | Path, progress: bool = True) -> dict
     out = Path(out)
 
     console.rule(f"1. dataset: the zoo's {config.quality} policy")
-    data = make_dataset(config.env, config.quality, config.dataset_steps, seed=config.seed, progress=progress)
-    dataset_file = write_dataset(out / "dataset.hdf5", data, env_id=config.env, behavior_policy=f"zoo {config.quality}",
-                                 seed=config.seed, ref_min_score=data.ref_min_score, ref_max_score=data.ref_max_score,
-                                 ref_scores_measured_by=data.attrs["ref_scores_measured_by"])
-    dataset = load_dataset(str(dataset_file), config.env)
+    dataset = make_dataset(config.env, config.quality, config.dataset_steps, seed=config.seed, progress=progress)
+    dataset_file = write_made_dataset(out / "dataset.hdf5", dataset)
     behaviour = dataset.summary()
     console.print(f"{len(dataset)} transitions, behaviour return {behaviour['return_mean']:.1f} "
                   f"(normalised {behaviour['normalized_score_mean']:.1f})")
@@ -65,7 +61,7 @@ def run_demo(config: DemoConfig, out: str | Path, progress: bool = True) -> dict
 
     console.rule(f"3. online fine-tuning: PORL ({'local Ray' if config.mode == 'ray' else 'one process'})")
     finetune = config.finetune.model_copy(update={"env": config.env, "policy": str(policy_dir), "seed": config.seed,
-                                                  "ref_min_score": data.ref_min_score, "ref_max_score": data.ref_max_score})
+                                                  "ref_min_score": dataset.ref_min_score, "ref_max_score": dataset.ref_max_score})
     summary = run_finetune(finetune, out / "porl", mode=config.mode, progress=progress)
 
     metrics = RunDir(out / "porl").read_metrics()

@@ -33,8 +33,6 @@ from distributed_o2o.algorithms.policies import Policy, TanhGaussianPolicy
 from distributed_o2o.errors import UserError
 
 Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
-
-
 Sample = tuple[torch.Tensor, torch.Tensor]  # (a ~ π(·|s), log π(a|s))
 
 
@@ -93,10 +91,15 @@ def optimizer_params(optimizers: Iterable[torch.optim.Optimizer]) -> list[torch.
     return [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
 
 
+def stack_scalars(values: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Scalar metric tensors as one detached float vector, in their order."""
+    return torch.stack([v.detach().float().reshape(()) for v in values])
+
+
 def to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
     """Tensor metrics to Python floats with a single device sync."""
     tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
-    values = torch.stack([v.detach().float().reshape(()) for v in tensors.values()]).tolist() if tensors else []
+    values = stack_scalars(tensors.values()).tolist() if tensors else []
     floats = dict(zip(tensors, values))
     return {k: floats[k] if k in floats else float(v) for k, v in metrics.items()}
 
@@ -195,6 +198,7 @@ class SACCore(Algorithm):
         return loss, actions.detach(), log_prob, {"actor_loss": loss.detach(), "entropy": -log_prob.mean()}
 
     def actor_only_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_π and its metrics, as one function the graphed path can compile (`actor_step`)."""
         loss, _, _, metrics = self.actor_loss(obs)
         return loss, metrics
 

@@ -82,12 +82,10 @@ def make(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Build a D4RL-protocol dataset from the zoo's policies (deterministic per seed)."""
-    from distributed_o2o.data.make import make_dataset
+    from distributed_o2o.data.make import make_dataset, write_made_dataset
 
     dataset = make_dataset(env, quality, steps, seed)
-    write_dataset(out, dataset, env_id=dataset.env_id, behavior_policy=f"zoo {quality}", seed=seed,
-                  ref_min_score=dataset.ref_min_score, ref_max_score=dataset.ref_max_score,
-                  ref_scores_measured_by=dataset.attrs["ref_scores_measured_by"])
+    write_made_dataset(out, dataset)
     summary = dataset.summary()
     typer.echo(f"wrote {summary['transitions']} transitions, {summary['episodes']} episodes of {env} {quality} "
                f"(return {summary['return_mean']:.1f}, normalised {summary['normalized_score_mean']:.1f}) to {out}")

@@ -18,6 +18,7 @@ import torch
 from distributed_o2o.checkpoint import load_policy
 from distributed_o2o.data.collect import collect_dataset
 from distributed_o2o.data.dataset import OfflineDataset, episode_returns, validate_columns
+from distributed_o2o.data.writer import write_dataset
 from distributed_o2o.errors import UserError
 from distributed_o2o.zoo import ZOO_DIR, ZooEntry, zoo_entry
 from distributed_o2o.zoo.build import episode_ends, load_compact
@@ -46,6 +47,13 @@ def make_dataset(env_id: str, quality: str, steps: int | None = None, seed: int 
     attrs = {**dataset.attrs, "zoo_quality": quality, "seed": seed,
              "ref_scores_measured_by": f"zoo random / expert policies, {episodes} episodes each"}
     return dataclasses.replace(dataset, ref_min_score=entry.ref_min_score, ref_max_score=entry.ref_max_score, attrs=attrs)
+
+
+def write_made_dataset(path: str | Path, dataset: OfflineDataset) -> Path:
+    """Write a `make_dataset` result with its provenance (zoo quality, seed, references)."""
+    return write_dataset(path, dataset, env_id=dataset.env_id, behavior_policy=f"zoo {dataset.attrs['zoo_quality']}",
+                         seed=dataset.attrs["seed"], ref_min_score=dataset.ref_min_score,
+                         ref_max_score=dataset.ref_max_score, ref_scores_measured_by=dataset.attrs["ref_scores_measured_by"])
 
 
 def _sampled(entry: ZooEntry, quality: str, steps: int, seed: int, progress: bool) -> OfflineDataset:

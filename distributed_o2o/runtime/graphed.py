@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from distributed_o2o.algorithms.base import Algorithm, Batch
-from distributed_o2o.algorithms.sac import SACCore
+from distributed_o2o.algorithms.sac import SACCore, stack_scalars
 from distributed_o2o.errors import UserError
 
 # Updates of each (phase, offline rows) that run eagerly before capture: lazy initialisation
@@ -92,7 +92,7 @@ class DeviceReplay:
 
 def accumulate(sums: torch.Tensor, values: list[torch.Tensor]) -> None:
     """sums += the scalar metrics `values`, in their order."""
-    sums.add_(torch.stack([v.detach().float().reshape(()) for v in values]))
+    sums.add_(stack_scalars(values))
 
 
 def prepare_optimizers(optimizers: list[torch.optim.Optimizer], foreach: bool) -> None:
@@ -253,15 +253,20 @@ def graphed_updater(config, algorithm: Algorithm, obs_dim: int, act_dim: int,
     """
     on_gpu = torch.device(device).type == "cuda"
     check_learner_backend(config, type(algorithm), on_gpu)
-    if config.learner_backend == "eager" or not (on_gpu and isinstance(algorithm, SACCore)):
+    if config.learner_backend == "eager" or not graph_supported(type(algorithm), on_gpu):
         return None
     return GraphedUpdater(algorithm, obs_dim, act_dim, config.replay_capacity, device, config.graph_steps,
                           config.graph_compile, config.graph_tf32)
 
 
+def graph_supported(algorithm_cls: type, on_gpu: bool) -> bool:
+    """The graphed path runs SAC-family updates on CUDA."""
+    return on_gpu and issubclass(algorithm_cls, SACCore)
+
+
 def check_learner_backend(config, algorithm_cls: type, on_gpu: bool) -> None:
     """Refuse `learner_backend: graph` where the graphed path cannot run (the Ray runtime asks
     before it starts the learner actor, from the GPU its plan gives the learner)."""
-    if config.learner_backend == "graph" and not (on_gpu and issubclass(algorithm_cls, SACCore)):
+    if config.learner_backend == "graph" and not graph_supported(algorithm_cls, on_gpu):
         raise UserError(f"learner_backend 'graph' needs a CUDA device and a SAC-family algorithm (got '{config.algo}' "
                         f"{'on a GPU' if on_gpu else 'without a GPU'}); use 'auto' or 'eager'")
