@@ -110,6 +110,12 @@ class FinetuneConfig(StrictModel):
     # Torch threads of a CPU learner actor. None: the CPUs its node leaves after one per rollout
     # actor and replay shard; more where those mostly wait on the learner (high UTD, few cores).
     learner_threads: int | None = Field(None, gt=0)
+    # Ray resources of the learner actor (GPUs, a fraction packs several runs on one GPU) and of
+    # the learner and each rollout actor (CPUs). None: one GPU if the cluster has one (and
+    # `device` allows it); an equal CPU share of at most one. A sweep sets both to fit its trials'
+    # placement groups.
+    learner_gpus: float | None = Field(None, ge=0)
+    actor_cpus: float | None = Field(None, gt=0)
     # σ0 when a deterministic policy becomes a stochastic family; PORL's pre-sample noise σ for
     # a deterministic π_pre (ALGORITHMS.md: 0.1 for both).
     init_std: float = Field(0.1, gt=0.0)
@@ -316,7 +322,8 @@ class IQLFinetuneConfig(FinetuneConfig):
 # not invalidate cached offline stages and may change on --resume (the learner backend computes
 # the same updates, graphed or eager: a GPU run can be resumed eagerly to debug it).
 RUNTIME_FIELDS = frozenset({"num_rollout_workers", "envs_per_worker", "replay_shards", "min_replay_size",
-                            "samples_per_insert_tolerance", "broadcast_every", "learner_backend", "learner_threads"})
+                            "samples_per_insert_tolerance", "broadcast_every", "learner_backend", "learner_threads",
+                            "learner_gpus", "actor_cpus"})
 
 FINETUNE_CONFIGS: dict[str, type[FinetuneConfig]] = {
     cls.model_fields["algo"].default: cls
@@ -350,11 +357,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return result
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_layers(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, nested mappings merged key by key."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_layers(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -377,7 +385,7 @@ def build_config(schema: type[StrictModel], *layers: dict[str, Any]) -> StrictMo
     """Validate merged layers (later ones win) into `schema`; any problem is one UserError line."""
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged = _merge(merged, layer)
+        merged = merge_layers(merged, layer)
     try:
         return schema.model_validate(merged)
     except ValidationError as exc:

@@ -142,6 +142,12 @@ class Algorithm(ABC):
         """Fraction of each batch drawn from D_off."""
         return 0.0
 
+    def handover_step(self) -> int:
+        """The online env step from which the learnt policy acts (before it the starting policy
+        acts frozen: PORL's pre-sample, WSRL's warm-up); 0 where it acts from the start.
+        Reports measure the dip after hand-over from here."""
+        return 0
+
     def update(self, batch: Batch, env_step: int) -> dict[str, float]:
         """One gradient step on an off-policy batch; returns scalar metrics."""
         raise NotImplementedError

@@ -48,3 +48,6 @@ class WSRL(SACCore):
 
     def updates_due(self, env_step: int) -> int:
         return 0 if env_step < self.config.warmup_steps else super().updates_due(env_step)
+
+    def handover_step(self) -> int:
+        return self.config.warmup_steps

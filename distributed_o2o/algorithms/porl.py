@@ -39,6 +39,9 @@ class PORL(ConstrainedFineTuning, SACCore):
     def presampling(self, env_step: int) -> bool:
         return env_step < self.config.presample_steps
 
+    def handover_step(self) -> int:
+        return self.config.presample_steps
+
     def evaluation_target(self, batch: Batch):
         """Soft evaluation target of the frozen π_pre with α = alpha_init."""
         return soft_td_target(batch, self.target_critic, self.policy, self.config.alpha_init, self.config.gamma,

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distributed_o2o.data import collect_dataset, load_dataset, write_dataset
+from distributed_o2o.data.collect import uniform_actor
 from distributed_o2o.envs import env_spaces
 
 app = typer.Typer(no_args_is_help=True)
@@ -44,12 +45,7 @@ def collect(
 ) -> None:
     """Collect a dataset with a policy and write it in the project's format."""
     if policy == "random":
-        rng = np.random.default_rng(seed)
-        act_dim = env_spaces(env).act_dim
-
-        def act_fn(obs: np.ndarray) -> np.ndarray:
-            return rng.uniform(-1.0, 1.0, size=(obs.shape[0], act_dim))
-
+        act_fn = uniform_actor(env_spaces(env).act_dim, seed)
         name = "random"
     else:
         import torch  # only when needed: slow to import

@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from distributed_o2o.cli import data, demo, finetune, pretrain, zoo
+from distributed_o2o.cli import data, demo, finetune, pretrain, study, zoo
 from distributed_o2o.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -18,6 +18,7 @@ app.add_typer(zoo.app, name="zoo", help="The shipped behaviour-policy zoo: list 
 pretrain.register(app)
 finetune.register(app)
 demo.register(app)
+study.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

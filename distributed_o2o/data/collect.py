@@ -20,6 +20,16 @@ from distributed_o2o.errors import UserError
 _COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
 
+def uniform_actor(act_dim: int, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The 'random' behaviour policy: actions uniform in [-1, 1], from a generator seeded by `seed`."""
+    rng = np.random.default_rng(seed)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return rng.uniform(-1.0, 1.0, size=(obs.shape[0], act_dim))
+
+    return act
+
+
 def collect_dataset(
     env_id: str,
     act_fn: Callable[[np.ndarray], np.ndarray],

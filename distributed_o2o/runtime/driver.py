@@ -629,7 +629,8 @@ class Driver:
         best = max(records, key=lambda r: r["return_mean"]) if records else None
         return {"algo": self.config.algo, "env": self.config.env, "initial": c.initial, "final": records[-1] if records else None,
                 "best": best, "env_steps": c.env_steps, "updates": c.updates, "eval_env_steps": c.eval_env_steps,
-                "rollout_failures": c.rollout_failures, "handover": c.handover, "wall_time_s": self._wall_time(),
+                "rollout_failures": c.rollout_failures, "handover": c.handover,
+                "handover_env_step": self.t.call(self.c.learner, "handover_step"), "wall_time_s": self._wall_time(),
                 "run_dir": str(self.run_dir.path)}
 
 

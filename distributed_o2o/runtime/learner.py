@@ -113,6 +113,9 @@ class Learner:
     def offline_ratio(self, env_step: int) -> float:
         return self.algorithm.offline_ratio(env_step)
 
+    def handover_step(self) -> int:
+        return self.algorithm.handover_step()
+
     def rollout_steps(self) -> int:
         return int(getattr(self.algorithm, "rollout_steps", 1))
 

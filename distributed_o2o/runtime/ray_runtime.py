@@ -194,18 +194,20 @@ def actor_class(cls: type) -> Any:
 def plan_resources(nodes: list[dict], config, gpu_wanted: bool) -> dict[str, dict[str, Any]]:
     """Actor options per role from the cluster's alive nodes (`ray.nodes()`).
 
-    CPUs: the learner and each rollout actor get an equal share, at most one CPU; rollout
-    actors take none where a `rollout` resource decides their placement. Replay shards and the
-    evaluator go to the learner's node (by affinity, see `ray_components`) and reserve no CPU,
-    so they always fit there. The learner gets a GPU if one exists and the device allows it.
+    CPUs: the learner and each rollout actor get `actor_cpus`, or an equal share of at most one
+    CPU; rollout actors take none where a `rollout` resource decides their placement. Replay
+    shards and the evaluator go to the learner's node (by affinity, see `ray_components`) and
+    reserve no CPU, so they always fit there. The learner gets `learner_gpus` (default one GPU)
+    if the cluster has them and the device allows it.
     """
     alive = [n["Resources"] for n in nodes if n.get("Alive")]
     total = lambda key: sum(r.get(key, 0.0) for r in alive)  # noqa: E731
     workers = config.num_rollout_workers
     if config.device == "cuda" and total("GPU") < 1:
         raise UserError("device 'cuda' was asked for, but the Ray cluster has no GPU: use --set device=auto or a cluster with a GPU")
-    share = min(1.0, total("CPU") / (1 + workers))
-    learner: dict[str, Any] = {"num_cpus": share, "num_gpus": 1 if gpu_wanted and total("GPU") >= 1 else 0}
+    share = config.actor_cpus or min(1.0, total("CPU") / (1 + workers))
+    gpus = 1 if config.learner_gpus is None else config.learner_gpus
+    learner: dict[str, Any] = {"num_cpus": share, "num_gpus": gpus if gpu_wanted and total("GPU") >= gpus > 0 else 0}
     rollout: dict[str, Any] = {"num_cpus": share}
     if total("learner") > 0:
         learner["resources"] = {"learner": 1}

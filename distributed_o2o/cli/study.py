@@ -1,0 +1,50 @@
+"""`o2o sweep` and `o2o report`: multi-seed studies and their statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML (see configs/sweeps/): datasets, policies, methods, envs, seeds."),
+    out: Path = typer.Option(..., "--out", help="Study directory: runs/<env>/<method>/seed_<n>/, sweep.yaml, tune/."),
+    address: Optional[str] = typer.Option(None, help="Join this Ray cluster (e.g. auto) instead of starting a local one."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the stages and trials, and what is already done; run nothing."),
+    cache: Optional[Path] = typer.Option(None, help="Where made datasets and pretrained policies are kept and reused "
+                                                    "(default: $O2O_CACHE_DIR or ~/.cache/distributed_o2o)."),
+) -> None:
+    """Run a multi-seed study as Ray Tune trials; running it again continues where it stopped."""
+    from distributed_o2o.sweep.run import run_sweep
+
+    failed = run_sweep(sweep_file, out, address=address, dry_run=dry_run, cache=cache, say=typer.echo)
+    for line in failed:
+        typer.echo(f"failed: {line}", err=True)
+    if failed:
+        typer.echo(f"{len(failed)} trials failed; run the same command again to retry them", err=True)
+        raise typer.Exit(1)
+    if not dry_run:
+        typer.echo(f"done: o2o report {out} --out {out / 'report'}")
+
+
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories, or folders holding them (a sweep's --out)."),
+    out: Path = typer.Option(..., "--out", help="Directory for report.json, report.md and curves-<env>.png."),
+    baseline: Optional[str] = typer.Option(None, help="Method whose probability of improvement over each other is reported."),
+    reps: int = typer.Option(10_000, min=100, help="Bootstrap resamples per confidence interval."),
+) -> None:
+    """IQM with 95% bootstrap CIs per env and method, stability after hand-over, learning curves."""
+    from distributed_o2o.report.build import write_report
+
+    result = write_report(run_dirs, out, baseline, reps)
+    for g in result["groups"]:
+        typer.echo(f"{g['env']:<16} {g['method']:<24} n={g['n_runs']:<3} final IQM {g['iqm']:.1f} "
+                   f"[{g['ci_low']:.1f}, {g['ci_high']:.1f}]")
+    typer.echo(f"wrote {out / 'report.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(sweep)
+    app.command()(report)

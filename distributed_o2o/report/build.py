@@ -1,0 +1,236 @@
+"""`o2o report`: the figures of each group of runs, aggregates over envs, and the files.
+
+Per group (env, dataset, method), over its finished runs (seeds pooled), each an IQM with a 95%
+bootstrap CI: the score at the final evaluation; the mean over the last 10% of evaluations;
+the score just before hand-over (the last evaluation at or before the env step from which the
+learnt policy acts: PORL's pre-sample end, WSRL's warm-up end, else step 0); the lowest score
+after hand-over; and the dip: the score before hand-over minus the lowest within the first 10%
+of the online steps after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distributed_o2o.report.runs import RunRecord, read_runs
+from distributed_o2o.report.stats import DEFAULT_REPS, improvement_probability, iqm_curve, iqm_interval
+
+
+def run_figures(run: RunRecord) -> dict[str, float]:
+    """One run's figures (the per-run inputs of the group estimates)."""
+    before = run.steps <= run.handover_step
+    after = ~before
+    window = after & (run.steps <= run.handover_step + 0.1 * run.online_steps)
+    if after.any() and not window.any():
+        window = run.steps == run.steps[after][0]
+    last = max(1, math.ceil(0.1 * len(run.scores)))
+    start = float(run.scores[before][-1]) if before.any() else math.nan
+    return {
+        "final": float(run.scores[-1]),
+        "last_10pct": float(run.scores[-last:].mean()),
+        "before_handover": start,
+        "lowest_after_handover": float(run.scores[after].min()) if after.any() else math.nan,
+        "dip": start - float(run.scores[window].min()) if window.any() else math.nan,
+    }
+
+
+def _estimate(values: list[float], reps: int) -> dict[str, float] | None:
+    values = [v for v in values if not math.isnan(v)]
+    return iqm_interval(np.array(values), reps).to_dict() if values else None
+
+
+def build_report(roots: list[str | Path], baseline: str | None = None, reps: int = DEFAULT_REPS) -> dict[str, Any]:
+    runs = read_runs(roots)
+    finished = [r for r in runs if r.finished]
+    groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    for run in sorted(finished, key=lambda r: (r.group, r.seed)):
+        groups[run.group].append(run)
+    methods = sorted({key[2] for key in groups})
+    if baseline is not None and baseline not in methods:
+        raise _unknown_method(baseline, methods)
+    out_groups = []
+    for (env, dataset, method), members in groups.items():
+        figures = [run_figures(r) for r in members]
+        final = _estimate([f["final"] for f in figures], reps)
+        group = {"env": env, "dataset": dataset, "method": method, "n_runs": len(members),
+                 "seeds": [r.seed for r in members], "score": "normalised" if members[0].normalised else "raw return",
+                 "references": members[0].references, "online_steps": members[0].online_steps,
+                 "handover_env_step": members[0].handover_step,
+                 "iqm": final["value"], "ci_low": final["ci_low"], "ci_high": final["ci_high"],
+                 "final_scores": [f["final"] for f in figures],
+                 "wall_time_s_mean": _mean([r.wall_time_s for r in members])}
+        for name in ("last_10pct", "before_handover", "lowest_after_handover", "dip"):
+            group[name] = _estimate([f[name] for f in figures], reps)
+        base = _baseline_group(groups, env, dataset, baseline) if baseline not in (None, method) else None
+        if base is not None:
+            finals = np.array([run_figures(r)["final"] for r in base])
+            group["baseline_improvement"] = improvement_probability(finals, np.array(group["final_scores"]), reps).to_dict()
+        out_groups.append(group)
+    return {"command": " ".join(["o2o", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("o2o") else None,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.node()} ({platform.machine()})",
+            "bootstrap_reps": reps, "baseline": baseline, "n_runs": len(runs), "n_unfinished": len(runs) - len(finished),
+            "unfinished": [str(r.path) for r in runs if not r.finished], "groups": out_groups,
+            "aggregate": _aggregate(groups, baseline, reps), "_runs": finished}
+
+
+def _baseline_group(groups: dict[tuple[str, str, str], list[RunRecord]], env: str, dataset: str,
+                    baseline: str) -> list[RunRecord] | None:
+    """The baseline's runs to compare a group with: on the same env and dataset, else its only
+    group on that env (a method without a dataset, as SAC from scratch, against one with)."""
+    if (env, dataset, baseline) in groups:
+        return groups[env, dataset, baseline]
+    on_env = [members for (e, _, m), members in groups.items() if e == env and m == baseline]
+    return on_env[0] if len(on_env) == 1 else None
+
+
+def _aggregate(groups: dict[tuple[str, str, str], list[RunRecord]], baseline: str | None, reps: int) -> list[dict[str, Any]]:
+    """Per method over every env it ran on (normalised scores only): IQM over runs x envs, each
+    env cut to the method's smallest run count there (stratified bootstrap needs a full matrix)."""
+    by_method: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    per_env = defaultdict(int)
+    for env, _, method in groups:
+        per_env[method, env] += 1
+    for (env, dataset, method), members in groups.items():
+        if members[0].normalised:  # a task is an env, or env and dataset where a method ran on several
+            task = env if per_env[method, env] == 1 else f"{env} / {dataset}"
+            by_method[method][task] = np.array([run_figures(r)["final"] for r in members])
+    envs_of = {m: sorted(tasks) for m, tasks in by_method.items()}
+    rows = []
+    for method, tasks in by_method.items():
+        if len(tasks) < 2:
+            continue
+        matrix = _matrix(tasks, envs_of[method])
+        est = iqm_interval(matrix, reps)
+        row = {"method": method, "tasks": envs_of[method], "runs_per_task": len(matrix),
+               "iqm": est.value, "ci_low": est.low, "ci_high": est.high}
+        base = by_method.get(baseline or "")
+        if base is not None and method != baseline and sorted(base) == envs_of[method]:
+            row["baseline_improvement"] = improvement_probability(_matrix(base, envs_of[method]), matrix, reps).to_dict()
+        rows.append(row)
+    return rows
+
+
+def _matrix(tasks: dict[str, np.ndarray], order: list[str]) -> np.ndarray:
+    n = min(len(tasks[t]) for t in order)
+    return np.stack([tasks[t][:n] for t in order], axis=1)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def _unknown_method(name: str, methods: list[str]):
+    from distributed_o2o.errors import UserError
+
+    return UserError(f"--baseline '{name}' is not a method of these runs (they have: {', '.join(methods)})")
+
+
+# ---------------------------------------------------------------- files
+def _fmt(est: dict[str, float] | None) -> str:
+    return "-" if est is None else f"{est['value']:.1f} [{est['ci_low']:.1f}, {est['ci_high']:.1f}]"
+
+
+def write_markdown(report: dict[str, Any], path: Path, curve_files: dict[str, str]) -> None:
+    lines = ["# Report", ""]
+    if report["command"]:
+        lines.append(f"Command: `{report['command']}`  ")
+    lines += [f"Made {report['date']} on {report['machine']}. {report['n_runs']} runs read, "
+              f"{report['n_unfinished']} unfinished and left out.", "",
+              "Each figure: interquartile mean (IQM) over a group's runs (seeds) with its 95% stratified bootstrap "
+              f"confidence interval (rliable, percentile method, {report['bootstrap_reps']:,} resamples). "
+              "*final*: the last evaluation; *last 10%*: each run's mean over its last 10% of evaluations; "
+              "*before*: the last evaluation at or before hand-over (the env step from which the learnt policy acts); "
+              "*lowest after*: the lowest evaluation after it; *dip*: before minus the lowest within the first 10% of "
+              "online steps after hand-over. Env steps include any pre-sample stage.", ""]
+    baseline = report["baseline"]
+    by_env: dict[str, list[dict]] = defaultdict(list)
+    for group in report["groups"]:
+        by_env[group["env"]].append(group)
+    for env, groups in by_env.items():
+        lines += [f"## {env}", ""]
+        header = ["method", "dataset", "runs", "final", "last 10%", "before", "lowest after", "dip", "score", "wall s"]
+        if baseline:
+            header.append(f"P({baseline} > method)")
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for g in groups:
+            row = [g["method"], g["dataset"], str(g["n_runs"]), _fmt({"value": g["iqm"], "ci_low": g["ci_low"], "ci_high": g["ci_high"]}),
+                   _fmt(g["last_10pct"]), _fmt(g["before_handover"]), _fmt(g["lowest_after_handover"]), _fmt(g["dip"]),
+                   g["score"] + ("" if g["score"] == "raw return" else f" ({g['references']} references)"),
+                   "-" if g["wall_time_s_mean"] is None else f"{g['wall_time_s_mean']:.0f}"]
+            if baseline:
+                p = g.get("baseline_improvement")
+                row.append("-" if p is None else f"{p['value']:.2f} [{p['ci_low']:.2f}, {p['ci_high']:.2f}]")
+            lines.append("| " + " | ".join(row) + " |")
+        if env in curve_files:
+            lines += ["", f"![{env}]({curve_files[env]})"]
+        lines.append("")
+    if report["aggregate"]:
+        lines += ["## All envs", "", "IQM over runs x envs of normalised final scores (each env cut to the method's "
+                  "smallest run count).", "", "| method | envs | runs per env | final |" + (f" P({baseline} > method) |" if baseline else ""),
+                  "|---|---|---|---|" + ("---|" if baseline else "")]
+        for row in report["aggregate"]:
+            cells = [row["method"], ", ".join(row["tasks"]), str(row["runs_per_task"]),
+                     _fmt({"value": row["iqm"], "ci_low": row["ci_low"], "ci_high": row["ci_high"]})]
+            if baseline:
+                p = row.get("baseline_improvement")
+                cells.append("-" if p is None else f"{p['value']:.2f} [{p['ci_low']:.2f}, {p['ci_high']:.2f}]")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def plot_curves(runs: list[RunRecord], out: Path, reps: int) -> dict[str, str]:
+    """One PNG per env: the IQM curve of each group with its CI band; returns env -> file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_env: dict[str, dict[tuple[str, str], list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        by_env[run.env][run.dataset, run.method].append(run)
+    files = {}
+    for env, groups in by_env.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        several_datasets = len({d for d, _ in groups}) > 1
+        for (dataset, method), members in sorted(groups.items()):
+            common = sorted(set.intersection(*(set(r.steps.tolist()) for r in members)))
+            scores = np.array([[r.scores[list(r.steps).index(s)] for s in common] for r in members])
+            mid, low, high = iqm_curve(scores, reps)
+            label = f"{method} ({dataset})" if several_datasets and dataset != "-" else method
+            line, = ax.plot(common, mid, label=f"{label}, {len(members)} runs")
+            ax.fill_between(common, low, high, alpha=0.2, color=line.get_color())
+            if members[0].handover_step > 0:
+                ax.axvline(members[0].handover_step, color=line.get_color(), linestyle=":", linewidth=1)
+        ax.set_xlabel("env steps (pre-sample included)")
+        ax.set_ylabel("normalised score" if runs[0].normalised else "return")
+        ax.set_title(f"{env}: IQM over seeds, 95% bootstrap CI (dotted: hand-over)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"curves-{env}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        files[env] = name
+    return files
+
+
+def write_report(roots: list[str | Path], out: str | Path, baseline: str | None = None, reps: int = DEFAULT_REPS) -> dict[str, Any]:
+    report = build_report(roots, baseline, reps)
+    runs = report.pop("_runs")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    curve_files = plot_curves(runs, out, reps) if runs else {}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_markdown(report, out / "report.md", curve_files)
+    return report

@@ -1,0 +1,103 @@
+"""Reading run directories for a report: scores per evaluation, and the group each run belongs to.
+
+A run directory is any folder holding `config.yaml` and `metrics.jsonl` (a sweep's trials or
+plain `o2o finetune --out` runs). Its group is (env, dataset, method): from the sweep's
+`trial.json` where there is one, else from `config.yaml` (method = the algorithm, dataset = the
+dataset file's name). Scores are normalised with the run's own references (what its evaluations
+recorded), else the zoo's for the env, else D4RL's; with none, raw returns (said in the report).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from distributed_o2o.errors import UserError
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    env: str
+    dataset: str
+    method: str
+    seed: int
+    steps: np.ndarray  # env steps of the evaluations (pre-sample included)
+    scores: np.ndarray  # normalised score (or raw return, see `normalised`) at each evaluation
+    normalised: bool
+    references: str  # where the normalisation came from
+    handover_step: int
+    online_steps: int
+    finished: bool
+    wall_time_s: float | None
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        return self.env, self.dataset, self.method
+
+
+def find_run_dirs(roots: list[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise UserError(f"'{root}' is not a directory: pass run directories or a sweep's --out")
+        found += sorted(p.parent for p in root.rglob("metrics.jsonl") if (p.parent / "config.yaml").is_file())
+    if not found:
+        raise UserError(f"no run directories (config.yaml + metrics.jsonl) under {', '.join(map(str, roots))}")
+    return sorted(set(found))
+
+
+def _references(env: str) -> tuple[float, float, str] | None:
+    """The zoo's references for `env`, else D4RL's; None for an env with neither."""
+    from distributed_o2o.data.scores import d4rl_ref_scores
+    from distributed_o2o.zoo import zoo_entry
+
+    try:
+        entry = zoo_entry(env)
+        return entry.ref_min_score, entry.ref_max_score, "zoo"
+    except UserError:
+        pass
+    refs = d4rl_ref_scores(env)
+    return (*refs, "D4RL") if refs else None
+
+
+def read_run(path: Path) -> RunRecord | None:
+    """The run at `path`, or None when it has no evaluation yet."""
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (yaml.YAMLError, json.JSONDecodeError, OSError) as exc:
+        raise UserError(f"run directory '{path}' has an unreadable config.yaml or metrics.jsonl ({exc}): "
+                        "remove it from the report's inputs") from None
+    if not metrics:
+        return None
+    trial_file = path / "trial.json"
+    trial = json.loads(trial_file.read_text()) if trial_file.is_file() else {}
+    summary_file = path / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    steps = np.array([m["env_steps"] for m in metrics], dtype=np.int64)
+    if all(m.get("normalized_score") is not None for m in metrics):
+        scores, normalised, refs = np.array([m["normalized_score"] for m in metrics], float), True, "the run's"
+    else:
+        returns = np.array([m["return_mean"] for m in metrics], float)
+        found = _references(config["env"])
+        if found is None:
+            scores, normalised, refs = returns, False, "none (raw return)"
+        else:
+            low, high, refs = found
+            scores, normalised = 100.0 * (returns - low) / (high - low), True
+    dataset = trial.get("dataset") or (Path(config["dataset"]).stem if config.get("dataset") else "-")
+    online_steps = int(config.get("online_steps", steps[-1]))
+    return RunRecord(path=path, env=trial.get("env", config["env"]), dataset=dataset, method=trial.get("method", config["algo"]),
+                     seed=int(trial.get("seed", config.get("seed", 0))), steps=steps, scores=scores, normalised=normalised,
+                     references=refs, handover_step=int((summary or {}).get("handover_env_step", 0)),
+                     online_steps=online_steps, finished=summary is not None and summary["env_steps"] >= online_steps,
+                     wall_time_s=(summary or {}).get("wall_time_s"))
+
+
+def read_runs(roots: list[str | Path]) -> list[RunRecord]:
+    return [r for r in map(read_run, find_run_dirs(roots)) if r is not None]

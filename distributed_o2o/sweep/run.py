@@ -1,0 +1,95 @@
+"""`o2o sweep`: plan the study, check it, make the missing datasets and policies, run the
+trials that are not finished yet on Ray Tune."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distributed_o2o.errors import UserError
+from distributed_o2o.sweep.spec import SweepPlan, load_sweep, plan_sweep
+from distributed_o2o.sweep.stages import is_cached, run_stages
+from distributed_o2o.sweep.trials import check_unchanged, run_trials, trial_status
+
+
+def default_cache() -> Path:
+    """Where made datasets and pretrained policies are kept across sweeps: $O2O_CACHE_DIR, else
+    $XDG_CACHE_HOME/distributed_o2o, else ~/.cache/distributed_o2o."""
+    if os.environ.get("O2O_CACHE_DIR"):
+        return Path(os.environ["O2O_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distributed_o2o"
+
+
+def check_plan(plan: SweepPlan) -> None:
+    """What can be refused before anything starts: missing policy sources, changed trials."""
+    for job in plan.policies:
+        if job.config is None and not (job.path / "metadata.json").is_file():
+            raise UserError(f"policy '{job.name}' for {job.env}: '{job.path}' is not a checkpoint directory "
+                            "(no metadata.json): fix its `source` in the sweep file")
+    for trial in plan.trials:
+        check_unchanged(trial)
+
+
+def describe(plan: SweepPlan) -> list[tuple[str, str]]:
+    """(what, status) for every stage and trial, in the order they run."""
+    rows = [(f"dataset {j.name} [{j.env}]", "cached" if is_cached(j) else "to make") for j in plan.datasets]
+    rows += [(f"policy {j.name} [{j.env}]" + ("" if j.seed is None else f" seed {j.seed}"),
+              "cached" if is_cached(j) else "to pretrain") for j in plan.policies]
+    for trial in plan.trials:
+        status = trial_status(trial.run_dir, trial.config.online_steps)
+        shown = {"done": "done", "resumable": f"resume at env step {status.env_steps}", "new": "to run"}[status.state]
+        rows.append((f"trial {trial.id}", shown))
+    return rows
+
+
+def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = None, dry_run: bool = False,
+              cache: str | Path | None = None, say: Callable[[str], None] = print,
+              ray_init: dict[str, Any] | None = None) -> list[str]:
+    """Run (or with `dry_run`, describe) the sweep; returns one line per failed trial."""
+    spec = load_sweep(sweep_file)
+    out = Path(out)
+    plan = plan_sweep(spec, sweep_file, out, cache or default_cache())
+    check_plan(plan)
+    rows = describe(plan)
+    if dry_run:
+        width = max(len(what) for what, _ in rows)
+        for what, status in rows:
+            say(f"{what:<{width}}  {status}")
+        pending = sum(status != "done" for what, status in rows if what.startswith("trial "))
+        say(f"{len(plan.trials)} trials, {pending} to run or resume")
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
+    started = _connect(address, ray_init or {})
+    try:
+        run_stages(plan.datasets, plan.policies, say)
+        pending = [t for t in plan.trials if trial_status(t.run_dir, t.config.online_steps).state != "done"]
+        say(f"{len(plan.trials) - len(pending)} of {len(plan.trials)} trials already done; running {len(pending)}")
+        return run_trials(pending, spec.resources, out.resolve(), say) if pending else []
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _connect(address: str | None, ray_init: dict[str, Any]) -> bool:
+    """Join the cluster at `address` (or start a local instance); True when this started it."""
+    import ray
+
+    from distributed_o2o.runtime.ray_runtime import NAMESPACE
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, logging_level=logging.WARNING, **ray_init)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not reach a Ray cluster at '{address}' ({first}): start one with `ray start --head`, "
+                        "or leave --address out to run on a local instance") from None
+    return True

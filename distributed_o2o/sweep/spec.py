@@ -1,0 +1,269 @@
+"""The sweep file: one YAML describing a whole study, validated strictly, expanded into trials.
+
+    envs: [Hopper-v5]                     # every method runs on each (unless it names its own)
+    seeds: 5                              # or a list: [0, 1, 2, 3, 4]
+    datasets:                             # recipes, made once per env that needs them
+      medium: {quality: medium, steps: 200000}        # `o2o data make` (zoo envs)
+      rand:   {random: 10000}                         # `o2o data collect --policy random`
+      d4rl:   {source: "d4rl:{env}-medium-v2"}        # an existing dataset ({env}: the env id)
+    policies:                             # recipes, pretrained once per env (per seed if per_seed)
+      bc: {dataset: medium, algo: bc, steps: 20000, set: {hidden: [256, 256]}}
+    methods:                              # the report's method names
+      porl: {algo: porl, config: ../porl.yaml, policy: bc}
+      rlpd: {algo: rlpd, dataset: medium, grid: {utd: [10, 20]}}
+    set: {num_rollout_workers: 8}         # fields for every trial
+    resources: {mode: ray, gpus_per_trial: 1, cpus_per_trial: 10, max_concurrent: 2}
+
+A trial is env x method x grid point x seed; its fine-tuning config is built (and validated)
+from the method's config file, the sweep's `set`, the method's `set`, the grid point, then the
+env, seed, starting policy and dataset. Relative `config` paths are read from the sweep file's
+folder. Datasets and policies are cached by their settings (`stages.py`), so their paths, and
+with them every trial's config, are known before anything runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from distributed_o2o.config import (FINETUNE_CONFIGS, FinetuneConfig, PretrainConfig, StrictModel, build_config,
+                                    finetune_config, merge_layers, read_yaml)
+from distributed_o2o.errors import UserError
+
+
+class DatasetRecipe(StrictModel):
+    """Exactly one of: `quality` (zoo-made, with `steps`), `random` (uniform-random transitions),
+    `source` (an existing dataset spec; "{env}" is replaced by the env id)."""
+
+    quality: str | None = None
+    steps: int | None = Field(None, gt=0)
+    random: int | None = Field(None, gt=0)
+    source: str | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DatasetRecipe:
+        if sum(x is not None for x in (self.quality, self.random, self.source)) != 1:
+            raise ValueError("a dataset needs exactly one of quality (zoo-made), random (transitions) or source (a file)")
+        return self
+
+
+class PolicyRecipe(StrictModel):
+    """`dataset` + pretraining settings (`algo`, `steps`, a PretrainConfig `config` file and
+    `set` fields), or `source`: an existing checkpoint directory ("{env}" replaced)."""
+
+    dataset: str | None = None
+    algo: str = "bc"
+    steps: int | None = Field(None, gt=0)
+    config: str | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+    per_seed: bool = False  # one pretraining per trial seed (seeded with it) instead of one per env
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PolicyRecipe:
+        if (self.dataset is None) == (self.source is None):
+            raise ValueError("a policy needs exactly one of dataset (to pretrain on) or source (a checkpoint directory)")
+        return self
+
+
+class MethodSpec(StrictModel):
+    algo: str
+    config: str | None = None
+    policy: str | None = None
+    dataset: str | None = None
+    envs: list[str] | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class Resources(StrictModel):
+    """How trials are packed. mode ray: each trial's rollout, replay and learner actors in the
+    trial's placement group; local: each trial's whole run in its Tune process."""
+
+    mode: Literal["ray", "local"] = "ray"
+    gpus_per_trial: float = Field(0.0, ge=0)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    max_concurrent: int | None = Field(None, gt=0)
+
+
+class SweepSpec(StrictModel):
+    name: str | None = None
+    envs: list[str] = Field(min_length=1)
+    seeds: int | list[int] = 5
+    online_steps: int | None = Field(None, ge=0)
+    datasets: dict[str, DatasetRecipe] = Field(default_factory=dict)
+    policies: dict[str, PolicyRecipe] = Field(default_factory=dict)
+    methods: dict[str, MethodSpec] = Field(min_length=1)
+    set: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+def short_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class DatasetJob:
+    """A dataset recipe for one env; `path` is where the cache keeps it."""
+
+    name: str
+    env: str
+    recipe: DatasetRecipe
+    path: Path
+
+    def spec(self) -> str:
+        """What `load_dataset` reads."""
+        return self.recipe.source.replace("{env}", self.env) if self.recipe.source else str(self.path)
+
+
+@dataclass(frozen=True)
+class PolicyJob:
+    name: str
+    env: str
+    seed: int | None  # the pretraining seed of a per-seed policy
+    config: PretrainConfig | None  # None: an existing checkpoint (`source`)
+    dataset: DatasetJob | None
+    path: Path
+
+
+@dataclass(frozen=True)
+class Trial:
+    env: str
+    method: str
+    grid: tuple[tuple[str, Any], ...]
+    seed: int
+    config: FinetuneConfig
+    run_dir: Path
+    policy: PolicyJob | None
+    dataset: DatasetJob | None
+
+    @property
+    def id(self) -> str:
+        return str(self.run_dir.relative_to(self.run_dir.parents[2]))
+
+    def info(self) -> dict[str, Any]:
+        """What `o2o report` reads from the run directory (trial.json) to group runs."""
+        data = self.dataset or (self.policy.dataset if self.policy else None)
+        return {"env": self.env, "method": self.method, "seed": self.seed, "grid": dict(self.grid),
+                "dataset": data.name if data else None, "policy": self.policy.name if self.policy else None}
+
+
+@dataclass
+class SweepPlan:
+    spec: SweepSpec
+    datasets: list[DatasetJob]
+    policies: list[PolicyJob]
+    trials: list[Trial]
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    return build_config(SweepSpec, read_yaml(path))
+
+
+def _grid_label(point: tuple[tuple[str, Any], ...]) -> str:
+    return ",".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in point)
+
+
+def _resolve(base: Path, file: str | None) -> str | None:
+    if file is None:
+        return None
+    path = Path(file).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise UserError(f"config file '{file}' (read from {base}) does not exist: paths in a sweep file are relative to its folder")
+    return str(path)
+
+
+def plan_sweep(spec: SweepSpec, sweep_file: str | Path, out: str | Path, cache: str | Path) -> SweepPlan:
+    """Every stage and trial of `spec`, with cache paths and validated configs; runs nothing."""
+    base, out, cache = Path(sweep_file).resolve().parent, Path(out).resolve(), Path(cache).expanduser().resolve()
+    datasets: dict[tuple[str, str], DatasetJob] = {}
+    policies: dict[tuple[str, str, int | None], PolicyJob] = {}
+
+    def dataset_job(name: str, env: str, where: str) -> DatasetJob:
+        if name not in spec.datasets:
+            raise UserError(f"{where} names dataset '{name}', which the sweep file's `datasets` does not define "
+                            f"(defined: {', '.join(spec.datasets) or 'none'})")
+        if (name, env) not in datasets:
+            recipe = spec.datasets[name]
+            key = short_hash({"env": env, **recipe.model_dump()})
+            datasets[name, env] = DatasetJob(name, env, recipe, cache / "datasets" / f"{env}-{name}-{key}.hdf5")
+        return datasets[name, env]
+
+    def policy_job(name: str, env: str, seed: int) -> PolicyJob:
+        if name not in spec.policies:
+            raise UserError(f"a method names policy '{name}', which the sweep file's `policies` does not define "
+                            f"(defined: {', '.join(spec.policies) or 'none'})")
+        recipe = spec.policies[name]
+        own_seed = seed if recipe.per_seed else None
+        if (name, env, own_seed) in policies:
+            return policies[name, env, own_seed]
+        if recipe.source is not None:
+            job = PolicyJob(name, env, own_seed, None, None, Path(recipe.source.replace("{env}", env)).expanduser())
+        else:
+            data = dataset_job(recipe.dataset, env, f"policy '{name}'")
+            explicit = {"algo": recipe.algo, "env": env, "dataset": data.spec(), "seed": own_seed or 0,
+                        **({"steps": recipe.steps} if recipe.steps else {})}
+            layers = [read_yaml(_resolve(base, recipe.config))] if recipe.config else []
+            config = build_config(PretrainConfig, *layers, recipe.set, explicit)
+            key = short_hash({"config": config.model_dump(exclude={"dataset"}),
+                              "dataset": data.path.name if data.recipe.source is None else data.spec()})
+            suffix = "" if own_seed is None else f"-seed{own_seed}"
+            job = PolicyJob(name, env, own_seed, config, data, cache / "policies" / f"{env}-{name}{suffix}-{key}")
+        policies[name, env, own_seed] = job
+        return job
+
+    trials = []
+    for method, m in spec.methods.items():
+        if m.algo not in FINETUNE_CONFIGS:
+            raise UserError(f"method '{method}': unknown algorithm '{m.algo}': use one of {', '.join(sorted(FINETUNE_CONFIGS))}")
+        config_file = _resolve(base, m.config)
+        points = list(itertools.product(*[[(k, v) for v in values] for k, values in m.grid.items()])) or [()]
+        for env in m.envs or spec.envs:
+            for point in points:
+                for seed in spec.seed_list():
+                    policy = policy_job(m.policy, env, seed) if m.policy else None
+                    data = dataset_job(m.dataset, env, f"method '{method}'") if m.dataset else None
+                    explicit: dict[str, Any] = {"env": env, "seed": seed}
+                    if spec.online_steps is not None:
+                        explicit["online_steps"] = spec.online_steps
+                    if policy:
+                        explicit["policy"] = str(policy.path)
+                    if data:
+                        explicit["dataset"] = data.spec()
+                    layers = functools.reduce(merge_layers, (spec.set, m.set, dict(point), explicit))
+                    try:
+                        config = _fit_packing(finetune_config(m.algo, config_file, layers), spec.resources)
+                    except UserError as exc:
+                        raise UserError(f"method '{method}': {exc}") from None
+                    label = method + (f"@{_grid_label(point)}" if point else "")
+                    trials.append(Trial(env, method, point, seed, config, out / "runs" / env / label / f"seed_{seed}", policy, data))
+    return SweepPlan(spec, list(datasets.values()), list(policies.values()), trials)
+
+
+def _fit_packing(config: FinetuneConfig, resources: Resources) -> FinetuneConfig:
+    """The runtime fields that make a ray-mode trial's actors fit its placement group."""
+    if resources.mode == "ray":
+        share = trial_bundles(resources, config)[1]["CPU"]
+        config = config.model_copy(update={"learner_gpus": resources.gpus_per_trial, "actor_cpus": share})
+    return config
+
+
+def trial_bundles(resources: Resources, config: FinetuneConfig) -> list[dict[str, float]]:
+    """The placement group of one trial: its Tune process (the driver), then in ray mode the
+    learner (with the trial's GPUs) and each rollout actor, `cpus_per_trial` split evenly."""
+    if resources.mode == "local":
+        return [{"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial}]
+    share = resources.cpus_per_trial / (config.num_rollout_workers + 2)
+    return [{"CPU": share}, {"CPU": share, "GPU": resources.gpus_per_trial}] + [{"CPU": share}] * config.num_rollout_workers

@@ -1,0 +1,129 @@
+"""Running a sweep's trials as Ray Tune trials, resumably.
+
+A trial's state is its run directory alone: finished (a summary that reached `online_steps`),
+resumable (a resume state: continued with `resume_finetune`), or new (anything there is from a
+start that never saved, and is cleared). So running the same sweep again, after a kill at any
+point, skips the finished trials, continues the interrupted ones and starts the rest, and no
+trial's work is done twice beyond its last save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distributed_o2o.errors import UserError
+from distributed_o2o.sweep.spec import Resources, Trial, trial_bundles
+
+TRIAL_FILE = "trial.json"  # the trial's identity (env, method, seed, grid, dataset): `o2o report` groups by it
+
+
+@dataclass
+class TrialStatus:
+    state: str  # done | resumable | new
+    env_steps: int = 0
+
+
+def trial_status(run_dir: Path, online_steps: int) -> TrialStatus:
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        steps = json.loads(summary.read_text()).get("env_steps", 0)
+        if steps >= online_steps:
+            return TrialStatus("done", steps)
+    state = run_dir / "resume" / "state.json"
+    if state.is_file():
+        return TrialStatus("resumable", int(json.loads(state.read_text())["counters"]["env_steps"]))
+    return TrialStatus("new")
+
+
+def check_unchanged(trial: Trial) -> None:
+    """A trial directory from an earlier sweep run must hold the same config (runtime fields aside)."""
+    import yaml
+
+    from distributed_o2o.config import RUNTIME_FIELDS
+
+    config_file = trial.run_dir / "config.yaml"
+    if not config_file.is_file():
+        return
+    saved, wanted = yaml.safe_load(config_file.read_text()), trial.config.model_dump()
+    changed = sorted(k for k in set(saved) | set(wanted) if k not in RUNTIME_FIELDS and saved.get(k) != wanted.get(k))
+    if changed:
+        raise UserError(f"trial {trial.id} already ran with another {', '.join(changed)} (in {trial.run_dir}): "
+                        "a changed sweep needs a new --out, or remove that trial's directory")
+
+
+def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
+    """Finish one trial (`trial`: `trial_payload`); returns the run's summary."""
+    from distributed_o2o.config import finetune_config
+    from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
+
+    run_dir, mode = Path(trial["run_dir"]), trial["mode"]
+    config = finetune_config(trial["config"]["algo"], None, trial["config"])
+    status = trial_status(run_dir, config.online_steps)
+    if status.state == "done":
+        return json.loads((run_dir / "summary.json").read_text())
+    if status.state == "resumable":
+        return resume_finetune(run_dir, mode, progress=False)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / TRIAL_FILE).write_text(json.dumps(trial["info"], indent=2))
+    return run_finetune(config, run_dir, mode, progress=False)
+
+
+def trial_payload(trial: Trial, resources: Resources) -> dict[str, Any]:
+    """What a Tune trial receives: plain data (Tune copies it into the trial's process)."""
+    return {"id": trial.id, "run_dir": str(trial.run_dir), "mode": resources.mode, "config": trial.config.model_dump(),
+            "info": trial.info(), "bundles": trial_bundles(resources, trial.config)}
+
+
+def _tune_trainable(params: dict[str, Any]) -> None:
+    from ray import tune
+
+    summary = run_trial(params["trial"])
+    final = summary.get("final") or {}
+    tune.report({"env_steps": summary["env_steps"], "final_return": final.get("return_mean"),
+                 "final_score": final.get("normalized_score"), "wall_time_s": summary["wall_time_s"]})
+
+
+def run_trials(trials: list[Trial], resources: Resources, storage: Path, say: Callable[[str], None]) -> list[str]:
+    """Run `trials` as Tune trials on the connected Ray cluster; returns one line per failed trial."""
+    from ray import tune
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    payloads = [trial_payload(t, resources) for t in trials]
+    trainable = tune.with_resources(_tune_trainable, lambda params: PlacementGroupFactory(params["trial"]["bundles"]))
+    done = [0]
+
+    class Progress(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            done[0] += 1
+            result = trial.last_result or {}
+            score = result.get("final_score")
+            shown = f"normalised {score:.1f}" if score is not None else f"return {result.get('final_return', float('nan')):.1f}"
+            say(f"[{done[0]}/{len(payloads)}] {trial.config['trial']['id']}: {shown} at {result.get('env_steps')} env steps "
+                f"({result.get('wall_time_s', 0):.0f} s)")
+
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(payloads)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent or 0),
+        run_config=tune.RunConfig(storage_path=str(storage), name="tune", verbose=0, callbacks=[Progress()],
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    failed = []
+    for result in tuner.fit():
+        if result.error is not None:
+            failed.append(f"{result.config['trial']['id']}: {_last_line(str(result.error))}")
+    return failed
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
