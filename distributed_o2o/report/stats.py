@@ -11,8 +11,6 @@ import numpy as np
 from scipy.stats import trim_mean
 
 DEFAULT_REPS = 10_000
-# rliable hands arch a RandomState, which arch 7 deprecates (a FutureWarning per interval).
-warnings.filterwarnings("ignore", category=FutureWarning, module="arch.bootstrap")
 SEED = 0  # the bootstrap's random state: a report is reproducible
 
 
@@ -26,6 +24,16 @@ class Estimate:
         return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
 
 
+def _intervals(scores: dict, func, reps: int):
+    """rliable's interval estimates, seeded; arch 7 deprecates the RandomState rliable hands it
+    (a FutureWarning per interval), which is silenced here."""
+    from rliable import library
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return library.get_interval_estimates(scores, func, reps=reps, random_state=np.random.RandomState(SEED))
+
+
 def iqm(scores: np.ndarray) -> float:
     """The interquartile mean: the mean of the middle 50% of all scores (25% trimmed each side)."""
     return float(trim_mean(np.asarray(scores, float), proportiontocut=0.25, axis=None))
@@ -33,37 +41,33 @@ def iqm(scores: np.ndarray) -> float:
 
 def iqm_interval(scores: np.ndarray, reps: int = DEFAULT_REPS) -> Estimate:
     """IQM of `scores` (runs x tasks, or a vector of runs) with its 95% stratified bootstrap CI."""
-    from rliable import library, metrics
+    from rliable import metrics
 
     scores = np.asarray(scores, float).reshape(len(scores), -1)
     if len(scores) == 1:  # nothing to resample: the interval is the point
         value = iqm(scores)
         return Estimate(value, value, value)
-    point, interval = library.get_interval_estimates({"x": scores}, lambda s: np.array([metrics.aggregate_iqm(s)]),
-                                                     reps=reps, random_state=np.random.RandomState(SEED))
+    point, interval = _intervals({"x": scores}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps)
     return Estimate(float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0]))
 
 
 def iqm_curve(scores: np.ndarray, reps: int = DEFAULT_REPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IQM over runs at each evaluation (`scores`: runs x evaluations) and its 95% CI band
     (runs resampled independently at each evaluation)."""
-    from rliable import library
-
     scores = np.asarray(scores, float)
     per_step = lambda s: trim_mean(s, proportiontocut=0.25, axis=0)  # noqa: E731
     if len(scores) == 1:
         return scores[0], scores[0], scores[0]
-    point, interval = library.get_interval_estimates({"x": scores}, per_step, reps=reps, random_state=np.random.RandomState(SEED))
+    point, interval = _intervals({"x": scores}, per_step, reps)
     return point["x"], interval["x"][0], interval["x"][1]
 
 
 def improvement_probability(x: np.ndarray, y: np.ndarray, reps: int = DEFAULT_REPS) -> Estimate:
     """P(X > Y): the chance that a run of X beats a run of Y on a task, averaged over tasks
     (`x`, `y`: runs x tasks, run counts may differ), with its 95% bootstrap CI."""
-    from rliable import library, metrics
+    from rliable import metrics
 
     x, y = (np.asarray(a, float).reshape(len(a), -1) for a in (x, y))
-    point, interval = library.get_interval_estimates({"p": (x, y)}, metrics.probability_of_improvement, reps=reps,
-                                                     random_state=np.random.RandomState(SEED))
+    point, interval = _intervals({"p": (x, y)}, metrics.probability_of_improvement, reps)
     low, high = np.ravel(interval["p"])
     return Estimate(float(point["p"]), float(low), float(high))

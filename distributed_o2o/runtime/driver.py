@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from distributed_o2o.checkpoint import load_state, save_checkpoint, save_state
 from distributed_o2o.config import RUNTIME_FIELDS
-from distributed_o2o.errors import UserError
+from distributed_o2o.errors import UserError, first_line
 from distributed_o2o.runtime.replay import RateLimiter, check_rate_limits
 from distributed_o2o.runtime.run_dir import Rate, RunDir
 from distributed_o2o.runtime.transport import ComponentFailed
@@ -193,7 +193,7 @@ class Driver:
         return summary
 
     def _abort_message(self, exc: ComponentFailed) -> str:
-        reason = _first_line(exc.reason)
+        reason = first_line(exc.reason)
         if self.saved_step is None:
             how = "start it again: cached offline stages are reused"
         else:
@@ -303,11 +303,11 @@ class Driver:
             self.down_since[i] = now
             self.counters.rollout_failures += 1
             if not exc.permanent:
-                self.console.print(f"[yellow]{exc.name} died ({_first_line(exc.reason)}): its chunk in flight is lost, "
+                self.console.print(f"[yellow]{exc.name} died ({first_line(exc.reason)}): its chunk in flight is lost, "
                                    "stored transitions are kept; Ray restarts it")
         if exc.permanent or now - self.down_since[i] > RESTART_TIMEOUT_S:
             self.live[i] = False
-            self.console.print(f"[red]{exc.name} is gone ({_first_line(exc.reason)}): going on without it")
+            self.console.print(f"[red]{exc.name} is gone ({first_line(exc.reason)}): going on without it")
             if not any(self.live):
                 raise ComponentFailed(exc.name, f"every rollout worker is gone; the last: {exc.reason}")
 
@@ -632,11 +632,6 @@ class Driver:
                 "rollout_failures": c.rollout_failures, "handover": c.handover,
                 "handover_env_step": self.t.call(self.c.learner, "handover_step"), "wall_time_s": self._wall_time(),
                 "run_dir": str(self.run_dir.path)}
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "no reason given"
 
 
 def _replay_files(directory: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import socket
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distributed_o2o.algorithms.registry import algorithm_class
-from distributed_o2o.errors import UserError
+from distributed_o2o.errors import UserError, first_line
 from distributed_o2o.runtime.driver import Components
 from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.finetune import MAX_UPDATES_PER_CALL, RunInputs
@@ -230,12 +231,29 @@ def learner_threads(nodes: list[dict], config) -> int:
     return max(1, int(sum(r.get("CPU", 0) for r in alive)) - config.num_rollout_workers - config.replay_shards)
 
 
+def init_ray(address: str | None, **kwargs: Any) -> None:
+    """`ray.init` in the project's namespace; an `address` that does not answer is one line at
+    once (Ray itself retries for minutes)."""
+    if address not in (None, "auto", "local"):
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as exc:
+            raise UserError(f"no Ray cluster answers at '{address}' ({exc}): start one with `ray start --head`, "
+                            "or leave --address out to run on a local instance") from None
+    try:
+        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, **kwargs)
+    except ConnectionError as exc:  # `auto` with no cluster running
+        raise UserError(f"no Ray cluster found for --address {address} ({first_line(str(exc))}): start one with "
+                        "`ray start --head`, or leave --address out to run on a local instance") from None
+
+
 @contextmanager
 def ray_components(config, inputs: RunInputs, run_id: str, address: str | None) -> Iterator[Components]:
     """Start (or join) Ray, create the run's actors, and remove them (and a Ray we started) after."""
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+        init_ray(address)
     transport = RayTransport()
     actors: list[Any] = []
 

@@ -3,7 +3,6 @@ trials that are not finished yet on Ray Tune."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -63,10 +62,10 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
         pending = sum(status != "done" for what, status in rows if what.startswith("trial "))
         say(f"{len(plan.trials)} trials, {pending} to run or resume")
         return []
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
     started = _connect(address, ray_init or {})
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
         run_stages(plan.datasets, plan.policies, say)
         pending = [t for t in plan.trials if trial_status(t.run_dir, t.config.online_steps).state != "done"]
         say(f"{len(plan.trials) - len(pending)} of {len(plan.trials)} trials already done; running {len(pending)}")
@@ -82,14 +81,9 @@ def _connect(address: str | None, ray_init: dict[str, Any]) -> bool:
     """Join the cluster at `address` (or start a local instance); True when this started it."""
     import ray
 
-    from distributed_o2o.runtime.ray_runtime import NAMESPACE
+    from distributed_o2o.runtime.ray_runtime import init_ray
 
     if ray.is_initialized():
         return False
-    try:
-        ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, logging_level=logging.WARNING, **ray_init)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not reach a Ray cluster at '{address}' ({first}): start one with `ray start --head`, "
-                        "or leave --address out to run on a local instance") from None
+    init_ray(address, include_dashboard=False, **ray_init)
     return True

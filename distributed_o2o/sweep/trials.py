@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ def _tune_trainable(params: dict[str, Any]) -> None:
 
 def run_trials(trials: list[Trial], resources: Resources, storage: Path, say: Callable[[str], None]) -> list[str]:
     """Run `trials` as Tune trials on the connected Ray cluster; returns one line per failed trial."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console tables off (this module prints a line per trial)
     from ray import tune
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 

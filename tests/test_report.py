@@ -1,0 +1,131 @@
+"""`o2o report` on synthetic run directories whose scores are known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import trim_mean
+
+from distributed_o2o.cli.main import main
+from distributed_o2o.errors import UserError
+from distributed_o2o.report.build import build_report, write_report
+from distributed_o2o.zoo import zoo_entry
+
+REPS = 500
+
+
+def write_run(root: Path, name: str, env: str, method: str, seed: int, steps: list[int], scores: list[float | None],
+              returns: list[float] | None = None, handover: int = 0, online_steps: int | None = None,
+              finished: bool = True, trial: bool = True) -> Path:
+    """A run directory as the driver (and a sweep) leaves it, with the given evaluation scores."""
+    path = root / name
+    path.mkdir(parents=True)
+    online_steps = online_steps or steps[-1]
+    (path / "config.yaml").write_text(yaml.safe_dump({"algo": method.split("-")[0], "env": env, "seed": seed,
+                                                      "online_steps": online_steps, "dataset": None}))
+    returns = returns or [0.0] * len(steps)
+    lines = [{"env_steps": s, "return_mean": r, "return_std": 0.0, "normalized_score": n} for s, n, r in zip(steps, scores, returns)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if finished:
+        (path / "summary.json").write_text(json.dumps({"env_steps": online_steps, "handover_env_step": handover, "wall_time_s": 10.0}))
+    if trial:
+        (path / "trial.json").write_text(json.dumps({"env": env, "method": method, "seed": seed, "dataset": "medium"}))
+    return path
+
+
+def hand_bootstrap_ci(values: np.ndarray, reps: int, seed: int = 123) -> tuple[float, float]:
+    """The 95% percentile bootstrap CI of the IQM, resampling runs with replacement."""
+    rng = np.random.default_rng(seed)
+    draws = trim_mean(rng.choice(values, (reps, len(values))), 0.25, axis=1)
+    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
+
+
+def group(report: dict, method: str, env: str = "Hopper-v5") -> dict:
+    return next(g for g in report["groups"] if g["method"] == method and g["env"] == env)
+
+
+def test_iqm_and_ci_match_a_hand_computation(tmp_path):
+    finals = np.array([10.0, 20.0, 30.0, 40.0, 100.0, 35.0, 25.0, 15.0])
+    for seed, final in enumerate(finals):
+        write_run(tmp_path, f"a{seed}", "Hopper-v5", "porl", seed, [0, 500, 1000], [50.0, 60.0, float(final)])
+    g = group(build_report([tmp_path], reps=4000), "porl")
+    # IQM of 8 runs: the mean of the middle four (20, 25, 30, 35), not the mean (34.4).
+    assert g["iqm"] == pytest.approx(27.5)
+    assert g["n_runs"] == 8 and g["seeds"] == list(range(8))
+    low, high = hand_bootstrap_ci(finals, 20_000)
+    assert g["ci_low"] == pytest.approx(low, abs=2.5) and g["ci_high"] == pytest.approx(high, abs=2.5)
+    assert g["ci_low"] < g["iqm"] < g["ci_high"]
+
+
+def test_stability_figures(tmp_path):
+    # Hand-over at 1000; online steps 10,000, so the dip window ends at 2000.
+    write_run(tmp_path, "r", "Hopper-v5", "porl", 0, [0, 1000, 2000, 3000, 4000, 10000], [40.0, 50.0, 20.0, 5.0, 70.0, 90.0],
+              handover=1000, online_steps=10000)
+    g = group(build_report([tmp_path], reps=REPS), "porl")
+    assert g["before_handover"]["value"] == 50.0  # the evaluation at the hand-over step, not the one at 0
+    assert g["lowest_after_handover"]["value"] == 5.0
+    assert g["dip"]["value"] == 30.0  # 50 - 20: the 5 at step 3000 lies past the first 10% of online steps
+    assert g["last_10pct"]["value"] == 90.0  # ceil(10% of 6 evaluations) = the last one
+    assert g["handover_env_step"] == 1000
+
+
+def test_one_run_is_reported_with_n_runs_1(tmp_path):
+    write_run(tmp_path, "only", "Hopper-v5", "sac", 3, [0, 1000], [1.0, 42.0])
+    g = group(build_report([tmp_path], reps=REPS), "sac")
+    assert g["n_runs"] == 1 and g["iqm"] == g["ci_low"] == g["ci_high"] == 42.0
+
+
+def test_scores_normalised_with_zoo_references_when_runs_lack_them(tmp_path):
+    entry = zoo_entry("Hopper-v5")
+    write_run(tmp_path, "r", "Hopper-v5", "sac", 0, [0, 1000], [None, None], returns=[entry.ref_min_score, entry.ref_max_score])
+    write_run(tmp_path, "p", "Pendulum-v1", "sac", 0, [0, 1000], [None, None], returns=[-1200.0, -150.0])
+    report = build_report([tmp_path], reps=REPS)
+    hopper, pendulum = group(report, "sac"), group(report, "sac", "Pendulum-v1")
+    assert hopper["score"] == "normalised" and hopper["references"] == "zoo" and hopper["iqm"] == pytest.approx(100.0)
+    assert pendulum["score"] == "raw return" and pendulum["iqm"] == -150.0
+
+
+def test_unfinished_runs_are_left_out_and_counted(tmp_path):
+    write_run(tmp_path, "done", "Hopper-v5", "sac", 0, [0, 1000], [1.0, 2.0])
+    write_run(tmp_path, "cut", "Hopper-v5", "sac", 1, [0, 500], [1.0, 90.0], online_steps=1000, finished=False)
+    report = build_report([tmp_path], reps=REPS)
+    assert report["n_unfinished"] == 1 and group(report, "sac")["n_runs"] == 1
+
+
+def test_baseline_improvement_and_files(tmp_path):
+    for seed in range(4):
+        write_run(tmp_path, f"s{seed}", "Hopper-v5", "sac", seed, [0, 1000], [0.0, 10.0 + seed])
+        write_run(tmp_path, f"p{seed}", "Hopper-v5", "porl", seed, [0, 1000], [0.0, 50.0 + seed])
+        write_run(tmp_path, f"w{seed}", "Walker2d-v5", "porl", seed, [0, 1000], [0.0, 60.0 + seed])
+        write_run(tmp_path, f"v{seed}", "Walker2d-v5", "sac", seed, [0, 1000], [0.0, 70.0 + seed])
+    out = tmp_path / "report"
+    report = write_report([tmp_path], out, baseline="porl", reps=REPS)
+    assert group(report, "sac")["baseline_improvement"]["value"] == 1.0  # porl beats every sac run on Hopper
+    assert group(report, "sac", "Walker2d-v5")["baseline_improvement"]["value"] == 0.0
+    aggregate = {row["method"]: row for row in report["aggregate"]}
+    assert aggregate["sac"]["baseline_improvement"]["value"] == pytest.approx(0.5)  # the mean over the two envs
+    assert aggregate["porl"]["tasks"] == ["Hopper-v5", "Walker2d-v5"]
+    assert json.loads((out / "report.json").read_text())["groups"]
+    text = (out / "report.md").read_text()
+    assert "## Hopper-v5" in text and "## All envs" in text and "curves-Hopper-v5.png" in text
+    assert (out / "curves-Hopper-v5.png").stat().st_size > 1000
+
+
+def test_plain_runs_group_by_algorithm(tmp_path):
+    write_run(tmp_path, "x", "Hopper-v5", "sac", 0, [0, 1000], [0.0, 1.0], trial=False)
+    report = build_report([tmp_path], reps=REPS)
+    assert [(g["method"], g["dataset"]) for g in report["groups"]] == [("sac", "-")]
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    write_run(tmp_path, "x", "Hopper-v5", "sac", 0, [0, 1000], [0.0, 1.0])
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r"), "--baseline", "nope"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no run directories"):
+        build_report([tmp_path / "empty"])

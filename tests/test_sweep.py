@@ -1,0 +1,163 @@
+"""`o2o sweep`: the sweep file's schema and expansion, bad input, and a tiny study run through
+Ray Tune, killed half-way and run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distributed_o2o.cli.main import main
+from distributed_o2o.errors import UserError
+from distributed_o2o.sweep.spec import load_sweep, plan_sweep, trial_bundles
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "envs": ["Pendulum-v1"],
+    "seeds": [0, 1],
+    "online_steps": 400,
+    "datasets": {"rand": {"random": 600}},
+    "policies": {"bc": {"dataset": "rand", "steps": 50, "set": {"hidden": [16, 16]}}},
+    "methods": {
+        "porl": {"algo": "porl", "policy": "bc", "set": {"presample_steps": 200, "presample_utd": 1, "utd": 1, "num_critics": 2}},
+        "sac": {"algo": "sac", "set": {"random_start_steps": 200, "learning_starts": 200}},
+    },
+    "set": {"hidden": [16, 16], "eval_every": 200, "eval_episodes": 1, "batch_size": 32, "device": "cpu"},
+    "resources": {"mode": "local", "cpus_per_trial": 1, "max_concurrent": 1},
+}
+
+
+def write_sweep(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_plan_expands_env_method_grid_seed(tmp_path):
+    spec = {**TINY, "methods": {**TINY["methods"], "sac": {**TINY["methods"]["sac"], "grid": {"utd": [1, 2]}}}}
+    file = write_sweep(tmp_path / "s.yaml", spec)
+    plan = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
+    ids = [t.id for t in plan.trials]
+    assert ids == ["Pendulum-v1/porl/seed_0", "Pendulum-v1/porl/seed_1", "Pendulum-v1/sac@utd=1/seed_0",
+                   "Pendulum-v1/sac@utd=1/seed_1", "Pendulum-v1/sac@utd=2/seed_0", "Pendulum-v1/sac@utd=2/seed_1"]
+    porl, sac2 = plan.trials[1], plan.trials[5]
+    assert (porl.config.seed, porl.config.online_steps, porl.config.presample_steps, porl.config.hidden) == (1, 400, 200, [16, 16])
+    assert porl.config.policy == str(plan.policies[0].path) and sac2.config.utd == 2 and sac2.config.policy is None
+    assert porl.info()["dataset"] == "rand"  # a policy-only run is grouped by its policy's dataset
+    assert len(plan.datasets) == 1 and len(plan.policies) == 1  # one BC for both seeds (not per_seed)
+
+
+def test_stage_cache_paths_follow_settings_not_the_study(tmp_path):
+    file = write_sweep(tmp_path / "s.yaml", TINY)
+    first = plan_sweep(load_sweep(file), file, tmp_path / "a", tmp_path / "cache")
+    second = plan_sweep(load_sweep(file), file, tmp_path / "b", tmp_path / "cache")
+    assert first.policies[0].path == second.policies[0].path  # another study reuses the same BC policy
+    changed = {**TINY, "policies": {"bc": {**TINY["policies"]["bc"], "steps": 51}}}
+    third = plan_sweep(load_sweep(write_sweep(tmp_path / "t.yaml", changed)), file, tmp_path / "a", tmp_path / "cache")
+    assert third.policies[0].path != first.policies[0].path and third.datasets[0].path == first.datasets[0].path
+    per_seed = {**TINY, "policies": {"bc": {**TINY["policies"]["bc"], "per_seed": True}}}
+    fourth = plan_sweep(load_sweep(write_sweep(tmp_path / "u.yaml", per_seed)), file, tmp_path / "a", tmp_path / "cache")
+    assert [p.seed for p in fourth.policies] == [0, 1]
+
+
+def test_ray_mode_trials_fit_their_placement_group(tmp_path):
+    spec = {**TINY, "set": {**TINY["set"], "num_rollout_workers": 3},
+            "resources": {"mode": "ray", "gpus_per_trial": 0.5, "cpus_per_trial": 5, "max_concurrent": 4}}
+    file = write_sweep(tmp_path / "s.yaml", spec)
+    plan = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
+    config = plan.trials[0].config
+    bundles = trial_bundles(plan.spec.resources, config)
+    assert len(bundles) == 2 + 3 and sum(b["CPU"] for b in bundles) == pytest.approx(5.0)
+    assert bundles[1]["GPU"] == 0.5 and config.learner_gpus == 0.5 and config.actor_cpus == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"seedz": 3}, "unknown config key 'seedz'"),
+    ({"methods": {"x": {"algo": "nope"}}}, "unknown algorithm 'nope'"),
+    ({"methods": {"x": {"algo": "rlpd", "dataset": "missing"}}}, "names dataset 'missing'"),
+    ({"methods": {"x": {"algo": "porl", "policy": "missing"}}}, "names policy 'missing'"),
+    ({"methods": {"x": {"algo": "sac", "set": {"utd_ratio": 2}}}}, "method 'x'.*unknown config key 'utd_ratio'"),
+    ({"datasets": {"rand": {"random": 10, "quality": "medium"}}}, "exactly one of"),
+])
+def test_bad_sweep_file_is_one_line_and_starts_nothing(tmp_path, capsys, change, match):
+    file = write_sweep(tmp_path / "s.yaml", {**TINY, **change})
+    assert main(["sweep", str(file), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error:")
+    with pytest.raises(UserError, match=match):
+        plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_unreachable_address_is_one_line(tmp_path, capsys):
+    file = write_sweep(tmp_path / "s.yaml", TINY)
+    assert main(["sweep", str(file), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                 "--address", "127.0.0.1:1"]) == 2
+    assert "no Ray cluster answers at '127.0.0.1:1'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def _sweep_command(file: Path, out: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "distributed_o2o.cli.main", "sweep", str(file), "--out", str(out), "--cache", str(cache)]
+
+
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+@pytest.mark.slow
+def test_killed_sweep_finishes_the_remaining_trials_only(tmp_path):
+    """A sweep killed (SIGKILL, whole process group) after its first trial finished: the same
+    command again leaves the finished trial alone and runs the rest; a report then reads all."""
+    file = write_sweep(tmp_path / "s.yaml", TINY)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(_sweep_command(file, out, cache), cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    runs = out / "runs" / "Pendulum-v1"
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/seed_*/summary.json")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no trial finished within 300 s"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = list(runs.glob("*/seed_*/summary.json"))
+    assert len(first) < 4
+    kept = {p: (_mtime(p), (p.parent / "metrics.jsonl").read_text()) for p in first}
+    dataset = next((cache / "datasets").glob("*.hdf5"))
+    made_at = _mtime(dataset)
+
+    dry = subprocess.run(_sweep_command(file, out, cache) + ["--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert dry.returncode == 0 and dry.stdout.count("  done") == len(first), dry.stdout
+
+    again = subprocess.run(_sweep_command(file, out, cache), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{len(first)} of 4 trials already done; running {4 - len(first)}" in again.stdout
+    assert len(list(runs.glob("*/seed_*/summary.json"))) == 4
+    for path, (mtime, metrics) in kept.items():  # the finished trial was not run again
+        assert _mtime(path) == mtime and (path.parent / "metrics.jsonl").read_text() == metrics
+    assert _mtime(dataset) == made_at and "making" not in again.stdout  # stages reused from the cache
+    for summary in runs.glob("*/seed_*/summary.json"):
+        assert json.loads(summary.read_text())["env_steps"] == 400
+
+    report = tmp_path / "report"
+    assert main(["report", str(out), "--out", str(report), "--reps", "200", "--baseline", "porl"]) == 0
+    groups = json.loads((report / "report.json").read_text())["groups"]
+    assert sorted((g["method"], g["n_runs"]) for g in groups) == [("porl", 2), ("sac", 2)]
+    assert {g["handover_env_step"] for g in groups if g["method"] == "porl"} == {200}
+
+
+@pytest.mark.parametrize("name", ["smoke", "hopper-porl"])
+def test_shipped_sweep_files_plan(tmp_path, name):
+    file = ROOT / "configs" / "sweeps" / f"{name}.yaml"
+    plan = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
+    assert len(plan.trials) == len(plan.spec.methods) * len(plan.spec.seed_list()) * len(plan.spec.envs)
+    assert len({t.run_dir for t in plan.trials}) == len(plan.trials)
