@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from distributed_o2o.errors import UserError
 
@@ -147,6 +147,9 @@ class SACConfig(FinetuneConfig):
     random_start_steps: int = Field(5000, ge=0)
     learning_starts: int = Field(5000, ge=0)
     offline_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    # Not in the specifications (None: off): π̄ ← (1−τ)π̄ + τπ after every online update; π̄ is the
+    # deployed policy (evaluated and checkpointed as "policy"), π keeps acting and learning.
+    policy_average_tau: float | None = Field(None, gt=0.0, le=1.0)
 
 
 class NaiveConfig(SACConfig):
@@ -169,6 +172,22 @@ class ConstraintConfig(StrictModel):
     lambda_init: float = 1.0
     lambda_lr: float = 5e-5
     violation_weight: float = 0.7
+    # π_ref after the hand-over: "best", the best-evaluated policy (the specification's); or
+    # "average", the Polyak-averaged policy π̄ (needs `policy_average_tau`): a trust region that
+    # follows the policy at the pace of the average (not in the specification).
+    reference: Literal["best", "average"] = "best"
+
+
+def check_average_reference(config: FinetuneConfig) -> FinetuneConfig:
+    """A constraint toward π̄ needs π̄ (the SAC family's `policy_average_tau`)."""
+    constraint = getattr(config, "constraint", None)
+    if constraint is None or constraint.reference != "average":
+        return config
+    if "policy_average_tau" not in type(config).model_fields:
+        raise ValueError(f"{config.algo} keeps no policy average: constraint.reference must be 'best'")
+    if config.policy_average_tau is None:
+        raise ValueError("constraint.reference 'average' needs policy_average_tau (the Polyak rate of π̄), e.g. 5e-5")
+    return config
 
 
 class PORLConfig(SACConfig):
@@ -187,6 +206,7 @@ class PORLConfig(SACConfig):
     # (docs/results.md: without it the policy collapses at hand-over on Hopper).
     constraint: ConstraintConfig | None = None
     log_ref_min: float = -50.0
+    _average_reference = model_validator(mode="after")(check_average_reference)
 
     def needs_policy(self) -> bool:
         return True
@@ -234,6 +254,7 @@ class O2SACConfig(SACConfig):
     learning_starts: int = 1000
     constraint: ConstraintConfig = Field(default_factory=ConstraintConfig)  # expert data: 0.005 -> 0.125
     log_ref_min: float = -50.0
+    _average_reference = model_validator(mode="after")(check_average_reference)
 
     def needs_policy(self) -> bool:
         return True
@@ -265,6 +286,7 @@ class O2TD3Config(TD3Config):
     offline_ratio: float = 0.5
     learning_starts: int = 1000
     constraint: O2TD3ConstraintConfig = Field(default_factory=O2TD3ConstraintConfig)
+    _average_reference = model_validator(mode="after")(check_average_reference)
 
     def needs_policy(self) -> bool:
         return True

@@ -1,4 +1,4 @@
-"""Evaluation: separate env instances, deterministic actions (the mode), N whole episodes."""
+"""Evaluation: separate env instances, deterministic actions (the mode) unless asked, N whole episodes."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ class EvalResult:
 
 
 def evaluate_policy(policy: Policy, env_id: str, episodes: int, seed: int = 10_000,
-                    env_kwargs: dict | None = None, num_envs: int | None = None) -> EvalResult:
-    """Run `episodes` complete episodes with the policy's mode on fresh envs seeded from `seed`.
+                    env_kwargs: dict | None = None, num_envs: int | None = None, deterministic: bool = True) -> EvalResult:
+    """Run `episodes` complete episodes with the policy's mode (or, not `deterministic`, its
+    samples: what the agent collects) on fresh envs seeded from `seed`.
 
     Envs run side by side (batched inference); each env stops being counted once the episodes
     still owed are covered, so exactly `episodes` returns come back.
@@ -42,7 +43,7 @@ def evaluate_policy(policy: Policy, env_id: str, episodes: int, seed: int = 10_0
         quota[: episodes % num_envs] += 1
         done_count = np.zeros(num_envs, dtype=np.int64)
         while len(returns) < episodes:
-            action = policy.act(obs, deterministic=True)
+            action = policy.act(obs, deterministic=deterministic)
             obs, reward, terminated, truncated, _ = envs.step(action)
             running += reward
             steps += 1

@@ -134,6 +134,11 @@ class Algorithm(ABC):
     def acting_policy(self) -> Policy:
         """The policy whose weights the rollout workers act with."""
 
+    def deployed_policy(self) -> Policy:
+        """The policy the run delivers: evaluated, and checkpointed as "policy" (the acting one
+        unless the method keeps another, e.g. a Polyak average)."""
+        return self.acting_policy()
+
     def updates_due(self, env_step: int) -> int:
         """Gradient steps owed per env step once `env_step` steps were collected (the UTD)."""
         return 0

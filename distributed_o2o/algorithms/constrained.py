@@ -61,6 +61,16 @@ class ConstrainedFineTuning:
     def constraint_metrics(self) -> dict[str, torch.Tensor]:
         return {} if self.policy_ref is None else {"lambda": self.lagrange.value}
 
+    def attach_reference(self, policy: Policy) -> None:
+        """π_ref at the hand-over: `policy` (then the best-evaluated policy), or with reference
+        "average" π̄, restarted from `policy`."""
+        if self.policy_average is not None:
+            self.policy_average.load_state_dict(policy.state_dict())
+        if self.constraint.reference == "average":
+            self.policy_ref = self.policy_average
+        else:
+            self.set_reference(policy)
+
     def set_reference(self, policy: Policy) -> None:
         """π_ref <- a frozen copy of `policy`, written in place once it exists (a captured
         update keeps reading the same tensors)."""
@@ -70,24 +80,28 @@ class ConstrainedFineTuning:
             self.policy_ref.load_state_dict(policy.state_dict())
 
     def on_evaluation(self, score: float, env_step: int) -> None:
-        """π_ref follows the best-scoring policy; scores from before there is a π_ref count too
-        (they are the starting policy's)."""
+        """With reference "best", π_ref follows the best-scoring (deployed) policy; scores from
+        before there is a π_ref count too (they are the starting policy's)."""
         if score > self.best_score:
             self.best_score = score
-            if self.policy_ref is not None:
-                self.set_reference(self.policy)
+            if self.policy_ref is not None and self.constraint.reference == "best":
+                self.set_reference(self.deployed_policy())
 
     def constraint_snapshot(self) -> dict:
+        own_ref = self.policy_ref is not None and self.policy_ref is not self.policy_average  # π̄ is saved with SAC's state
         return {
-            "policy_ref": None if self.policy_ref is None else self.policy_ref.state_dict(),
+            "reference_attached": self.policy_ref is not None,
+            "policy_ref": self.policy_ref.state_dict() if own_ref else None,
             "lagrange": self.lagrange.state_dict(),
             "lagrange_optimizer": self.lagrange.optimizer.state_dict(),
             "best_score": self.best_score,
         }
 
     def constraint_restore(self, state: dict) -> None:
-        if state["policy_ref"] is None:
+        if not state["reference_attached"]:
             self.policy_ref = None
+        elif self.constraint.reference == "average":  # π̄ itself, restored with the SAC state
+            self.policy_ref = self.policy_average
         else:
             if self.policy_ref is None:
                 self.policy_ref = frozen_copy(self.policy)

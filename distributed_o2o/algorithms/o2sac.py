@@ -102,7 +102,7 @@ class O2SAC(ConstrainedFineTuning, SACCore):
 
     def handover(self, evaluate: Callable[[Policy], float]) -> dict[str, float]:
         score_offline, score_aligned = float(evaluate(self.policy_off)), float(evaluate(self.policy))
-        self.set_reference(self.policy if score_aligned > score_offline else self.policy_off)
+        self.attach_reference(self.policy if score_aligned > score_offline else self.policy_off)
         self.best_score = max(score_offline, score_aligned)
         self.target_critic.load_state_dict(self.critic.state_dict())
         return {"handover_score_offline": score_offline, "handover_score_aligned": score_aligned}

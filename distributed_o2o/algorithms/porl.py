@@ -51,8 +51,8 @@ class PORL(ConstrainedFineTuning, SACCore):
         if self.presampling(env_step):
             return "presample"
         if self.lagrange is not None:
-            if self.policy_ref is None:  # the hand-over: π_ref = π_pre
-                self.set_reference(self.policy)
+            if self.policy_ref is None:  # the hand-over: π_ref = π_pre (or π̄, which starts as π_pre)
+                self.attach_reference(self.policy)
             self.write_threshold(env_step)
         return super().prepare(env_step)
 

@@ -129,6 +129,8 @@ class SACCore(Algorithm):
         # actor's backward through the doubled batch costs more than the forward it saves.
         self.shared_policy_forward = torch.device(device).type == "cuda"
         self.target_critic = frozen_copy(self.critic)
+        # π̄, the deployed policy when `policy_average_tau` is set (π keeps acting and learning).
+        self.policy_average = None if config.policy_average_tau is None else frozen_copy(self.policy)
         self.num_min_critics = config.num_min_critics
         self.log_alpha = torch.tensor(math.log(self.initial_alpha()), device=device, requires_grad=True)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
@@ -252,6 +254,8 @@ class SACCore(Algorithm):
         metrics = self.critic_step(batch, self.td_target(batch, next_sample))
         metrics.update(self.policy_step(batch.obs, sample))
         self.update_target()
+        if self.policy_average is not None:
+            polyak_update(self.policy_average, self.policy, self.config.policy_average_tau)
         return metrics
 
     def update(self, batch: Batch, env_step: int) -> dict[str, float]:
@@ -280,6 +284,9 @@ class SACCore(Algorithm):
     def acting_policy(self) -> Policy:
         return self.policy
 
+    def deployed_policy(self) -> Policy:
+        return self.policy if self.policy_average is None else self.policy_average
+
     def updates_due(self, env_step: int) -> int:
         return self.config.utd if env_step >= self.config.learning_starts else 0
 
@@ -288,7 +295,8 @@ class SACCore(Algorithm):
 
     # ------------------------------------------------------------------ state
     def modules(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy, "critic": self.critic}
+        online = {} if self.policy_average is None else {"online_policy": self.policy}
+        return {"policy": self.deployed_policy(), **online, "critic": self.critic}
 
     def state_dict(self) -> dict:
         """A snapshot: copied, so later updates do not alter it."""
@@ -308,6 +316,7 @@ class SACCore(Algorithm):
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            **({} if self.policy_average is None else {"policy_average": self.policy_average.state_dict()}),
         }
 
     def restore(self, state: dict) -> None:
@@ -319,3 +328,5 @@ class SACCore(Algorithm):
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        if self.policy_average is not None:
+            self.policy_average.load_state_dict(state["policy_average"])

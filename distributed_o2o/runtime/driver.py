@@ -525,15 +525,25 @@ class Driver:
             self._save_resume()
 
     def _evaluate(self, initial: bool = False) -> dict:
+        """The deployed policy's mode scores the run; the acting policy's samples (what the agent
+        collects) and, where another policy is deployed, its mode are logged beside it."""
         c = self.counters
         self.published = self.t.call(self.c.learner, "weights")
         self.learner_version = self.published[0]
-        record = self.t.call(self.c.evaluator, "evaluate", self.t.call(self.c.learner, "policy_arch"), self.published[1])
-        c.eval_env_steps += record.pop("env_steps")
+        arch, acting = self.t.call(self.c.learner, "policy_arch"), self.published[1]
+        deployed = self.t.call(self.c.learner, "deployed_weights")
+        runs = {"": (deployed or acting, True), "stochastic_": (acting, False)}
+        if deployed is not None:
+            runs["online_"] = (acting, True)
+        records = {prefix: self.t.call(self.c.evaluator, "evaluate", arch, weights, deterministic, c.env_steps)
+                   for prefix, (weights, deterministic) in runs.items()}
+        c.eval_env_steps += sum(r.pop("env_steps") for r in records.values())
+        record = records[""]
         self.t.call(self.c.learner, "on_evaluation", record["return_mean"], c.env_steps)
         line = {"env_steps": c.env_steps, "updates": c.updates, "eval_env_steps": c.eval_env_steps,
                 "return_mean": record["return_mean"], "return_std": record["return_std"],
                 "normalized_score": record["normalized_score"], "episodes": record["episodes"],
+                **{f"{prefix}return_mean": r["return_mean"] for prefix, r in records.items() if prefix},
                 "wall_time_s": round(self._wall_time(), 1)}
         self.run_dir.append_metrics(line)
         self.run_dir.scalars(c.env_steps, {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "env_steps"}, "eval")

@@ -1,4 +1,4 @@
-"""The evaluator component: its own envs, scoring broadcast weights with the policy's mode."""
+"""The evaluator component: its own envs, scoring weights with the policy's mode (or its samples)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ class Evaluator:
                  ref_min: float | None = None, ref_max: float | None = None):
         self.env_id, self.episodes, self.seed, self.env_kwargs = env_id, episodes, seed, env_kwargs
         self.ref_min, self.ref_max = ref_min, ref_max
-        self.calls = 0
 
-    def evaluate(self, policy_arch: dict, state_dict: dict) -> dict:
+    def evaluate(self, policy_arch: dict, state_dict: dict, deterministic: bool = True, env_step: int = 0) -> dict:
         """Mean/std return, normalised score (None without references) and env steps spent."""
         policy = build_policy(policy_arch)
         policy.load_state_dict(state_dict)
-        # A new seed per call: evaluations differ in start states but are reproducible.
-        result = evaluate_policy(policy, self.env_id, self.episodes, seed=self.seed + 7919 * self.calls, env_kwargs=self.env_kwargs)
-        self.calls += 1
+        # Start states seeded by the env step: each evaluation point has its own, the policies
+        # scored at one point (deployed, acting) share them, and a resumed run does not repeat them.
+        result = evaluate_policy(policy, self.env_id, self.episodes, seed=self.seed + env_step,
+                                 env_kwargs=self.env_kwargs, deterministic=deterministic)
         record = result.to_dict()
         record["env_steps"] = int(round(result.length_mean * result.episodes))
         record["normalized_score"] = None

@@ -202,6 +202,13 @@ class Learner:
         state = {k: v.detach().to("cpu", copy=True) for k, v in self.algorithm.acting_policy().state_dict().items()}
         return self.version, state
 
+    def deployed_weights(self) -> dict[str, torch.Tensor] | None:
+        """The deployed policy's weights where it is not the acting policy (else None)."""
+        policy = self.algorithm.deployed_policy()
+        if policy is self.algorithm.acting_policy():
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
+
     def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
         return self.algorithm.modules()
 
