@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_weak_bc
+from conftest import latest_save, make_weak_bc
 
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import PretrainConfig, finetune_config
@@ -127,7 +127,7 @@ def test_a_failed_run_resumes_from_its_last_checkpoint_without_losing_data(tmp_p
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["env_steps"] for m in metrics] == [0, 400, 800, 1200]
     assert summary["env_steps"] == 1200
-    saved = np.load(out / "resume" / "replay.npz")
+    saved = np.load(latest_save(out) / "replay.npz")
     assert len(saved["rewards"]) == 1200 and int(saved["inserted"]) == 1200
     # The transitions collected before the failure are still there, in order: a new episode
     # starts every 200 steps (Pendulum's time limit), so timeouts sit at rows 199, 399, ...

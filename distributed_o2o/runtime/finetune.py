@@ -24,6 +24,7 @@ from distributed_o2o.runtime.driver import Components, Driver
 from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.learner import Learner
 from distributed_o2o.runtime.replay import ReplayService, shard_offline
+from distributed_o2o.runtime.resume_state import ResumeStore
 from distributed_o2o.runtime.rollout import RolloutWorker
 from distributed_o2o.runtime.run_dir import RunDir
 from distributed_o2o.runtime.transport import LocalTransport
@@ -143,7 +144,7 @@ def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, progress: bo
 def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local", progress: bool = True,
                  address: str | None = None) -> dict[str, Any]:
     run_dir = RunDir(out_dir)
-    if (run_dir.resume_dir / "state.json").exists():
+    if ResumeStore(run_dir.resume_dir).saves():
         raise UserError(f"'{out_dir}' already holds a run: continue it with --resume {out_dir}, or pass another --out")
     with _components(config, mode, run_dir, progress, address) as components:
         return Driver(config, run_dir, components, progress).run(resume=False)
@@ -159,7 +160,7 @@ def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = 
     run_dir = RunDir(run_path)
     if not run_dir.config_file.exists():
         raise UserError(f"'{run_path}' is not a run directory (config.yaml is missing): pass the --out of an earlier `o2o finetune`")
-    if not (run_dir.resume_dir / "state.json").exists():
+    if not ResumeStore(run_dir.resume_dir).saves():
         raise UserError(f"run '{run_path}' has no checkpoint to resume from yet: start it again without --resume")
     saved = run_dir.read_config()
     config = finetune_config(saved["algo"], None, {**saved, **(runtime or {})})

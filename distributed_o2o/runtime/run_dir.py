@@ -6,7 +6,7 @@
     tb/                    TensorBoard events
     stages/<name>.*        learner state after each offline stage (cache)
     checkpoints/step_N/    policy (+ critic) checkpoint at each evaluation (`o2o eval` reads it)
-    resume/                learner state, replay contents and counters of the last evaluation
+    resume/save-<step>/    learner state, replay contents and counters of the last two saves (resume_state.py)
 """
 
 from __future__ import annotations
