@@ -78,8 +78,14 @@ def test_stages_are_cached_and_not_paid_twice(tmp_path, weak_bc, monkeypatch):
     calls = []
     original = learner_module.Learner.run_stage
     monkeypatch.setattr(learner_module.Learner, "run_stage", lambda self, *a: calls.append(a) or original(self, *a))
-    run_finetune(config, out, progress=False)
-    assert calls == []
+    with pytest.raises(UserError, match=r"already holds a run \(config.yaml\): continue it with --resume"):
+        run_finetune(config, out, progress=False)
+    # --resume starts it again; a damaged cached stage is computed again, the other reused.
+    align = out / "stages" / "align.safetensors"
+    align.write_bytes(align.read_bytes()[:50])
+    resume_finetune(out, progress=False)
+    assert {name for name, _ in calls} == {"align"}
+    calls.clear()
     # A changed stage config does not reuse the cache.
     changed = finetune_config("o2sac", None, {"env": ENV, **SMALL, **fields, "align_steps": 40})
     run_finetune(changed, tmp_path / "other", progress=False)

@@ -20,7 +20,6 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from distributed_o2o.config import RUNTIME_FIELDS, FinetuneConfig, finetune_config
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
-from distributed_o2o.runtime.resume_state import ResumeStore
 from distributed_o2o.runtime.run_dir import RunDir
 
 # Keys RLlib's own dict round trip (`to_dict()` -> `update_from_dict()`, as Tune does) hands
@@ -113,7 +112,7 @@ class O2OAlgorithm(Algorithm):
         target = self.env_steps + self.config.iteration_env_steps
         config = self.config.finetune_config(target)
         run_dir = RunDir(self.run_path)
-        if not ResumeStore(run_dir.resume_dir).saves():
+        if not run_dir.config_file.exists():
             summary = run_finetune(config, self.run_path, mode=self.config.o2o_mode, progress=False)
         else:
             # The run continues with its saved config; only the horizon (and the runtime
