@@ -29,6 +29,8 @@ class PretrainConfig(StrictModel):
     env: str | None = None
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
     dataset: str | None = None
+    # Use a dataset recorded for another env than `env` (refused otherwise).
+    allow_other_env_dataset: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     steps: int = Field(1_000_000, gt=0)
@@ -69,6 +71,9 @@ class FinetuneConfig(StrictModel):
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
     policy: str | None = None
     dataset: str | None = None
+    # Use a dataset recorded for another env than `env` (refused otherwise); scores are then
+    # normalised with `env`'s references.
+    allow_other_env_dataset: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     online_steps: int = Field(100_000, ge=0)

@@ -36,7 +36,7 @@ def pretrain(
     from distributed_o2o.algorithms.offline import run_pretraining
     from distributed_o2o.data import load_dataset
 
-    data = load_dataset(config.dataset, config.env)
+    data = load_dataset(config.dataset, config.env, config.allow_other_env_dataset)
     path = run_pretraining(config, data, out)
     typer.echo(f"wrote {config.algo} checkpoint ({config.steps} steps on {config.dataset}) to {path}")
 

@@ -96,7 +96,7 @@ def load_inputs(config: FinetuneConfig) -> RunInputs:
     if config.dataset is not None:
         from distributed_o2o.data import load_dataset
 
-        dataset = load_dataset(config.dataset, config.env)
+        dataset = load_dataset(config.dataset, config.env, config.allow_other_env_dataset)
     offline = None if dataset is None else {k: getattr(dataset, k) for k in
                                              ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
     ref_min, ref_max = _reference_scores(config, dataset)
