@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -100,15 +101,40 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise UserError(f"no checkpoint at '{path}' ({METADATA_FILE} is missing): pass a directory written by "
                         "`o2o pretrain` or `o2o finetune`")
     try:
-        metadata = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
+        metadata = json.loads(meta_file.read_bytes())
+    except ValueError as exc:  # also bytes that are not UTF-8
         raise UserError(f"checkpoint metadata '{meta_file}' is not valid JSON ({exc}): the checkpoint is damaged; use another") from None
-    if metadata.get("format") != FORMAT:
-        raise UserError(f"'{meta_file}' is not a distributed_o2o checkpoint (format={metadata.get('format')!r})")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"checkpoint '{path}' has format version {metadata['format_version']}; this distributed_o2o reads "
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+        raise UserError(f"'{meta_file}' is not a distributed_o2o checkpoint (format={found!r})")
+    version = metadata.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _damaged(meta_file, f"format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
+        raise UserError(f"checkpoint '{path}' has format version {version}; this distributed_o2o reads "
                         f"up to {FORMAT_VERSION}: upgrade distributed_o2o")
+    _check_layout(metadata, meta_file)
     return metadata
+
+
+def _damaged(where: Path, problem: str) -> UserError:
+    return UserError(f"checkpoint '{where}' is damaged ({problem}): use another checkpoint or write it again")
+
+
+def _check_layout(metadata: dict[str, Any], meta_file: Path) -> None:
+    """The fields a checkpoint is loaded from, with the types they need."""
+    spaces, modules = metadata.get("spaces"), metadata.get("modules")
+    if not (isinstance(spaces, dict) and all(_positive_int(spaces.get(k)) for k in ("obs_dim", "act_dim"))):
+        raise _damaged(meta_file, "'spaces' needs positive integers obs_dim and act_dim")
+    if not (isinstance(modules, dict) and "policy" in modules):
+        raise _damaged(meta_file, "'modules' lists no policy")
+    for name, info in modules.items():
+        if not (isinstance(info, dict) and isinstance(info.get("kind"), str) and isinstance(info.get("arch"), dict)):
+            raise _damaged(meta_file, f"module '{name}' needs a kind and an arch")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def load_checkpoint(path: str | Path, env_id: str | None = None, env_kwargs: dict | None = None,
@@ -126,8 +152,14 @@ def load_checkpoint(path: str | Path, env_id: str | None = None, env_kwargs: dic
         weights_file = path / f"{name}.safetensors"
         if not weights_file.is_file():
             raise UserError(f"checkpoint '{path}' lists module '{name}' but {weights_file.name} is missing: the checkpoint is incomplete")
-        module = _build_module(info["kind"], info["arch"])
-        module.load_state_dict(load_file(str(weights_file)))
+        try:
+            module = _build_module(info["kind"], info["arch"])
+            module.load_state_dict(load_file(str(weights_file)))
+        except UserError:
+            raise
+        except (SafetensorError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise _damaged(path, f"module '{name}' cannot be rebuilt from it: {problem}") from None
         checkpoint.modules[name] = module
     return checkpoint
 

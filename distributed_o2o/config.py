@@ -400,7 +400,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file '{path}' does not exist: pass a YAML file such as configs/porl.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{path}' is not a UTF-8 text file: pass a YAML file such as configs/porl.yaml") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config file '{path}' is not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(data, dict):

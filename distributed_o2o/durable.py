@@ -1,11 +1,25 @@
-"""Files that survive a kill: flushed to disk before they are switched in, and checksummed so
-a damaged one is recognised rather than read."""
+"""Writing files safely: outputs checked writable before any work, files flushed to disk before
+they are switched in, and checksummed so a damaged one is recognised rather than read."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
+
+from distributed_o2o.errors import UserError
+
+
+def check_writable(directory: str | Path, what: str) -> None:
+    """Create `directory` and prove a file can be written there, before work that would be lost."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".o2o-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {what} to '{directory}' ({exc.strerror or exc}): pass a directory you can write to") from None
 
 
 def sync_file(path: str | Path) -> None:

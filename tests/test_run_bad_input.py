@@ -78,3 +78,131 @@ def test_a_lock_from_another_host_is_not_taken_over(tmp_path):
         with run_lock(out, warn=print):
             pass
     assert (out / LOCK_FILE).exists()
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+def _checkpoint(tmp_path):
+    from distributed_o2o.algorithms.policies import FAMILIES
+    from distributed_o2o.checkpoint import save_checkpoint
+
+    return save_checkpoint(tmp_path / "ck", {"policy": FAMILIES["gaussian"](3, 1, [8])}, env_id=ENV, algo="bc")
+
+
+def _edit_arch(key, value):
+    def edit(meta):
+        meta["modules"]["policy"]["arch"][key] = value
+    return edit
+
+
+METADATA_EDITS = {
+    "hidden": _edit_arch("hidden", [16]),
+    "negative hidden": _edit_arch("hidden", [-5]),
+    "arch obs_dim": _edit_arch("obs_dim", 4),
+    "unknown family": _edit_arch("family", "nope"),
+    "activation": _edit_arch("activation", "nope"),
+    "no spaces": lambda meta: meta.pop("spaces"),
+    "no modules": lambda meta: meta.update(modules={}),
+    "string format_version": lambda meta: meta.update(format_version="1"),
+}
+
+
+def _assert_one_line_exit_2(capsys, args, message):
+    from distributed_o2o.cli.main import main
+
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("edit", METADATA_EDITS, ids=list(METADATA_EDITS))
+def test_an_edited_checkpoint_metadata_is_one_line(tmp_path, capsys, edit):
+    import json
+
+    path = _checkpoint(tmp_path)
+    meta = json.loads((path / "metadata.json").read_text())
+    METADATA_EDITS[edit](meta)
+    (path / "metadata.json").write_text(json.dumps(meta))
+    _assert_one_line_exit_2(capsys, ["eval", "--policy", str(path), "--env", ENV, "--episodes", "1"], "is damaged")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"random bytes \xff\xfe" * 20, "truncated"])
+def test_damaged_checkpoint_weights_are_one_line(tmp_path, capsys, content):
+    path = _checkpoint(tmp_path)
+    weights = path / "policy.safetensors"
+    weights.write_bytes(weights.read_bytes()[:60] if content == "truncated" else content)
+    _assert_one_line_exit_2(capsys, ["eval", "--policy", str(path), "--env", ENV, "--episodes", "1"], "is damaged")
+
+
+def test_a_metadata_file_holding_a_json_list_is_not_a_checkpoint(tmp_path, capsys):
+    path = _checkpoint(tmp_path)
+    (path / "metadata.json").write_text("[1, 2]")
+    _assert_one_line_exit_2(capsys, ["eval", "--policy", str(path), "--env", ENV, "--episodes", "1"],
+                            "is not a distributed_o2o checkpoint")
+
+
+# ---------------------------------------------------------------- configs, outputs, envs, devices
+def test_a_binary_config_file_is_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"\xff\xfe\x00binary")
+    _assert_one_line_exit_2(capsys, ["finetune", "--algo", "sac", "--env", ENV, "--config", str(config), "--out",
+                                     str(tmp_path / "run"), "--mode", "local"], "is not a UTF-8 text file")
+
+
+def _unwritable(path):
+    """A directory nobody can create, root included: its parent is a file."""
+    path.write_text("")
+    return path / "below-a-file"
+
+
+@pytest.mark.parametrize("command", ["pretrain", "collect", "finetune"])
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys, command):
+    locked = _unwritable(tmp_path / "locked")
+    args = {"pretrain": ["pretrain", "--algo", "bc", "--dataset", str(tmp_path / "nope.hdf5"), "--out", str(locked / "ck")],
+            "collect": ["data", "collect", "--env", ENV, "--policy", "random", "--steps", "10", "--out", str(locked / "d.hdf5")],
+            "finetune": ["finetune", "--algo", "sac", "--env", ENV, "--out", str(locked / "run"), "--mode", "local"]}[command]
+    # pretrain names no existing dataset: the output is checked first all the same
+    _assert_one_line_exit_2(capsys, args, "cannot write")
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def broken(:\n", "importing the env module 'user_env_mod' failed (SyntaxError"),
+    ("import gymnasium as gym\nclass Env(gym.Env):\n    def __init__(self):\n        raise RuntimeError('no licence')\n",
+     "env 'user_env_mod:Env' could not be created (RuntimeError: no licence)"),
+])
+def test_a_user_env_module_that_fails_is_one_line(tmp_path, capsys, monkeypatch, source, message):
+    (tmp_path / "user_env_mod.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _assert_one_line_exit_2(capsys, ["data", "collect", "--env", "user_env_mod:Env", "--policy", "random", "--steps", "10",
+                                     "--out", str(tmp_path / "d.hdf5")], message)
+
+
+def test_unknown_env_kwargs_and_a_missing_cuda_are_one_line(tmp_path, capsys):
+    _assert_one_line_exit_2(capsys, ["finetune", "--algo", "sac", "--env", ENV, "--set", "env_kwargs.foo=1", "--out",
+                                     str(tmp_path / "a"), "--mode", "local"], "unexpected keyword argument 'foo'")
+    import torch
+
+    if not torch.cuda.is_available():
+        _assert_one_line_exit_2(capsys, ["finetune", "--algo", "sac", "--env", ENV, "--set", "device=cuda", "--out",
+                                         str(tmp_path / "b"), "--mode", "local"], "device 'cuda' was asked for")
+
+
+def test_a_diverging_learner_stops_with_one_line_naming_the_step_and_keeps_its_checkpoints(tmp_path):
+    from distributed_o2o.runtime.learner import LearnerDiverged
+
+    out = tmp_path / "run"
+    config = _config(actor_lr=1e6, critic_lr=1e6, online_steps=600, eval_every=100)
+    with pytest.raises(LearnerDiverged, match=r"the learner diverged at env step \d+: .* became non-finite") as info:
+        run_finetune(config, out, progress=False)
+    assert "\n" not in str(info.value) and "env returned" not in str(info.value)
+    from distributed_o2o.checkpoint import load_policy
+
+    for checkpoint in sorted((out / "checkpoints").iterdir()):  # every checkpoint written holds finite weights
+        policy = load_policy(checkpoint)
+        assert all(torch_finite(p) for p in policy.parameters())
+
+
+def torch_finite(tensor) -> bool:
+    import torch
+
+    return bool(torch.isfinite(tensor).all())

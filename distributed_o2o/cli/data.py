@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distributed_o2o.data import collect_dataset, load_dataset, write_dataset
+from distributed_o2o.durable import check_writable
 from distributed_o2o.envs import env_spaces
 
 app = typer.Typer(no_args_is_help=True)
@@ -43,6 +44,7 @@ def collect(
     num_envs: int = typer.Option(4, "--num-envs", min=1),
 ) -> None:
     """Collect a dataset with a policy and write it in the project's format."""
+    check_writable(out.parent, "the dataset")
     if policy == "random":
         rng = np.random.default_rng(seed)
         act_dim = env_spaces(env).act_dim
@@ -82,6 +84,7 @@ def make(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Build a D4RL-protocol dataset from the zoo's policies (deterministic per seed)."""
+    check_writable(out.parent, "the dataset")
     from distributed_o2o.data.make import make_dataset, write_made_dataset
 
     dataset = make_dataset(env, quality, steps, seed)

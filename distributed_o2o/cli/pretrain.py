@@ -8,6 +8,7 @@ from typing import get_args
 import typer
 
 from distributed_o2o.config import PretrainConfig, build_config, parse_overrides, read_yaml
+from distributed_o2o.durable import check_writable
 from distributed_o2o.errors import UserError
 
 ALGOS = get_args(PretrainConfig.model_fields["algo"].annotation)
@@ -31,6 +32,7 @@ def pretrain(
                           {key: value for key, value in explicit.items() if value is not None})
     if config.dataset is None:
         raise UserError("no dataset given: pass --dataset (or set `dataset` in the --config file)")
+    check_writable(out, "the checkpoint")
 
     # Imported here so that `o2o --help` does not load torch.
     from distributed_o2o.algorithms.offline import run_pretraining
@@ -50,6 +52,7 @@ def convert_rllib(
     """Convert an RLlib BC / MARWIL / CQL / IQL / SAC policy into this project's format (a starting policy)."""
     from distributed_o2o.rllib.convert import convert_rllib_policy
 
+    check_writable(out, "the converted policy")
     path = convert_rllib_policy(checkpoint, env, out, module_id)
     typer.echo(f"wrote the converted policy to {path}")
 

@@ -19,6 +19,7 @@ import numpy as np
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.checkpoint import load_checkpoint, load_policy, read_metadata
 from distributed_o2o.config import RUNTIME_FIELDS, FinetuneConfig, finetune_config
+from distributed_o2o.durable import check_writable
 from distributed_o2o.envs import env_spaces
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.driver import Components, Driver
@@ -145,6 +146,7 @@ def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, progress: bo
 
 def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local", progress: bool = True,
                  address: str | None = None) -> dict[str, Any]:
+    check_writable(out_dir, "the run")
     run_dir = RunDir(out_dir)
     with run_lock(run_dir.path, _warn):
         earlier = run_dir.earlier_run_files()
@@ -162,6 +164,7 @@ def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = 
     other = sorted(set(runtime or {}) - RUNTIME_FIELDS)
     if other:
         raise UserError(f"--resume continues the saved config: only runtime fields can change, not {', '.join(other)}")
+    check_writable(run_path, "the run")
     run_dir = RunDir(run_path)
     with run_lock(run_dir.path, _warn):
         if not run_dir.config_file.exists():
