@@ -206,3 +206,22 @@ def torch_finite(tensor) -> bool:
     import torch
 
     return bool(torch.isfinite(tensor).all())
+
+
+# ---------------------------------------------------------------- no unpickling without consent
+def test_convert_rllib_refuses_a_pickled_checkpoint_without_trust_pickle_and_runs_nothing(tmp_path, capsys):
+    import pickle
+
+    ran = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(ran), "w"))
+
+    module = tmp_path / "module"
+    module.mkdir()
+    (module / "class_and_ctor_args.pkl").write_bytes(pickle.dumps(Payload()))
+    (module / "metadata.json").write_text("")
+    _assert_one_line_exit_2(capsys, ["convert-rllib", "--checkpoint", str(module), "--env", ENV, "--out", str(tmp_path / "pi")],
+                            "pass --trust-pickle only for a checkpoint you made yourself or otherwise trust")
+    assert not ran.exists()

@@ -48,12 +48,18 @@ def convert_rllib(
     env: str = typer.Option(..., "--env", help="Env the policy acts in (its widths are checked)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
     module_id: str = typer.Option("default_policy", "--module-id", help="RLModule id inside the checkpoint."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow reading the checkpoint's pickles. RLlib "
+                                      "stores an RLModule as Python pickles, and unpickling runs any code the file "
+                                      "holds: only for checkpoints you made yourself or otherwise trust."),
 ) -> None:
-    """Convert an RLlib BC / MARWIL / CQL / IQL / SAC policy into this project's format (a starting policy)."""
+    """Convert an RLlib BC / MARWIL / CQL / IQL / SAC policy into this project's format (a starting policy).
+
+    RLlib's checkpoints are pickles, which can run code when read: the command refuses them
+    unless --trust-pickle is given."""
     from distributed_o2o.rllib.convert import convert_rllib_policy
 
     check_writable(out, "the converted policy")
-    path = convert_rllib_policy(checkpoint, env, out, module_id)
+    path = convert_rllib_policy(checkpoint, env, out, module_id, trust_pickle)
     typer.echo(f"wrote the converted policy to {path}")
 
 
