@@ -10,18 +10,23 @@ without unpickling anything. Observation statistics live in each module's weight
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distributed_o2o.algorithms.networks import CriticEnsemble, ValueNetwork
 from distributed_o2o.algorithms.policies import FAMILIES, Policy, build_policy, convert_policy
+from distributed_o2o.durable import replace_synced, sha256
 from distributed_o2o.envs import check_spaces
 from distributed_o2o.errors import UserError
 
@@ -96,15 +101,40 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise UserError(f"no checkpoint at '{path}' ({METADATA_FILE} is missing): pass a directory written by "
                         "`o2o pretrain` or `o2o finetune`")
     try:
-        metadata = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
+        metadata = json.loads(meta_file.read_bytes())
+    except ValueError as exc:  # also bytes that are not UTF-8
         raise UserError(f"checkpoint metadata '{meta_file}' is not valid JSON ({exc}): the checkpoint is damaged; use another") from None
-    if metadata.get("format") != FORMAT:
-        raise UserError(f"'{meta_file}' is not a distributed_o2o checkpoint (format={metadata.get('format')!r})")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"checkpoint '{path}' has format version {metadata['format_version']}; this distributed_o2o reads "
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+        raise UserError(f"'{meta_file}' is not a distributed_o2o checkpoint (format={found!r})")
+    version = metadata.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _damaged(meta_file, f"format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
+        raise UserError(f"checkpoint '{path}' has format version {version}; this distributed_o2o reads "
                         f"up to {FORMAT_VERSION}: upgrade distributed_o2o")
+    _check_layout(metadata, meta_file)
     return metadata
+
+
+def _damaged(where: Path, problem: str) -> UserError:
+    return UserError(f"checkpoint '{where}' is damaged ({problem}): use another checkpoint or write it again")
+
+
+def _check_layout(metadata: dict[str, Any], meta_file: Path) -> None:
+    """The fields a checkpoint is loaded from, with the types they need."""
+    spaces, modules = metadata.get("spaces"), metadata.get("modules")
+    if not (isinstance(spaces, dict) and all(_positive_int(spaces.get(k)) for k in ("obs_dim", "act_dim"))):
+        raise _damaged(meta_file, "'spaces' needs positive integers obs_dim and act_dim")
+    if not (isinstance(modules, dict) and "policy" in modules):
+        raise _damaged(meta_file, "'modules' lists no policy")
+    for name, info in modules.items():
+        if not (isinstance(info, dict) and isinstance(info.get("kind"), str) and isinstance(info.get("arch"), dict)):
+            raise _damaged(meta_file, f"module '{name}' needs a kind and an arch")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def load_checkpoint(path: str | Path, env_id: str | None = None, env_kwargs: dict | None = None,
@@ -122,8 +152,14 @@ def load_checkpoint(path: str | Path, env_id: str | None = None, env_kwargs: dic
         weights_file = path / f"{name}.safetensors"
         if not weights_file.is_file():
             raise UserError(f"checkpoint '{path}' lists module '{name}' but {weights_file.name} is missing: the checkpoint is incomplete")
-        module = _build_module(info["kind"], info["arch"])
-        module.load_state_dict(load_file(str(weights_file)))
+        try:
+            module = _build_module(info["kind"], info["arch"])
+            module.load_state_dict(load_file(str(weights_file)))
+        except UserError:
+            raise
+        except (SafetensorError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise _damaged(path, f"module '{name}' cannot be rebuilt from it: {problem}") from None
         checkpoint.modules[name] = module
     return checkpoint
 
@@ -183,21 +219,53 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return node
 
 
-def save_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Write a nested training state as `<path>.safetensors` + `<path>.json` (JSON last)."""
+class DamagedState(UserError):
+    """A saved state that cannot be trusted: truncated, edited, or its two files from two saves."""
+
+
+def save_state(path: str | Path, state: dict[str, Any], save_id: str | None = None) -> str:
+    """Write a nested training state as `<path>.safetensors` + `<path>.json`; returns the save id.
+
+    Each file is written beside its predecessor, flushed to disk and renamed over it, the JSON
+    last. The JSON names the save id (repeated in the safetensors metadata) and the checksum of
+    the safetensors file, so a damaged file or a pair mixed from two saves is refused on load."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    save_id = save_id or uuid.uuid4().hex[:16]
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, tensors)
-    save_file(tensors, str(path.with_suffix(".safetensors")))
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(tree))
-    tmp.replace(path.with_suffix(".json"))
+    weights, index = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"save_id": save_id})
+    replace_synced(tmp, weights)
+    tmp = index.with_name(index.name + ".tmp")
+    tmp.write_text(json.dumps({"save_id": save_id, "sha256": sha256(weights), "tree": tree}))
+    replace_synced(tmp, index)
+    return save_id
 
 
-def load_state(path: str | Path) -> dict[str, Any]:
+def load_state(path: str | Path, save_id: str | None = None) -> dict[str, Any]:
+    """Read a state written by `save_state` (of save `save_id` when given); `DamagedState` if
+    either file is damaged or they do not belong together."""
     path = Path(path)
-    if not path.with_suffix(".json").is_file():
+    weights, index = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not index.is_file():
         raise UserError(f"no saved state at '{path}': the run directory has no completed checkpoint to resume from")
-    tensors = load_file(str(path.with_suffix(".safetensors")))
-    return _decode(json.loads(path.with_suffix(".json").read_text()), tensors)
+    try:
+        saved = json.loads(index.read_bytes())
+        tree, expected, saved_id = saved["tree"], saved["sha256"], saved["save_id"]
+    except (ValueError, KeyError, TypeError):
+        raise DamagedState(f"'{index}' is not a saved-state index (unreadable or incomplete JSON)") from None
+    if save_id is not None and saved_id != save_id:
+        raise DamagedState(f"'{index}' belongs to save {saved_id}, not to save {save_id}")
+    data = weights.read_bytes() if weights.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise DamagedState(f"'{weights}' is missing or does not match the checksum in {index.name} (truncated, edited "
+                           "or from another save)")
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    if header.get("__metadata__", {}).get("save_id") != saved_id:
+        raise DamagedState(f"'{weights}' carries another save id than {index.name}")
+    try:
+        return _decode(tree, safetensors.torch.load(data))
+    except (KeyError, TypeError, ValueError):
+        raise DamagedState(f"'{index}' refers to tensors that '{weights.name}' does not hold") from None

@@ -9,16 +9,33 @@ says where a preset departs from it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from distributed_o2o.errors import UserError
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """true/false is no number and 1/0 no boolean (pydantic's lax mode converts both)."""
+        accepted = get_args(cls.model_fields[info.field_name].annotation) or (cls.model_fields[info.field_name].annotation,)
+        if isinstance(value, bool) and bool not in accepted and any(t in accepted for t in (int, float)):
+            raise ValueError("expects a number, not true/false")
+        if accepted == (bool,) and not isinstance(value, bool):
+            raise ValueError(f"expects true or false, not {value!r}")
+        return value
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Layers = Annotated[list[PositiveInt], Field(min_length=1)]  # hidden layer widths
+Rate = Annotated[float, Field(gt=0.0)]  # learning rates
+Discount = Annotated[float, Field(gt=0.0, le=1.0)]  # gamma, and tau (target-network step)
 
 
 # ---------------------------------------------------------------- offline pretraining
@@ -29,34 +46,36 @@ class PretrainConfig(StrictModel):
     env: str | None = None
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
     dataset: str | None = None
+    # Use a dataset recorded for another env than `env` (refused otherwise).
+    allow_other_env_dataset: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     steps: int = Field(1_000_000, gt=0)
     batch_size: int = Field(256, gt=0)
-    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    hidden: Layers = Field(default_factory=lambda: [256, 256])
     normalize_obs: bool = True
-    obs_norm_eps: float = 1e-3
-    gamma: float = 0.99
-    tau: float = 0.005
-    lr: float = 3e-4
+    obs_norm_eps: float = Field(1e-3, gt=0.0)
+    gamma: Discount = 0.99
+    tau: Discount = 0.005
+    lr: Rate = 3e-4
     log_every: int = Field(1000, gt=0)
     # TD3+BC
     td3bc_alpha: float = 2.5
     policy_noise: float = 0.2
     noise_clip: float = 0.5
-    policy_delay: int = 2
+    policy_delay: PositiveInt = 2
     # IQL
-    iql_expectile: float = 0.7
+    iql_expectile: float = Field(0.7, gt=0.0, lt=1.0)
     iql_beta: float = 3.0
     iql_adv_clip: float = 100.0
     iql_cosine_actor_schedule: bool = True
     # CQL
     cql_alpha: float = 10.0
-    cql_num_actions: int = 10
+    cql_num_actions: PositiveInt = 10
     cql_importance_sampling: bool = True
-    cql_policy_lr: float = 3e-5
-    cql_q_lr: float = 3e-4
-    cql_q_hidden: list[int] = Field(default_factory=lambda: [256, 256, 256])
+    cql_policy_lr: Rate = 3e-5
+    cql_q_lr: Rate = 3e-4
+    cql_q_hidden: Layers = Field(default_factory=lambda: [256, 256, 256])
     cql_autotune_alpha: bool = True
 
 
@@ -69,6 +88,9 @@ class FinetuneConfig(StrictModel):
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
     policy: str | None = None
     dataset: str | None = None
+    # Use a dataset recorded for another env than `env` (refused otherwise); scores are then
+    # normalised with `env`'s references.
+    allow_other_env_dataset: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     online_steps: int = Field(100_000, ge=0)
@@ -79,9 +101,9 @@ class FinetuneConfig(StrictModel):
     # with a big replay save it less often (each save writes the whole replay).
     resume_every: int | None = Field(None, gt=0)
     batch_size: int = Field(256, gt=0)
-    hidden: list[int] = Field(default_factory=lambda: [256, 256])
-    gamma: float = 0.99
-    tau: float = 0.005
+    hidden: Layers = Field(default_factory=lambda: [256, 256])
+    gamma: Discount = 0.99
+    tau: Discount = 0.005
     log_every: int = Field(1000, gt=0)
     replay_capacity: int = Field(1_000_000, gt=0)
     # "graph": SAC-family updates sampled from a GPU mirror of the replay and captured
@@ -138,10 +160,10 @@ class SACConfig(FinetuneConfig):
     num_min_critics: int = Field(2, gt=0)
     critic_layer_norm: bool = True
     utd: int = Field(1, gt=0)
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    alpha_lr: float = 3e-4
-    alpha_init: float = 1.0
+    actor_lr: Rate = 3e-4
+    critic_lr: Rate = 3e-4
+    alpha_lr: Rate = 3e-4
+    alpha_init: float = Field(1.0, gt=0.0)
     autotune_alpha: bool = True
     target_entropy: float | None = None  # None: -|A|
     random_start_steps: int = Field(5000, ge=0)
@@ -150,6 +172,13 @@ class SACConfig(FinetuneConfig):
     # Not in the specifications (None: off): π̄ ← (1−τ)π̄ + τπ after every online update; π̄ is the
     # deployed policy (evaluated and checkpointed as "policy"), π keeps acting and learning.
     policy_average_tau: float | None = Field(None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _min_critics_within_critics(self) -> SACConfig:
+        if self.num_min_critics > self.num_critics:
+            raise ValueError(f"num_min_critics ({self.num_min_critics}) exceeds num_critics ({self.num_critics}): the "
+                             "target takes the minimum over a subset of the critics")
+        return self
 
 
 class NaiveConfig(SACConfig):
@@ -170,7 +199,7 @@ class ConstraintConfig(StrictModel):
     eps_end: float = 2.0
     eps_anneal_steps: int = 100_000
     lambda_init: float = 1.0
-    lambda_lr: float = 5e-5
+    lambda_lr: Rate = 5e-5
     violation_weight: float = 0.7
     # π_ref after the hand-over: "best", the best-evaluated policy (the specification's); or
     # "average", the Polyak-averaged policy π̄ (needs `policy_average_tau`): a trust region that
@@ -269,9 +298,9 @@ class TD3Config(FinetuneConfig):
     num_critics: int = Field(2, gt=0)
     critic_layer_norm: bool = True
     utd: int = Field(1, gt=0)
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    policy_delay: int = 2
+    actor_lr: Rate = 3e-4
+    critic_lr: Rate = 3e-4
+    policy_delay: PositiveInt = 2
     explore_sigma: float = 0.1
     target_noise: float = 0.2
     noise_clip: float = 0.5
@@ -299,16 +328,16 @@ class O2PPOConfig(FinetuneConfig):
     algo: Literal["o2ppo"] = "o2ppo"
     online_steps: int = 250_000
     reevaluate_steps: int = Field(1_000_000, ge=0)  # V regression on Monte-Carlo returns of D_off
-    value_lr: float = 1e-4
-    value_batch_size: int = 512
-    rollout_steps: int = 2048
-    minibatch_size: int = 128
-    epochs: int = 10
-    clip_ratio: float = 0.2
+    value_lr: Rate = 1e-4
+    value_batch_size: PositiveInt = 512
+    rollout_steps: PositiveInt = 2048
+    minibatch_size: PositiveInt = 128
+    epochs: PositiveInt = 10
+    clip_ratio: float = Field(0.2, gt=0.0)
     entropy_coef: float = 0.01
-    actor_lr: float = 3e-5
-    critic_lr: float = 2e-4
-    gae_lambda: float = 0.95
+    actor_lr: Rate = 3e-5
+    critic_lr: Rate = 2e-4
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
     max_grad_norm: float = 0.5
     normalize_advantages: bool = True  # per fragment, after shaping (standard PPO, the O2O code)
     shaping_alpha: float = 2.0
@@ -327,8 +356,8 @@ class IQLFinetuneConfig(FinetuneConfig):
     algo: Literal["iql"] = "iql"
     utd: int = 1
     offline_ratio: float = Field(0.5, ge=0.0, le=1.0)
-    lr: float = 3e-4
-    iql_expectile: float = 0.7
+    lr: Rate = 3e-4
+    iql_expectile: float = Field(0.7, gt=0.0, lt=1.0)
     iql_beta: float = 3.0
     iql_adv_clip: float = 100.0
     learning_starts: int = 0
@@ -375,7 +404,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item}: '{part}' is already set to a value, so it cannot hold keys")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise UserError(f"--set {item}: the value is not valid YAML ({problem}): close its brackets or quote it") from None
     return result
 
 
@@ -395,7 +430,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file '{path}' does not exist: pass a YAML file such as configs/porl.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{path}' is not a UTF-8 text file: pass a YAML file such as configs/porl.yaml") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config file '{path}' is not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(data, dict):

@@ -49,6 +49,8 @@ def _env_class(path: str) -> type[gym.Env]:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise UserError(f"cannot import env class '{path}' ({exc}): check the module path and class name") from None
+    except Exception as exc:  # the user's module fails while it is imported (SyntaxError, ...)
+        raise UserError(f"importing the env module '{module_name}' failed ({type(exc).__name__}: {exc}): fix the module") from None
     if not (isinstance(cls, type) and issubclass(cls, gym.Env)):
         raise UserError(f"'{path}' is not a gymnasium.Env subclass")
     return cls
@@ -58,14 +60,19 @@ def make_env(name: str, seed: int | None = None, env_kwargs: dict[str, Any] | No
     """Make one env with actions in [-1, 1]; seeds its action space and first reset."""
     env_id = resolve_env_id(name)
     kwargs = dict(env_kwargs or {})
-    if ":" in env_id:
-        # `max_episode_steps` is ours (a time limit), the rest goes to the user's constructor.
-        max_steps = kwargs.pop("max_episode_steps", None)
-        env = _env_class(env_id)(**kwargs)
-        if max_steps:
-            env = gym.wrappers.TimeLimit(env, max_episode_steps=int(max_steps))
-    else:
-        env = gym.make(env_id, **kwargs)
+    # `max_episode_steps` is ours (a time limit) for a user's class, the rest goes to its constructor.
+    max_steps = kwargs.pop("max_episode_steps", None) if ":" in env_id else None
+    cls = _env_class(env_id) if ":" in env_id else None
+    try:
+        env = cls(**kwargs) if cls is not None else gym.make(env_id, **kwargs)
+    except UserError:
+        raise
+    except Exception as exc:  # a constructor that raises, an unknown env_kwargs key, a missing dependency
+        problem = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"env '{name}' could not be created ({type(exc).__name__}: {problem}): fix the env, its env_kwargs "
+                        "or install what it needs") from None
+    if max_steps:
+        env = gym.wrappers.TimeLimit(env, max_episode_steps=int(max_steps))
     if not isinstance(env.action_space, gym.spaces.Box):
         raise UserError(f"env '{name}' has a {type(env.action_space).__name__} action space: only continuous (Box) actions are supported")
     if not (np.all(env.action_space.low == -1.0) and np.all(env.action_space.high == 1.0)):

@@ -58,3 +58,12 @@ def make_weak_bc(root: Path, transitions: int, bc_steps: int, hidden: list[int])
     policy = run_pretraining(PretrainConfig(algo="bc", steps=bc_steps, hidden=hidden, seed=0), load_dataset(str(path), env),
                              root / "bc", progress=False)
     return {"dataset": str(path), "policy": str(policy)}
+
+
+def latest_save(run: Path) -> Path:
+    """The directory of a run's newest resume save."""
+    from distributed_o2o.runtime.resume_state import ResumeStore
+
+    saves = ResumeStore(run / "resume").saves()
+    assert saves, f"{run} has no resume save"
+    return saves[0]

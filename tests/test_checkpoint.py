@@ -6,7 +6,8 @@ import torch
 
 from distributed_o2o.algorithms.networks import CriticEnsemble, ValueNetwork
 from distributed_o2o.algorithms.policies import FAMILIES, build_policy
-from distributed_o2o.checkpoint import load_checkpoint, load_policy, load_state, read_metadata, save_checkpoint, save_state
+from distributed_o2o.checkpoint import (DamagedState, load_checkpoint, load_policy, load_state, read_metadata, save_checkpoint,
+                                       save_state)
 from distributed_o2o.errors import UserError
 
 
@@ -67,3 +68,18 @@ def test_training_state_round_trip_keeps_optimiser(tmp_path):
     restored = torch.optim.Adam(model.parameters(), lr=1e-2)
     restored.load_state_dict(state["opt"])
     torch.testing.assert_close(restored.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("damage", ["mixed", "truncated", "garbage index", "other save id"])
+def test_a_damaged_or_mixed_training_state_is_refused(tmp_path, damage):
+    first = save_state(tmp_path / "s", {"w": torch.zeros(3), "step": 1})
+    save_state(tmp_path / "other", {"w": torch.ones(3), "step": 2})
+    weights = tmp_path / "s.safetensors"
+    if damage == "mixed":  # the weights of one save beside the index of another
+        weights.write_bytes((tmp_path / "other.safetensors").read_bytes())
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:20])
+    elif damage == "garbage index":
+        (tmp_path / "s.json").write_bytes(b"\xff\x00garbage")
+    with pytest.raises(DamagedState):
+        load_state(tmp_path / "s", first if damage != "other save id" else "another-save")

@@ -43,6 +43,33 @@ def test_bad_overrides_are_one_line_errors(override, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["gamma=-3"], "'gamma': Input should be greater than 0"),
+    (["gamma=1.5"], "'gamma': Input should be less than or equal to 1"),
+    (["tau=7"], "'tau': Input should be less than or equal to 1"),
+    (["utd=true"], "'utd': .*expects a number, not true/false"),
+    (["constraint.eps_end=false"], "'constraint.eps_end': .*expects a number"),
+    (["autotune_alpha=1"], "'autotune_alpha': .*expects true or false, not 1"),
+    (["num_min_critics=5"], r"num_min_critics \(5\) exceeds num_critics \(2\)"),
+    (["hidden=[0]"], "'hidden.0': Input should be greater than 0"),
+    (["hidden=[]"], "'hidden': List should have at least 1 item"),
+    (["actor_lr=0"], "'actor_lr': Input should be greater than 0"),
+    (["hidden=[32,32"], r"--set hidden=\[32,32: the value is not valid YAML"),
+    (["eval_episodes=3", "eval_episodes.x=1"], "'eval_episodes' is already set to a value, so it cannot hold keys"),
+    (["eval_episodes.x=1"], "'eval_episodes': Input should be a valid integer"),
+])
+def test_out_of_range_or_malformed_values_are_one_line_errors(overrides, message):
+    with pytest.raises(UserError, match=message) as info:
+        finetune_config("o2sac", None, parse_overrides(overrides))
+    assert "\n" not in str(info.value)
+
+
+def test_pretrain_ranges_are_checked_too():
+    for fields in ({"hidden": [0]}, {"gamma": 0}, {"lr": -1}, {"normalize_obs": 0}, {"steps": True}):
+        with pytest.raises(UserError):
+            build_config(PretrainConfig, fields)
+
+
 def test_yaml_for_another_algo_is_refused(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("algo: porl\n")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -177,3 +178,64 @@ def test_cli_subprocess_has_no_traceback(write_h5):
     assert result.returncode == 2
     assert "arrays differ in length" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+# ---------------------------------------------------------------- values, dtypes, flags, env
+def test_actions_outside_the_action_space_are_refused_naming_the_range(write_h5):
+    rows = {**pendulum_rows(), "next_observations": pendulum_rows()["observations"]}
+    rows["actions"] = np.linspace(3, 7, N, dtype=np.float32)[:, None]
+    refuse(str(write_h5("d.hdf5", **rows)), r"actions range over \[3, 7\], outside the action space \[-1, 1\]")
+
+
+@pytest.mark.parametrize("value", [np.nan, 2.0, -1.0])
+def test_flags_that_are_not_booleans_are_refused(write_h5, value):
+    rows = pendulum_rows()
+    rows["terminals"] = np.zeros(N)
+    rows["terminals"][7] = value
+    refuse(str(write_h5("d.hdf5", **rows)), rf"terminals has the value {value} at row 7: a flag is 0/1 or true/false")
+
+
+def test_observations_stored_as_bytes_are_refused(write_h5):
+    rows = pendulum_rows()
+    rows["observations"] = np.array([[b"a", b"b", b"c"]] * N)
+    refuse(str(write_h5("d.hdf5", **rows)), "observations holds |S1 values, not numbers")
+
+
+def cheetah_file(write_h5) -> Path:
+    """A D4RL HalfCheetah file: the same widths as Walker2d (17, 6)."""
+    rng = np.random.default_rng(0)
+    return write_h5("halfcheetah_medium-v2.hdf5", observations=rng.normal(size=(N, 17)).astype(np.float32),
+                    actions=rng.uniform(-1, 1, size=(N, 6)).astype(np.float32), rewards=np.ones(N, dtype=np.float32),
+                    terminals=np.zeros(N, dtype=bool), timeouts=np.arange(N) == N - 1)
+
+
+def test_a_file_recorded_for_another_env_is_refused_unless_allowed(write_h5):
+    path = cheetah_file(write_h5)
+    refuse(str(path), "recorded for HalfCheetah-v5, not Walker2d-v5: pass --env HalfCheetah-v5, or set allow_other_env_dataset=true",
+           env_id="Walker2d-v5")
+    used = load_dataset(str(path), env_id="Walker2d-v5", allow_other_env=True)
+    assert (used.env_id, used.ref_min_score, used.ref_max_score) == ("Walker2d-v5", 1.629008, 4592.3)  # the env used
+    assert load_dataset(str(path), env_id="HalfCheetah-v4").ref_max_score == 12135.0  # another version: the same env
+
+
+def minari_with_episode(root: Path, actions: np.ndarray, low: float, high: float) -> Path:
+    steps = len(actions)
+    space = json.dumps({"type": "Box", "dtype": "float32", "shape": [1], "low": [low], "high": [high]})
+    path = minari_dir(root, action_space=space)
+    with h5py.File(path / "data" / "main_data.hdf5", "w") as file:
+        episode = file.create_group("episode_0")
+        episode["observations"] = np.zeros((steps + 1, 3), dtype=np.float32)
+        episode["actions"] = actions.astype(np.float32)[:, None]
+        episode["rewards"] = np.ones(steps, dtype=np.float32)
+        episode["terminations"] = np.zeros(steps, dtype=bool)
+        episode["truncations"] = np.arange(steps) == steps - 1
+    return path
+
+
+def test_minari_actions_are_checked_after_rescaling(tmp_path):
+    path = minari_with_episode(tmp_path / "zero", np.full(5, 2.0), low=2.0, high=2.0)
+    refuse(f"minari:{path}", "action space with high <= low")
+    path = minari_with_episode(tmp_path / "outside", np.array([-2.0, 0.0, 6.0]), low=-2.0, high=2.0)
+    refuse(f"minari:{path}", r"actions range over \[-1, 3\]")
+    inside = load_dataset(f"minari:{minari_with_episode(tmp_path / 'inside', np.array([-2.0, 0.0, 2.0]), -2.0, 2.0)}")
+    np.testing.assert_array_equal(inside.actions[:, 0], [-1.0, 0.0, 1.0])

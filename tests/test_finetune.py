@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_weak_bc
+from conftest import latest_save, make_weak_bc
 
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import PretrainConfig, finetune_config
@@ -78,8 +78,14 @@ def test_stages_are_cached_and_not_paid_twice(tmp_path, weak_bc, monkeypatch):
     calls = []
     original = learner_module.Learner.run_stage
     monkeypatch.setattr(learner_module.Learner, "run_stage", lambda self, *a: calls.append(a) or original(self, *a))
-    run_finetune(config, out, progress=False)
-    assert calls == []
+    with pytest.raises(UserError, match=r"already holds a run \(config.yaml\): continue it with --resume"):
+        run_finetune(config, out, progress=False)
+    # --resume starts it again; a damaged cached stage is computed again, the other reused.
+    align = out / "stages" / "align.safetensors"
+    align.write_bytes(align.read_bytes()[:50])
+    resume_finetune(out, progress=False)
+    assert {name for name, _ in calls} == {"align"}
+    calls.clear()
     # A changed stage config does not reuse the cache.
     changed = finetune_config("o2sac", None, {"env": ENV, **SMALL, **fields, "align_steps": 40})
     run_finetune(changed, tmp_path / "other", progress=False)
@@ -127,7 +133,7 @@ def test_a_failed_run_resumes_from_its_last_checkpoint_without_losing_data(tmp_p
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["env_steps"] for m in metrics] == [0, 400, 800, 1200]
     assert summary["env_steps"] == 1200
-    saved = np.load(out / "resume" / "replay.npz")
+    saved = np.load(latest_save(out) / "replay.npz")
     assert len(saved["rewards"]) == 1200 and int(saved["inserted"]) == 1200
     # The transitions collected before the failure are still there, in order: a new episode
     # starts every 200 steps (Pendulum's time limit), so timeouts sit at rows 199, 399, ...

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+from conftest import latest_save
 from ray.cluster_utils import Cluster
 
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import finetune_config
 from distributed_o2o.runtime.finetune import run_finetune, run_id
+from distributed_o2o.runtime.resume_state import ResumeStore
 
 ENV = "Pendulum-v1"
 SMALL = {"env": ENV, "hidden": [32, 32], "batch_size": 64, "eval_episodes": 2, "log_every": 200,
@@ -46,8 +48,8 @@ def _in_background(action, until: float = 180.0) -> threading.Thread:
 
 def _saved_step(out: Path) -> int:
     """The env step of the resume state on disk (-1: none yet)."""
-    file = out / "resume" / "state.json"
-    return json.loads(file.read_text())["counters"]["env_steps"] if file.exists() else -1
+    saves = ResumeStore(out / "resume").saves()
+    return json.loads((saves[0] / "manifest.json").read_text())["env_steps"] if saves else -1
 
 
 def _actor(out: Path, role: str):
@@ -68,7 +70,7 @@ def _kill_after(out: Path, role: str, saved_step: int, stored: int = 0, no_resta
 
 def _assert_nothing_lost(out: Path, env_steps: int) -> None:
     """Every counted env step is in the saved replay, once."""
-    saved = np.load(out / "resume" / "replay.npz")
+    saved = np.load(latest_save(out) / "replay.npz")
     assert int(saved["inserted"]) == env_steps == len(saved["rewards"])
 
 

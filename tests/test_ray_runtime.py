@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_weak_bc
+from conftest import latest_save, make_weak_bc
 import ray
 import torch
 
@@ -152,7 +152,7 @@ def test_mode_and_address_are_checked(tmp_path):
         run_finetune(config, tmp_path / "b", mode="local", address="auto", progress=False)
 
 
-def test_resume_may_change_the_shard_count_and_finishes_an_interrupted_replay_save(tmp_path, monkeypatch):
+def test_resume_may_change_the_shard_count_and_ignores_an_interrupted_save(tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = finetune_config("sac", None, {**SMALL, "online_steps": 600, "eval_every": 300, "random_start_steps": 100,
                                            "learning_starts": 100, "replay_shards": 2, "envs_per_worker": 2})
@@ -167,18 +167,19 @@ def test_resume_may_change_the_shard_count_and_finishes_an_interrupted_replay_sa
     with pytest.raises(RuntimeError, match="injected"):
         run_finetune(config, out, progress=False)
     monkeypatch.undo()
-    resume = out / "resume"
-    assert sorted(p.name for p in resume.glob("replay*.npz")) == ["replay-0.npz", "replay-1.npz"]
-    # A crash after the state of env step 300 was written but before its replay files moved in.
-    for path in resume.glob("replay*.npz"):
-        path.rename(resume / "staged" / path.name)
+    assert sorted(p.name for p in latest_save(out).glob("replay*.npz")) == ["replay-0.npz", "replay-1.npz"]
+    # A save cut short while its replay files were being written.
+    incoming = out / "resume" / "incoming"
+    incoming.mkdir()
+    (incoming / "replay-0.npz").write_bytes((latest_save(out) / "replay-0.npz").read_bytes()[:100])
     with pytest.raises(UserError, match="only runtime fields can change, not utd"):
         resume_finetune(out, progress=False, runtime={"utd": 2})
     summary = resume_finetune(out, progress=False, runtime={"replay_shards": 1})
     assert summary["env_steps"] == 600 and summary["updates"] == 600 - 100 + 1
-    saved = np.load(resume / "replay.npz")
+    assert sorted(p.name for p in latest_save(out).iterdir()) == ["manifest.json", "replay.npz", "state.json", "state.safetensors"]
+    saved = np.load(latest_save(out) / "replay.npz")
     assert int(saved["inserted"]) == len(saved["rewards"]) == 600
-    assert not list(resume.glob("replay-*.npz")) and not list((resume / "staged").glob("*.npz"))
+    assert not incoming.exists()
 
 
 # ---------------------------------------------------------------- with Ray
@@ -258,7 +259,7 @@ def test_ray_mode_counts_evaluates_and_checkpoints_like_the_local_mode(tmp_path,
     assert summary["updates"] == 1200 - 300 + 1  # the UTD (1) from learning_starts on, exactly
     assert [json.loads(line)["env_steps"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 600, 1200]
     assert (out / "checkpoints" / "step_000001200" / "metadata.json").exists()
-    saved = [np.load(out / "resume" / f"replay-{j}.npz") for j in range(2)]
+    saved = [np.load(latest_save(out) / f"replay-{j}.npz") for j in range(2)]
     assert sum(int(s["inserted"]) for s in saved) == sum(len(s["rewards"]) for s in saved) == 1200
     versions = np.concatenate([s["policy_version"] for s in saved])
     assert len(np.unique(versions)) > 3  # rollouts picked up newer weights during the run
@@ -282,7 +283,7 @@ def test_o2ppo_trains_on_whole_fragments_from_the_same_actors(tmp_path, ray_inst
     # 2 workers x 2 envs x 50 steps = one 200-step fragment set per update.
     assert summary["env_steps"] == local["env_steps"] == 1200
     assert summary["updates"] == local["updates"] == 6
-    assert len(np.load(tmp_path / "ray" / "resume" / "replay.npz")["rewards"]) == 0  # fragments never enter the table
+    assert len(np.load(latest_save(tmp_path / "ray") / "replay.npz")["rewards"]) == 0  # fragments never enter the table
     assert _train_scalars(tmp_path / "ray", "train/staleness") == [0.0] * 6  # strictly on-policy
 
 

@@ -195,7 +195,8 @@ def test_rllib_squashed_gaussian_policies_convert_exactly(which, tmp_path):
     # Laid out as in an Algorithm checkpoint, which the converter searches.
     module_path = tmp_path / "algo" / "learner_group" / "learner" / "rl_module" / "default_policy"
     module = _saved_rllib_module({"CQL": CQLConfig, "IQL": IQLConfig}[which], module_path)
-    assert main(["convert-rllib", "--checkpoint", str(tmp_path / "algo"), "--env", "Pendulum-v1", "--out", str(tmp_path / "pi")]) == 0
+    assert main(["convert-rllib", "--checkpoint", str(tmp_path / "algo"), "--env", "Pendulum-v1", "--out", str(tmp_path / "pi"),
+                 "--trust-pickle"]) == 0
     policy = load_policy(tmp_path / "pi", "Pendulum-v1")
     obs = torch.randn(64, 3)
     with torch.no_grad():
@@ -206,7 +207,8 @@ def test_rllib_squashed_gaussian_policies_convert_exactly(which, tmp_path):
     assert torch.allclose(mean, inputs[:, :1], atol=1e-6)
     assert torch.allclose(log_std, inputs[:, 1:].clamp(-5, 2), atol=1e-6)
     # A policy for another env's spaces is refused.
-    assert main(["convert-rllib", "--checkpoint", str(tmp_path / "algo"), "--env", "Hopper-v5", "--out", str(tmp_path / "x")]) == 2
+    assert main(["convert-rllib", "--checkpoint", str(tmp_path / "algo"), "--env", "Hopper-v5", "--out", str(tmp_path / "x"),
+                 "--trust-pickle"]) == 2
 
 
 @pytest.mark.parametrize("which", ["BC", "MARWIL"])
@@ -226,7 +228,7 @@ def test_rllib_unsquashed_gaussian_policies_keep_their_clipped_mean_as_mode(whic
             if name.endswith("mlp.0.bias") and value.shape[0] == 2:
                 module.state_dict()[name][0] += 1.0
     module.save_to_path(str(tmp_path / "m"))
-    policy = load_policy(convert_rllib_policy(tmp_path / "m", "Pendulum-v1", tmp_path / "pi"), "Pendulum-v1")
+    policy = load_policy(convert_rllib_policy(tmp_path / "m", "Pendulum-v1", tmp_path / "pi", trust_pickle=True), "Pendulum-v1")
     obs = torch.randn(256, 3) * 3
     with torch.no_grad():
         mean = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS][:, :1]

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from distributed_o2o.data import collect_dataset, load_dataset, write_dataset
 from distributed_o2o.data.collect import uniform_actor
+from distributed_o2o.durable import check_writable
 from distributed_o2o.envs import env_spaces
 
 app = typer.Typer(no_args_is_help=True)
@@ -44,6 +45,7 @@ def collect(
     num_envs: int = typer.Option(4, "--num-envs", min=1),
 ) -> None:
     """Collect a dataset with a policy and write it in the project's format."""
+    check_writable(out.parent, "the dataset")
     if policy == "random":
         act_fn = uniform_actor(env_spaces(env).act_dim, seed)
         name = "random"
@@ -78,6 +80,7 @@ def make(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Build a D4RL-protocol dataset from the zoo's policies (deterministic per seed)."""
+    check_writable(out.parent, "the dataset")
     from distributed_o2o.data.make import make_dataset, write_made_dataset
 
     dataset = make_dataset(env, quality, steps, seed)

@@ -8,6 +8,7 @@ from typing import get_args
 import typer
 
 from distributed_o2o.config import PretrainConfig, build_config, parse_overrides, read_yaml
+from distributed_o2o.durable import check_writable
 from distributed_o2o.errors import UserError
 
 ALGOS = get_args(PretrainConfig.model_fields["algo"].annotation)
@@ -31,12 +32,13 @@ def pretrain(
                           {key: value for key, value in explicit.items() if value is not None})
     if config.dataset is None:
         raise UserError("no dataset given: pass --dataset (or set `dataset` in the --config file)")
+    check_writable(out, "the checkpoint")
 
     # Imported here so that `o2o --help` does not load torch.
     from distributed_o2o.algorithms.offline import run_pretraining
     from distributed_o2o.data import load_dataset
 
-    data = load_dataset(config.dataset, config.env)
+    data = load_dataset(config.dataset, config.env, config.allow_other_env_dataset)
     path = run_pretraining(config, data, out)
     typer.echo(f"wrote {config.algo} checkpoint ({config.steps} steps on {config.dataset}) to {path}")
 
@@ -46,11 +48,18 @@ def convert_rllib(
     env: str = typer.Option(..., "--env", help="Env the policy acts in (its widths are checked)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
     module_id: str = typer.Option("default_policy", "--module-id", help="RLModule id inside the checkpoint."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow reading the checkpoint's pickles. RLlib "
+                                      "stores an RLModule as Python pickles, and unpickling runs any code the file "
+                                      "holds: only for checkpoints you made yourself or otherwise trust."),
 ) -> None:
-    """Convert an RLlib BC / MARWIL / CQL / IQL / SAC policy into this project's format (a starting policy)."""
+    """Convert an RLlib BC / MARWIL / CQL / IQL / SAC policy into this project's format (a starting policy).
+
+    RLlib's checkpoints are pickles, which can run code when read: the command refuses them
+    unless --trust-pickle is given."""
     from distributed_o2o.rllib.convert import convert_rllib_policy
 
-    path = convert_rllib_policy(checkpoint, env, out, module_id)
+    check_writable(out, "the converted policy")
+    path = convert_rllib_policy(checkpoint, env, out, module_id, trust_pickle)
     typer.echo(f"wrote the converted policy to {path}")
 
 

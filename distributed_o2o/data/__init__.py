@@ -20,13 +20,14 @@ from distributed_o2o.errors import UserError
 __all__ = ["D4RL_REF_SCORES", "OfflineDataset", "collect_dataset", "load_dataset", "normalized_score", "write_dataset"]
 
 
-def load_dataset(spec: str, env_id: str | None = None) -> OfflineDataset:
-    """Read the dataset `spec` names; with `env_id`, check its widths against that env."""
+def load_dataset(spec: str, env_id: str | None = None, allow_other_env: bool = False) -> OfflineDataset:
+    """Read the dataset `spec` names; with `env_id`, check it against that env (data recorded for
+    another env is refused unless `allow_other_env`)."""
     prefix, sep, rest = spec.partition(":")
     if sep and re.fullmatch(r"[A-Za-z]\w+", prefix):  # a one-letter prefix is a Windows drive
         if prefix == "d4rl":
-            return read_d4rl(d4rl_path(rest), env_id)
+            return read_d4rl(d4rl_path(rest), env_id, allow_other_env)
         if prefix == "minari":
-            return read_minari(minari_dir(rest), env_id)
+            return read_minari(minari_dir(rest), env_id, allow_other_env)
         raise UserError(f"unknown dataset prefix '{prefix}:' in '{spec}': use d4rl:<file or name>, minari:<id or directory>, or a file path")
-    return read_d4rl(Path(spec).expanduser(), env_id)
+    return read_d4rl(Path(spec).expanduser(), env_id, allow_other_env)

@@ -19,7 +19,7 @@ import numpy as np
 from distributed_o2o.data.dataset import (
     REQUIRED_COLUMNS,
     OfflineDataset,
-    check_env,
+    check_dataset,
     choose_env_id,
     episode_returns,
     require_columns,
@@ -53,7 +53,7 @@ def d4rl_path(name_or_path: str) -> Path:
     raise UserError(f"D4RL dataset '{name_or_path}' not found ({tried}): download it there, set D4RL_DATASET_DIR, or pass the file path")
 
 
-def read_d4rl(path: Path, env_id: str | None = None) -> OfflineDataset:
+def read_d4rl(path: Path, env_id: str | None = None, allow_other_env: bool = False) -> OfflineDataset:
     origin = f"dataset '{path}'"
     if not path.exists():
         raise UserError(f"{origin} does not exist: check the path")
@@ -74,16 +74,16 @@ def read_d4rl(path: Path, env_id: str | None = None) -> OfflineDataset:
     if own and attrs.get("format_version", 0) > OWN_FORMAT_VERSION:
         raise UserError(f"{origin} has format_version {attrs['format_version']}, newer than this distributed_o2o reads ({OWN_FORMAT_VERSION}): upgrade distributed_o2o")
     recorded = attrs.get("env_id") if own else path.stem.replace("_", "-")
-    env = choose_env_id(env_id, recorded)
+    env, recorded_here = choose_env_id(env_id, recorded, origin, allow_other_env)
     if "timeouts" not in raw:
         raw["timeouts"] = _infer_timeouts(raw["terminals"], env)
     if stored_returns is None:
         stored_returns = episode_returns(raw["rewards"], raw["terminals"] | raw["timeouts"])
 
-    if own:
-        refs = (attrs.get("ref_min_score"), attrs.get("ref_max_score"))
-    else:  # the D4RL table, looked up by file name, else by the env's name
-        refs = d4rl_ref_scores(path.stem) or d4rl_ref_scores(env or "") or (None, None)
+    if own:  # the references the file records, for the env it was recorded for
+        refs = (attrs.get("ref_min_score"), attrs.get("ref_max_score")) if recorded_here else (None, None)
+    else:  # the D4RL table, looked up by file name (unless used with another env), else by the env's name
+        refs = (recorded_here and d4rl_ref_scores(path.stem)) or d4rl_ref_scores(env or "") or (None, None)
     dataset = OfflineDataset(
         **_transitions(raw, origin),
         episode_returns=np.asarray(stored_returns, dtype=np.float64),
@@ -93,7 +93,7 @@ def read_d4rl(path: Path, env_id: str | None = None) -> OfflineDataset:
         ref_max_score=refs[1],
         attrs=attrs,
     )
-    check_env(dataset, origin)
+    check_dataset(dataset, origin)
     return dataset
 
 

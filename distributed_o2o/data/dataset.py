@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ REQUIRED_COLUMNS = ("observations", "actions", "rewards", "terminals")
 _WIDE_COLUMNS = ("observations", "actions", "next_observations")  # (N, width)
 _STEP_COLUMNS = ("rewards", "terminals", "timeouts")  # (N,); (N, 1) is accepted
 _FLOAT_COLUMNS = ("observations", "actions", "rewards", "next_observations")
+ACTION_TOLERANCE = 1e-4  # float32 rounding of actions stored at the bounds
 
 
 @dataclass
@@ -96,6 +98,14 @@ def validate_columns(columns: Mapping[str, np.ndarray], origin: str) -> dict[str
             array = array.reshape(-1)
         elif name in _WIDE_COLUMNS and array.ndim != 2:
             raise UserError(f"{origin}: {name} has shape {array.shape}, expected (N, width): only flat vectors are supported")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise UserError(f"{origin}: {name} holds {array.dtype} values, not numbers: store it as a numeric array")
+        if name not in _FLOAT_COLUMNS and array.dtype != bool:
+            flags = np.isin(array, (0, 1))  # NaN is neither
+            if not flags.all():
+                row = int(np.argmin(flags))
+                raise UserError(f"{origin}: {name} has the value {array[row]} at row {row}: a flag is 0/1 or true/false; fix "
+                                "those rows")
         with np.errstate(over="ignore"):  # an overflow to inf is reported below, with its row
             out[name] = array.astype(np.float32 if name in _FLOAT_COLUMNS else bool)
 
@@ -126,19 +136,35 @@ def episode_returns(rewards: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return cumulative[end_rows + 1] - cumulative[starts]
 
 
-def choose_env_id(env_id: str | None, recorded: str | None) -> str | None:
-    """The caller's env (an unknown id is an error), else the recorded one if it resolves, else None."""
-    if env_id is not None:
-        return resolve_env_id(env_id)
-    if recorded is None:
-        return None
+def choose_env_id(env_id: str | None, recorded: str | None, origin: str, allow_other_env: bool = False) -> tuple[str | None, bool]:
+    """The env the data is used with: the caller's (an unknown id is an error), else the recorded
+    one if it resolves, else None; and whether the data was recorded for that env (its reference
+    scores then apply). Data recorded for another env is refused unless `allow_other_env`."""
     try:
-        return resolve_env_id(recorded)
+        recorded_env = resolve_env_id(recorded) if recorded else None
     except UserError:
-        return None
+        recorded_env = None
+    if env_id is None:
+        return recorded_env, True
+    env = resolve_env_id(env_id)
+    if recorded_env is None or _unversioned(recorded_env) == _unversioned(env):
+        return env, True
+    if not allow_other_env:
+        raise UserError(f"{origin} was recorded for {recorded_env}, not {env}: pass --env {recorded_env}, or set "
+                        f"allow_other_env_dataset=true to use it with {env} (scores are then normalised with {env}'s references)")
+    return env, False
 
 
-def check_env(dataset: OfflineDataset, origin: str) -> None:
-    """Refuse a dataset whose widths differ from its env's (no-op when the env is unknown)."""
+def _unversioned(env_id: str) -> str:
+    return re.sub(r"-v\d+$", "", env_id)
+
+
+def check_dataset(dataset: OfflineDataset, origin: str) -> None:
+    """Refuse actions outside the action space [-1, 1], or widths that differ from the env's
+    (not checked when the env is unknown)."""
+    low, high = float(dataset.actions.min()), float(dataset.actions.max())
+    if not (np.isfinite(low) and np.isfinite(high)) or low < -1.0 - ACTION_TOLERANCE or high > 1.0 + ACTION_TOLERANCE:
+        raise UserError(f"{origin}: actions range over [{low:.4g}, {high:.4g}], outside the action space [-1, 1]: store "
+                        "actions scaled to [-1, 1] (low -> -1, high -> 1), the convention of every reader and env here")
     if dataset.env_id is not None:
         check_spaces(origin, dataset.obs_dim, dataset.act_dim, dataset.env_id)

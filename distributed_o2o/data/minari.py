@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from distributed_o2o.data.dataset import OfflineDataset, check_env, choose_env_id, require_columns, validate_columns
+from distributed_o2o.data.dataset import OfflineDataset, check_dataset, choose_env_id, require_columns, validate_columns
 from distributed_o2o.errors import UserError
 
 SUPPORTED_VERSIONS = ("0.4.", "0.5.")
@@ -33,7 +33,7 @@ def minari_dir(id_or_dir: str) -> Path:
     raise UserError(f"Minari dataset '{id_or_dir}' not found (neither a directory nor under {root}): set MINARI_DATASETS_PATH or pass the dataset directory")
 
 
-def read_minari(path: Path, env_id: str | None = None) -> OfflineDataset:
+def read_minari(path: Path, env_id: str | None = None, allow_other_env: bool = False) -> OfflineDataset:
     origin = f"Minari dataset '{path}'"
     data_dir = path / "data" if (path / "data" / "metadata.json").is_file() else path
     metadata = _metadata(data_dir, origin)
@@ -59,16 +59,17 @@ def read_minari(path: Path, env_id: str | None = None) -> OfflineDataset:
 
     returns = np.array([episode["rewards"].sum(dtype=np.float64) for episode in episodes])
     env_spec = _json_field(metadata.get("env_spec")) or {}
+    env, recorded_here = choose_env_id(env_id, env_spec.get("id"), origin, allow_other_env)
     dataset = OfflineDataset(
         **columns,
         episode_returns=returns,
         source="minari",
-        env_id=choose_env_id(env_id, env_spec.get("id")),
-        ref_min_score=_float_or_none(metadata.get("ref_min_score")),
-        ref_max_score=_float_or_none(metadata.get("ref_max_score")),
+        env_id=env,
+        ref_min_score=_float_or_none(metadata.get("ref_min_score")) if recorded_here else None,
+        ref_max_score=_float_or_none(metadata.get("ref_max_score")) if recorded_here else None,
         attrs=metadata,
     )
-    check_env(dataset, origin)
+    check_dataset(dataset, origin)
     return dataset
 
 
@@ -119,6 +120,9 @@ def _to_unit_box(actions: np.ndarray, space: dict[str, Any], origin: str) -> np.
         return actions
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         raise UserError(f"{origin} has an unbounded action space: actions must be bounded to map them to [-1, 1]")
+    if np.any(high <= low):
+        raise UserError(f"{origin} has an action space with high <= low (low {space['low']}, high {space['high']}): "
+                        "its metadata is damaged; re-create the dataset with Minari")
     return (2.0 * (actions - low) / (high - low) - 1.0).astype(np.float32)
 
 

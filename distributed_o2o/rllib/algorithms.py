@@ -112,7 +112,7 @@ class O2OAlgorithm(Algorithm):
         target = self.env_steps + self.config.iteration_env_steps
         config = self.config.finetune_config(target)
         run_dir = RunDir(self.run_path)
-        if not (run_dir.resume_dir / "state.json").exists():
+        if not run_dir.config_file.exists():
             summary = run_finetune(config, self.run_path, mode=self.config.o2o_mode, progress=False)
         else:
             # The run continues with its saved config; only the horizon (and the runtime

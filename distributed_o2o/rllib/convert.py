@@ -45,11 +45,20 @@ def module_dir(path: str | Path, module_id: str = "default_policy") -> Path:
     return found[0].parent
 
 
-def convert_rllib_policy(path: str | Path, env_id: str, out: str | Path, module_id: str = "default_policy") -> Path:
+# RLlib writes an RLModule as pickles (its class and constructor arguments, its state), and
+# unpickling runs whatever code a file holds: the converter reads one only when told to.
+PICKLE_WARNING = ("RLlib stores an RLModule as Python pickles, and unpickling runs whatever code the file holds: pass "
+                  "--trust-pickle only for a checkpoint you made yourself or otherwise trust")
+
+
+def convert_rllib_policy(path: str | Path, env_id: str, out: str | Path, module_id: str = "default_policy",
+                         trust_pickle: bool = False) -> Path:
+    source = module_dir(path, module_id)
+    if not trust_pickle:
+        raise UserError(f"'{source}' is an RLlib checkpoint: {PICKLE_WARNING}")
     from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian, TorchSquashedGaussian
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    source = module_dir(path, module_id)
     module = RLModule.from_checkpoint(source)
     dist = module.get_inference_action_dist_cls()
     mean_outputs = {TorchSquashedGaussian: "pre_tanh", TorchDiagGaussian: "action"}

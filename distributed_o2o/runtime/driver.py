@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import bisect
 import math
+import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from distributed_o2o.checkpoint import load_state, save_checkpoint, save_state
+from distributed_o2o.checkpoint import DamagedState, load_state, save_checkpoint, save_state
 from distributed_o2o.config import RUNTIME_FIELDS
 from distributed_o2o.errors import UserError, first_line
 from distributed_o2o.runtime.replay import RateLimiter, check_rate_limits
+from distributed_o2o.runtime.resume_state import ResumeStore
 from distributed_o2o.runtime.run_dir import Rate, RunDir
 from distributed_o2o.runtime.transport import ComponentFailed
 
@@ -139,6 +140,8 @@ class Driver:
         self.config_dict = config.model_dump()
         self.last_eval: dict[str, Any] | None = None
         self.saved_step: int | None = None  # env step of the resume state on disk
+        self.store = ResumeStore(run_dir.resume_dir)
+        self.on_policy = False
         self.segment_start = time.perf_counter()
         self.train_metrics: list[dict[str, float]] = []
         self.episode_returns: list[float] = []
@@ -172,9 +175,9 @@ class Driver:
 
     def _run(self, resume: bool) -> dict[str, Any]:
         self.segment_start = time.perf_counter()
-        on_policy = self.t.call(self.c.learner, "is_on_policy")
+        on_policy = self.on_policy = self.t.call(self.c.learner, "is_on_policy")
         if resume:
-            self._restore(on_policy)
+            self._restore()
         self._plan_online(on_policy)  # refuses a configuration that would stall, before any work
         if not resume:
             self.run_dir.write_config(self.config_dict)
@@ -195,7 +198,7 @@ class Driver:
     def _abort_message(self, exc: ComponentFailed) -> str:
         reason = first_line(exc.reason)
         if self.saved_step is None:
-            how = "start it again: cached offline stages are reused"
+            how = f"`o2o finetune --resume {self.run_dir.path}` starts it again, reusing the cached offline stages"
         else:
             how = (f"`o2o finetune --resume {self.run_dir.path}` continues from the last checkpoint (env step "
                    f"{self.saved_step}) with the replay contents")
@@ -208,7 +211,11 @@ class Driver:
         for name, steps in self.t.call(self.c.learner, "stage_plan"):
             cache = self.run_dir.stage_file(name)
             if cache.with_suffix(".json").exists():
-                cached = load_state(cache)
+                try:
+                    cached = load_state(cache)
+                except DamagedState as exc:
+                    self.console.print(f"[yellow]stage {name}: the cached result is damaged ({exc}); computing it again")
+                    cached = {}
                 if cached.get("stage_key") == key:
                     self.console.print(f"[green]stage {name}: reusing the cached result in {cache.parent}")
                     self.t.call(self.c.learner, "load", cached["learner"])
@@ -582,52 +589,43 @@ class Driver:
                         TimeRemainingColumn(), console=self.console, disable=not self.progress, transient=False)
 
     # ------------------------------------------------------------------ resume
-    # The resume state is the learner state + counters (`resume/state.*`, written last and
-    # atomically) and the replay shards' files (`resume/replay.npz`, or `replay-<j>.npz` for
-    # several shards). The shards first write into `resume/staged/`; the files move into place
-    # only after the state is written, and a restore finishes a move that was cut short. So the
-    # replay on disk always belongs to the state on disk: its `inserted` counts add up to the
-    # state's env steps.
+    # The resume state (resume_state.py): the replay shards write their files into the new
+    # save's directory while the evaluator plays, the learner state and counters follow, and
+    # the directory is switched in complete; the replay's inserted counts add up to the
+    # stored transitions of the same save.
     def _replay_names(self) -> list[str]:
         shards = len(self.c.replays)
         return ["replay.npz"] if shards == 1 else [f"replay-{j}.npz" for j in range(shards)]
 
     def _save_replay(self) -> list:
-        staged = self.run_dir.resume_dir / "staged"
-        staged.mkdir(parents=True, exist_ok=True)
-        for old in staged.glob("*.npz"):  # from a save that did not complete
-            old.unlink()
-        return [self.t.submit(shard, "save", str(staged / name)) for shard, name in zip(self.c.replays, self._replay_names())]
+        incoming, save_id = self.store.begin()
+        return [self.t.submit(shard, "save", str(incoming / name), save_id)
+                for shard, name in zip(self.c.replays, self._replay_names())]
 
     def _save_resume(self) -> None:
         if self.limiter is not None:  # at a quiet point: nothing running or reserved
             self.counters.owed_updates = self.limiter.owed
         counters = {**vars(self.counters), "wall_time": self._wall_time()}
-        save_state(self.run_dir.resume_dir / "state", {"learner": self.t.call(self.c.learner, "state"), "counters": counters})
-        _promote_replay(self.run_dir.resume_dir)
+        save_state(self.store.incoming / "state", {"learner": self.t.call(self.c.learner, "state"), "counters": counters},
+                   self.store.save_id)
+        self.store.commit(self.counters.env_steps, stored=0 if self.on_policy else self.counters.env_steps)
         self.saved_step = self.counters.env_steps
 
     def _wall_time(self) -> float:
         """Seconds of this run, summed over resumed segments."""
         return self.counters.wall_time + time.perf_counter() - self.segment_start
 
-    def _restore(self, on_policy: bool) -> None:
-        d = self.run_dir.resume_dir
-        state = load_state(d / "state")
-        env_steps = int(state["counters"]["env_steps"])
-        stored = 0 if on_policy else env_steps  # on-policy fragments are served once, never stored
-        staged = _replay_files(d / "staged")
-        if staged and _inserted(staged) == stored:
-            _promote_replay(d)  # the state was written but its replay files not yet moved
-        files = _replay_files(d)
-        if _inserted(files) != stored:
-            raise UserError(f"the replay files in {d} hold {_inserted(files)} transitions but the resume state counts "
-                            f"{stored} stored transitions: the run directory was altered; start the run again")
+    def _restore(self) -> None:
+        save = self.store.latest(warn=lambda line: print(line, file=sys.stderr))
+        if save is None:
+            raise UserError(f"every resume state in {self.store.dir} is damaged: the run cannot be continued; start it "
+                            "again in another --out")
+        state = save.load_state()
         self.t.call(self.c.learner, "load", state["learner"])
         shards = self.c.replays
-        self.t.call_all([(shards[k % len(shards)], "load", (str(path),)) for k, path in enumerate(files)])
+        self.t.call_all([(shards[k % len(shards)], "load", (str(path),)) for k, path in enumerate(save.replay_files())])
         self.counters = Counters(**state["counters"])
-        self.saved_step = env_steps
+        self.saved_step = save.env_steps
         self.run_dir.truncate_metrics(self.counters.env_steps)
         records = self.run_dir.read_metrics()
         self.last_eval = records[-1] if records else None
@@ -642,32 +640,6 @@ class Driver:
                 "rollout_failures": c.rollout_failures, "handover": c.handover,
                 "handover_env_step": self.t.call(self.c.learner, "handover_step"), "wall_time_s": self._wall_time(),
                 "run_dir": str(self.run_dir.path)}
-
-
-def _replay_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("replay*.npz") if ".tmp" not in p.name)
-
-
-def _inserted(files: list[Path]) -> int:
-    """Transitions ever inserted, summed over saved replay files."""
-    total = 0
-    for path in files:
-        with np.load(path, allow_pickle=False) as saved:
-            total += int(saved["inserted"])
-    return total
-
-
-def _promote_replay(resume_dir: Path) -> None:
-    """Move the staged replay files into place and drop files of another shard count."""
-    staged = _replay_files(resume_dir / "staged")
-    if not staged:
-        return
-    names = {p.name for p in staged}
-    for old in _replay_files(resume_dir):
-        if old.name not in names:
-            old.unlink()
-    for path in staged:
-        path.replace(resume_dir / path.name)
 
 
 def _brief(metrics: dict[str, float]) -> str:

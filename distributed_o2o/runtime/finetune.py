@@ -7,6 +7,7 @@ process, `ray` as actors (runtime/ray_runtime.py).
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,13 +19,16 @@ import numpy as np
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.checkpoint import load_checkpoint, load_policy, read_metadata
 from distributed_o2o.config import RUNTIME_FIELDS, FinetuneConfig, finetune_config
+from distributed_o2o.durable import check_writable
 from distributed_o2o.envs import env_spaces
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.driver import Components, Driver
 from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.learner import Learner
 from distributed_o2o.runtime.replay import ReplayService, shard_offline
+from distributed_o2o.runtime.resume_state import ResumeStore
 from distributed_o2o.runtime.rollout import RolloutWorker
+from distributed_o2o.runtime.run_lock import run_lock
 from distributed_o2o.runtime.run_dir import RunDir
 from distributed_o2o.runtime.transport import LocalTransport
 
@@ -93,7 +97,7 @@ def load_inputs(config: FinetuneConfig) -> RunInputs:
     if config.dataset is not None:
         from distributed_o2o.data import load_dataset
 
-        dataset = load_dataset(config.dataset, config.env)
+        dataset = load_dataset(config.dataset, config.env, config.allow_other_env_dataset)
     offline = None if dataset is None else {k: getattr(dataset, k) for k in
                                              ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
     ref_min, ref_max = _reference_scores(config, dataset)
@@ -142,26 +146,46 @@ def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, progress: bo
 
 def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local", progress: bool = True,
                  address: str | None = None) -> dict[str, Any]:
+    check_writable(out_dir, "the run")
     run_dir = RunDir(out_dir)
-    if (run_dir.resume_dir / "state.json").exists():
-        raise UserError(f"'{out_dir}' already holds a run: continue it with --resume {out_dir}, or pass another --out")
-    with _components(config, mode, run_dir, progress, address) as components:
-        return Driver(config, run_dir, components, progress).run(resume=False)
+    with run_lock(run_dir.path, _warn):
+        earlier = run_dir.earlier_run_files()
+        if earlier:
+            raise UserError(f"'{out_dir}' already holds a run ({', '.join(earlier)}): continue it with --resume {out_dir}, "
+                            "or pass another --out")
+        return _drive(config, run_dir, mode, progress, address, resume=False)
 
 
 def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = True, address: str | None = None,
                     runtime: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Continue a run from its last checkpoint with its saved config; `runtime` may change how
-    it is spread over processes (RUNTIME_FIELDS: workers, shards...), nothing else."""
+    """Continue a run from its last resume save with its saved config; `runtime` may change how
+    it is spread over processes (RUNTIME_FIELDS: workers, shards...), nothing else. A run that
+    stopped before its first save starts again from its config, reusing its cached offline stages."""
     other = sorted(set(runtime or {}) - RUNTIME_FIELDS)
     if other:
         raise UserError(f"--resume continues the saved config: only runtime fields can change, not {', '.join(other)}")
+    check_writable(run_path, "the run")
     run_dir = RunDir(run_path)
-    if not run_dir.config_file.exists():
-        raise UserError(f"'{run_path}' is not a run directory (config.yaml is missing): pass the --out of an earlier `o2o finetune`")
-    if not (run_dir.resume_dir / "state.json").exists():
-        raise UserError(f"run '{run_path}' has no checkpoint to resume from yet: start it again without --resume")
-    saved = run_dir.read_config()
-    config = finetune_config(saved["algo"], None, {**saved, **(runtime or {})})
+    with run_lock(run_dir.path, _warn):
+        if not run_dir.config_file.exists():
+            raise UserError(f"'{run_path}' is not a run directory (config.yaml is missing): pass the --out of an earlier "
+                            "`o2o finetune`")
+        saved = run_dir.read_config()
+        config = finetune_config(saved["algo"], None, {**saved, **(runtime or {})})
+        if ResumeStore(run_dir.resume_dir).saves():
+            return _drive(config, run_dir, mode, progress, address, resume=True)
+        results = [name for name in run_dir.earlier_run_files() if name not in ("config.yaml", "resume")]
+        if results:
+            raise UserError(f"run '{run_path}' holds results ({', '.join(results)}) but no resume state (resume/ was "
+                            "removed): it cannot be continued; start it again in another --out")
+        _warn(f"run '{run_path}' stopped before its first resume save: starting it again (cached offline stages are reused)")
+        return _drive(config, run_dir, mode, progress, address, resume=False)
+
+
+def _drive(config: FinetuneConfig, run_dir: RunDir, mode: str, progress: bool, address: str | None, resume: bool) -> dict[str, Any]:
     with _components(config, mode, run_dir, progress, address) as components:
-        return Driver(config, run_dir, components, progress).run(resume=True)
+        return Driver(config, run_dir, components, progress).run(resume=resume)
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)

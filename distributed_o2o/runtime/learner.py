@@ -10,6 +10,7 @@ pulling the rows each shard took in since the last call, and samples there.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch, OfflineData, Rollout
 from distributed_o2o.algorithms.registry import algorithm_class
+from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.graphed import graphed_updater
 from distributed_o2o.runtime.replay import split_rows
 
@@ -27,7 +29,13 @@ BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "termin
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for, but torch sees no CUDA GPU here: use --set device=auto or cpu")
     return torch.device(requested)
+
+
+class LearnerDiverged(UserError):
+    """The learner's losses or weights became non-finite: nothing it computes after that counts."""
 
 
 def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
@@ -65,6 +73,20 @@ class Learner:
         self.version = 0
         self.shards: list[Any] = []
         self.offline_sizes: list[int] = []
+        self.last_finite: dict[str, float] = {}  # the newest metrics before any non-finite one
+
+    def _finite(self, metrics: dict[str, float], where: str) -> dict[str, float]:
+        """`metrics` if they and the acting policy's weights are finite; else stop the run (no
+        checkpoint or resume state is written after this point, so the last ones stay good)."""
+        bad = sorted(key for key, value in metrics.items() if not math.isfinite(value))
+        weights = torch.stack([p.detach().sum() for p in self.algorithm.acting_policy().parameters()])
+        if not bad and bool(torch.isfinite(weights).all()):
+            self.last_finite = metrics
+            return metrics
+        what = ", ".join(bad) if bad else "the policy's weights"
+        last = " ".join(f"{k}={v:.3g}" for k, v in list(self.last_finite.items())[:6]) or "none yet"
+        raise LearnerDiverged(f"the learner diverged at {where}: {what} became non-finite (last finite metrics: {last}); "
+                              "lower the learning rates or check the data (the checkpoints written before it are kept)")
 
     def _ask(self, component: Any, method: str, *args: Any) -> Any:
         """Call another component (the replay shards, the evaluator); Ray overrides this."""
@@ -87,9 +109,9 @@ class Learner:
         stage = self.stages[name]
         self.version += 1
         if count and self.graphed is not None and stage.phase is not None:  # batches of D_off alone
-            return self.graphed.run_phase(count, stage.phase, offline_ratio=1.0)
+            return self._finite(self.graphed.run_phase(count, stage.phase, offline_ratio=1.0), f"offline stage {name}")
         history = [stage.step() for _ in range(count)]
-        return _mean_metrics(history) if history else {}
+        return self._finite(_mean_metrics(history) if history else {}, f"offline stage {name}")
 
     def handover(self, evaluator: Any) -> tuple[dict[str, float], int]:
         """The algorithm's hand-over, scoring candidates on `evaluator`; returns its metrics and
@@ -140,7 +162,7 @@ class Learner:
             items = [Batch.from_numpy(b, self.device) for b in batches]
         history = [self.algorithm.update(batch, env_step) for batch in items]
         self.version += len(items)
-        return _mean_metrics(history)
+        return self._finite(_mean_metrics(history), f"env step {env_step}")
 
     def update_from_replay(self, count: int, env_step: int, online_sizes: list[int]) -> tuple[int, dict[str, float]]:
         """`count` updates on batches pulled from the replay shards (rows split over the shards
@@ -149,7 +171,7 @@ class Learner:
         after pulling the shards' new rows into it."""
         if self.graphed is not None:
             self.pull_new_rows()
-            metrics = self.graphed.run(count, env_step, self.offline_ratio(env_step))
+            metrics = self._finite(self.graphed.run(count, env_step, self.offline_ratio(env_step)), f"env step {env_step}")
             self.version += count
             return self.version, metrics
         n_off = int(round(self.batch_size * self.offline_ratio(env_step))) if sum(self.offline_sizes) else 0
@@ -187,7 +209,7 @@ class Learner:
 
         rollout = Rollout(t("observations"), t("actions"), t("rewards"), t("next_observations"), t("terminals"),
                           torch.clamp(t("terminals") + t("timeouts"), max=1.0))
-        metrics = self.algorithm.update_rollout(rollout, env_step)
+        metrics = self._finite(self.algorithm.update_rollout(rollout, env_step), f"env step {env_step}")
         self.version += 1
         return metrics
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distributed_o2o.durable import sync_file
 from distributed_o2o.errors import UserError
 
 # `policy_version`: the learner version that acted; `stream`: which env of which rollout worker
@@ -146,13 +147,11 @@ class ReplayService:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts], axis=1) for name in parts[0]}
 
-    def save(self, path: str | Path) -> None:
-        """The online table, oldest first; D_off is reloaded from its source on resume."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, inserted=np.int64(self.online.inserted), **self.online.ordered())
-        tmp.replace(path)
+    def save(self, path: str | Path, save_id: str) -> None:
+        """The online table, oldest first, tagged with the resume save it belongs to, flushed to
+        disk; D_off is reloaded from its source on resume."""
+        np.savez(path, save_id=np.str_(save_id), inserted=np.int64(self.online.inserted), **self.online.ordered())
+        sync_file(path)
 
     def load(self, path: str | Path) -> None:
         """Append a saved table (a shard may load several files: counts add up)."""

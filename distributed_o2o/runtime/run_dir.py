@@ -6,7 +6,7 @@
     tb/                    TensorBoard events
     stages/<name>.*        learner state after each offline stage (cache)
     checkpoints/step_N/    policy (+ critic) checkpoint at each evaluation (`o2o eval` reads it)
-    resume/                learner state, replay contents and counters of the last evaluation
+    resume/save-<step>/    learner state, replay contents and counters of the last two saves (resume_state.py)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "resume")
 IGNORED_FOR_STAGE_CACHE = {"online_steps", "eval_every", "eval_episodes", "log_every", "num_envs", "device"}
 
 
@@ -46,6 +47,10 @@ class RunDir:
     def latest_checkpoint(self) -> Path | None:
         found = sorted((self.path / "checkpoints").glob("step_*/metadata.json"))
         return found[-1].parent if found else None
+
+    def earlier_run_files(self) -> list[str]:
+        """What an earlier run left here (a new run must not mix with it)."""
+        return [name for name in RUN_FILES if (self.path / name).exists()]
 
     # -- writing
     def write_config(self, config: dict[str, Any]) -> None:

@@ -36,9 +36,11 @@ def trial_status(run_dir: Path, online_steps: int) -> TrialStatus:
         steps = json.loads(summary.read_text()).get("env_steps", 0)
         if steps >= online_steps:
             return TrialStatus("done", steps)
-    state = run_dir / "resume" / "state.json"
-    if state.is_file():
-        return TrialStatus("resumable", int(json.loads(state.read_text())["counters"]["env_steps"]))
+    from distributed_o2o.runtime.resume_state import ResumeStore
+
+    saves = ResumeStore(run_dir / "resume").saves()  # verified when the trial resumes
+    if saves:
+        return TrialStatus("resumable", int(saves[0].name.removeprefix("save-")))
     return TrialStatus("new")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from distributed_o2o.checkpoint import load_checkpoint, load_policy, save_checkpoint
 from distributed_o2o.errors import UserError
 from distributed_o2o.evaluation import evaluate_policy
+from distributed_o2o.runtime.resume_state import ResumeStore
 from distributed_o2o.runtime.run_dir import RunDir
 from distributed_o2o.zoo import ENTRY_FILE, MAX_REPLAY_TRANSITIONS, MEDIUM_REPLAY_FILE, ZOO_DIR
 
@@ -95,7 +96,8 @@ def build_zoo_entry(run_path: str | Path, out_root: str | Path = ZOO_DIR, *, epi
 def medium_replay(run: RunDir, env_steps: int) -> dict[str, np.ndarray]:
     """The first `env_steps` transitions the run stored, each env's rows in time order, the
     last row of an episode cut off at that point marked as a timeout."""
-    files = sorted(run.resume_dir.glob("replay*.npz"))
+    save = ResumeStore(run.resume_dir).latest(warn=print)
+    files = save.replay_files() if save is not None else []
     if len(files) != 1:
         raise UserError(f"run '{run.path}' saved {len(files)} replay files; the medium-replay needs the single-shard "
                         "replay (replay_shards: 1) to know the insertion order")

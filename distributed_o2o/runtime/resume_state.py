@@ -1,0 +1,122 @@
+"""A run's resume state: complete saves side by side, each switched in with one rename.
+
+    resume/save-<env_step:09d>/    one complete save
+        state.safetensors, .json   learner state and counters (checkpoint.save_state)
+        replay.npz | replay-<j>.npz  each replay shard's table (written by the shard)
+        manifest.json              save id, env step, stored transitions, sha256 of every file
+    resume/incoming/               the save being written; never read
+
+A save is written completely into `incoming/`, every file flushed to disk, then renamed to its
+final name: a kill at any point leaves the previous complete save, or the new one. Every part
+carries the save id and the manifest the checksum of every file, so a restore recognises a
+damaged or mixed save and falls back to the one before (the two newest are kept).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distributed_o2o.checkpoint import DamagedState, load_state
+from distributed_o2o.durable import sha256, sync_dir, sync_file
+
+MANIFEST = "manifest.json"
+INCOMING = "incoming"
+KEPT = 2  # the newest save and the one a damaged newest falls back to
+
+
+@dataclass
+class Save:
+    path: Path
+    save_id: str
+    env_steps: int
+    stored: int  # transitions ever inserted into the replay, summed over its files
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state"
+
+    def replay_files(self) -> list[Path]:
+        return sorted(self.path.glob("replay*.npz"))
+
+    def load_state(self) -> dict:
+        return load_state(self.state, self.save_id)
+
+
+class ResumeStore:
+    def __init__(self, resume_dir: str | Path):
+        self.dir = Path(resume_dir)
+        self.incoming = self.dir / INCOMING
+        self.save_id: str | None = None
+
+    def saves(self) -> list[Path]:
+        """The completed save directories, newest first (unverified)."""
+        return sorted(self.dir.glob("save-*[0-9]"), reverse=True)
+
+    # -- writing
+    def begin(self) -> tuple[Path, str]:
+        """A fresh `incoming/` directory (what an interrupted save left there is dropped) and
+        the new save's id."""
+        if self.incoming.exists():
+            shutil.rmtree(self.incoming)
+        self.incoming.mkdir(parents=True)
+        self.save_id = uuid.uuid4().hex[:16]
+        return self.incoming, self.save_id
+
+    def commit(self, env_steps: int, stored: int) -> Path:
+        """Record the checksums of what `incoming/` holds and switch it in as the newest save."""
+        files = {p.name: sha256(p) for p in sorted(self.incoming.iterdir()) if p.is_file()}
+        manifest = {"save_id": self.save_id, "env_steps": env_steps, "stored": stored, "files": files}
+        (self.incoming / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        sync_file(self.incoming / MANIFEST)  # the others were flushed by their writers
+        sync_dir(self.incoming)
+        final = self.dir / f"save-{env_steps:09d}"
+        if final.exists():  # a damaged save of this step that a restore fell back from
+            shutil.rmtree(final)
+        self.incoming.rename(final)
+        sync_dir(self.dir)
+        for old in self.saves()[KEPT:]:
+            shutil.rmtree(old)
+        return final
+
+    # -- reading
+    def latest(self, warn: Callable[[str], None]) -> Save | None:
+        """The newest save that passes every check; a damaged one is skipped with one line."""
+        for path in self.saves():
+            try:
+                return verify(path)
+            except DamagedState as exc:
+                warn(f"resume state {path.name} is damaged ({exc}); falling back to the previous save")
+        return None
+
+
+def verify(path: Path) -> Save:
+    """Check a save directory's manifest, every file's checksum and save id; `DamagedState` if any fails."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_bytes())
+        save = Save(path, str(manifest["save_id"]), int(manifest["env_steps"]), int(manifest["stored"]))
+        files = dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DamagedState(f"{MANIFEST} is missing or unreadable") from None
+    present = {p.name for p in path.iterdir()} - {MANIFEST}
+    if present != set(files):
+        raise DamagedState(f"it holds {sorted(present)}, its manifest lists {sorted(files)}")
+    for name, digest in files.items():
+        if sha256(path / name) != digest:
+            raise DamagedState(f"{name} does not match its checksum")
+    inserted = 0
+    for file in save.replay_files():
+        with np.load(file, allow_pickle=False) as saved:
+            if str(saved["save_id"]) != save.save_id:
+                raise DamagedState(f"{file.name} belongs to another save")
+            inserted += int(saved["inserted"])
+    if inserted != save.stored:
+        raise DamagedState(f"its replay files hold {inserted} transitions, its manifest counts {save.stored}")
+    return save
+
