@@ -161,3 +161,28 @@ def test_shipped_sweep_files_plan(tmp_path, name):
     plan = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
     assert len(plan.trials) == len(plan.spec.methods) * len(plan.spec.seed_list()) * len(plan.spec.envs)
     assert len({t.run_dir for t in plan.trials}) == len(plan.trials)
+
+
+def test_only_the_stages_pending_trials_need_are_made(tmp_path):
+    from distributed_o2o.sweep.stages import needed_stages
+
+    file = write_sweep(tmp_path / "s.yaml", TINY)
+    plan = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
+    porl = [t for t in plan.trials if t.method == "porl"]
+    sac = [t for t in plan.trials if t.method == "sac"]
+    assert needed_stages(sac) == ([], [])  # SAC from scratch needs neither
+    datasets, policies = needed_stages(porl)
+    assert [d.name for d in datasets] == ["rand"] and [p.name for p in policies] == ["bc"]
+    (policies[0].path).mkdir(parents=True)
+    (policies[0].path / "metadata.json").write_text("{}")
+    assert needed_stages(porl) == ([], [])  # the policy is cached: its dataset is not made again
+
+
+def test_methods_filter(tmp_path, capsys):
+    file = write_sweep(tmp_path / "s.yaml", TINY)
+    args = ["sweep", str(file), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--dry-run"]
+    assert main(args + ["--methods", "sac"]) == 0
+    out = capsys.readouterr().out
+    assert "sac/seed_0" in out and "porl" not in out and "2 trials" in out
+    assert main(args + ["--methods", "sac,nope"]) == 2
+    assert "--methods names nope" in capsys.readouterr().err

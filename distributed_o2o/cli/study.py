@@ -15,11 +15,14 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the stages and trials, and what is already done; run nothing."),
     cache: Optional[Path] = typer.Option(None, help="Where made datasets and pretrained policies are kept and reused "
                                                     "(default: $O2O_CACHE_DIR or ~/.cache/distributed_o2o)."),
+    methods: Optional[str] = typer.Option(None, help="Only these methods' trials (comma-separated names from the sweep "
+                                                     "file); the others are left as they are."),
 ) -> None:
     """Run a multi-seed study as Ray Tune trials; running it again continues where it stopped."""
     from distributed_o2o.sweep.run import run_sweep
 
-    failed = run_sweep(sweep_file, out, address=address, dry_run=dry_run, cache=cache, say=typer.echo)
+    only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    failed = run_sweep(sweep_file, out, address=address, dry_run=dry_run, cache=cache, methods=only, say=typer.echo)
     for line in failed:
         typer.echo(f"failed: {line}", err=True)
     if failed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from distributed_o2o.algorithms.policies import build_policy
 from distributed_o2o.data.scores import normalized_score
 from distributed_o2o.evaluation import evaluate_policy
@@ -15,12 +17,16 @@ class Evaluator:
 
     def evaluate(self, policy_arch: dict, state_dict: dict, deterministic: bool = True, env_step: int = 0) -> dict:
         """Mean/std return, normalised score (None without references) and env steps spent."""
-        policy = build_policy(policy_arch)
-        policy.load_state_dict(state_dict)
         # Start states seeded by the env step: each evaluation point has its own, the policies
         # scored at one point (deployed, acting) share them, and a resumed run does not repeat them.
-        result = evaluate_policy(policy, self.env_id, self.episodes, seed=self.seed + env_step,
-                                 env_kwargs=self.env_kwargs, deterministic=deterministic)
+        # The policy's construction and sampled actions draw from a forked torch generator: an
+        # evaluation never moves the training's random stream (local mode shares the process).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + env_step)
+            policy = build_policy(policy_arch)
+            policy.load_state_dict(state_dict)
+            result = evaluate_policy(policy, self.env_id, self.episodes, seed=self.seed + env_step,
+                                     env_kwargs=self.env_kwargs, deterministic=deterministic)
         record = result.to_dict()
         record["env_steps"] = int(round(result.length_mean * result.episodes))
         record["normalized_score"] = None

@@ -12,7 +12,7 @@ import yaml
 
 from distributed_o2o.errors import UserError
 from distributed_o2o.sweep.spec import SweepPlan, load_sweep, plan_sweep
-from distributed_o2o.sweep.stages import is_cached, run_stages
+from distributed_o2o.sweep.stages import needed_stages, run_stages
 from distributed_o2o.sweep.trials import check_unchanged, run_trials, trial_status
 
 
@@ -35,24 +35,31 @@ def check_plan(plan: SweepPlan) -> None:
 
 
 def describe(plan: SweepPlan) -> list[tuple[str, str]]:
-    """(what, status) for every stage and trial, in the order they run."""
-    rows = [(f"dataset {j.name} [{j.env}]", "cached" if is_cached(j) else "to make") for j in plan.datasets]
-    rows += [(f"policy {j.name} [{j.env}]" + ("" if j.seed is None else f" seed {j.seed}"),
-              "cached" if is_cached(j) else "to pretrain") for j in plan.policies]
+    """(what, status) for every stage still to make and every trial, in the order they run."""
+    statuses = {t.run_dir: trial_status(t.run_dir, t.config.online_steps) for t in plan.trials}
+    datasets, policies = needed_stages([t for t in plan.trials if statuses[t.run_dir].state != "done"])
+    rows = [(f"dataset {j.name} [{j.env}]", "to make") for j in datasets]
+    rows += [(f"policy {j.name} [{j.env}]" + ("" if j.seed is None else f" seed {j.seed}"), "to pretrain") for j in policies]
     for trial in plan.trials:
-        status = trial_status(trial.run_dir, trial.config.online_steps)
+        status = statuses[trial.run_dir]
         shown = {"done": "done", "resumable": f"resume at env step {status.env_steps}", "new": "to run"}[status.state]
         rows.append((f"trial {trial.id}", shown))
     return rows
 
 
 def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = None, dry_run: bool = False,
-              cache: str | Path | None = None, say: Callable[[str], None] = print,
+              cache: str | Path | None = None, methods: list[str] | None = None, say: Callable[[str], None] = print,
               ray_init: dict[str, Any] | None = None) -> list[str]:
-    """Run (or with `dry_run`, describe) the sweep; returns one line per failed trial."""
+    """Run (or with `dry_run`, describe) the sweep, or only the trials of `methods`; returns
+    one line per failed trial."""
     spec = load_sweep(sweep_file)
     out = Path(out)
     plan = plan_sweep(spec, sweep_file, out, cache or default_cache())
+    if methods:
+        unknown = sorted(set(methods) - set(spec.methods))
+        if unknown:
+            raise UserError(f"--methods names {', '.join(unknown)}, not in the sweep file (it has: {', '.join(spec.methods)})")
+        plan.trials = [t for t in plan.trials if t.method in methods]
     check_plan(plan)
     rows = describe(plan)
     if dry_run:
@@ -66,8 +73,8 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
-        run_stages(plan.datasets, plan.policies, say)
         pending = [t for t in plan.trials if trial_status(t.run_dir, t.config.online_steps).state != "done"]
+        run_stages(pending, say)
         say(f"{len(plan.trials) - len(pending)} of {len(plan.trials)} trials already done; running {len(pending)}")
         return run_trials(pending, spec.resources, out.resolve(), say) if pending else []
     finally:

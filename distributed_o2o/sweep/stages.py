@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from distributed_o2o.sweep.spec import DatasetJob, PolicyJob
+from distributed_o2o.sweep.spec import DatasetJob, PolicyJob, Trial
 
 
 def is_cached(job: DatasetJob | PolicyJob) -> bool:
@@ -57,14 +57,23 @@ def _atomically(path: Path, write: Callable[[Path], object]) -> None:
     tmp.rename(path)
 
 
-def run_stages(datasets: list[DatasetJob], policies: list[PolicyJob], say: Callable[[str], None]) -> None:
-    """Make every dataset and policy that is not cached yet (datasets first: policies need them)."""
+def needed_stages(trials: list[Trial]) -> tuple[list[DatasetJob], list[PolicyJob]]:
+    """The uncached datasets and policies that `trials` need (a dataset only for an uncached
+    policy or a trial that reads it), in a stable order."""
+    policies = {t.policy.path: t.policy for t in trials if t.policy and not is_cached(t.policy)}
+    wanted = [p.dataset for p in policies.values() if p.dataset] + [t.dataset for t in trials if t.dataset]
+    datasets = {d.path: d for d in wanted if not is_cached(d)}
+    return list(datasets.values()), list(policies.values())
+
+
+def run_stages(trials: list[Trial], say: Callable[[str], None]) -> None:
+    """Make the datasets and policies that `trials` need and the cache lacks (datasets first)."""
+    datasets, policies = needed_stages(trials)
     for job in datasets:
-        if not is_cached(job):
-            say(f"dataset {job.name} for {job.env}: making {job.path.name}")
-            make_dataset_job(job)
+        say(f"dataset {job.name} for {job.env}: making {job.path.name}")
+        make_dataset_job(job)
     for job in policies:
-        if job.config is not None and not is_cached(job):
+        if job.config is not None:
             seed = "" if job.seed is None else f" (seed {job.seed})"
             say(f"policy {job.name} for {job.env}{seed}: {job.config.algo} pretraining, {job.config.steps} steps")
             pretrain_policy_job(job)
