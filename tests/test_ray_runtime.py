@@ -172,9 +172,9 @@ def test_resume_may_change_the_shard_count_and_finishes_an_interrupted_replay_sa
     # A crash after the state of env step 300 was written but before its replay files moved in.
     for path in resume.glob("replay*.npz"):
         path.rename(resume / "staged" / path.name)
-    with pytest.raises(UserError, match="only runtime fields can change, not utd"):
-        resume_finetune(out, progress=False, runtime={"utd": 2})
-    summary = resume_finetune(out, progress=False, runtime={"replay_shards": 1})
+    with pytest.raises(UserError, match="'utd' cannot change"):
+        resume_finetune(out, progress=False, changes={"utd": 2})
+    summary = resume_finetune(out, progress=False, changes={"replay_shards": 1})
     assert summary["env_steps"] == 600 and summary["updates"] == 600 - 100 + 1
     saved = np.load(resume / "replay.npz")
     assert int(saved["inserted"]) == len(saved["rewards"]) == 600

@@ -103,12 +103,12 @@ def test_porl_trains_two_iterations_and_round_trips_a_checkpoint(bc_policy, tmp_
         restored.stop()
 
 
-def test_importing_the_package_alone_registers_the_names():
+def test_importing_the_rllib_front_door_registers_the_names():
     import subprocess
     import sys
 
     # A Ray session started and ended in between: Tune's registry forgets names then.
-    code = ("import distributed_o2o, ray\nfrom ray.tune.registry import get_trainable_cls\n"
+    code = ("import distributed_o2o.rllib, ray\nfrom ray.tune.registry import get_trainable_cls\n"
             "ray.init(num_cpus=1, include_dashboard=False)\nray.shutdown()\n"
             "print(*(get_trainable_cls(n).__name__ for n in ('PORL', 'O2SAC', 'O2TD3', 'O2PPO')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

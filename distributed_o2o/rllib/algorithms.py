@@ -114,13 +114,10 @@ class O2OAlgorithm(Algorithm):
         run_dir = RunDir(self.run_path)
         if not (run_dir.resume_dir / "state.json").exists():
             summary = run_finetune(config, self.run_path, mode=self.config.o2o_mode, progress=False)
-        else:
-            # The run continues with its saved config; only the horizon (and the runtime
-            # fields) move, so the config file is rewritten with the new `online_steps`.
-            saved = run_dir.read_config()
-            run_dir.write_config({**saved, "online_steps": target})
-            runtime = {k: v for k, v in config.model_dump().items() if k in RUNTIME_FIELDS}
-            summary = resume_finetune(self.run_path, mode=self.config.o2o_mode, progress=False, runtime=runtime)
+        else:  # the run continues with its saved config; only the horizon (and the runtime fields) move
+            changes = {k: v for k, v in config.model_dump().items() if k in RUNTIME_FIELDS}
+            summary = resume_finetune(self.run_path, mode=self.config.o2o_mode, progress=False,
+                                      changes={**changes, "online_steps": target})
         self.env_steps, self.updates = summary["env_steps"], summary["updates"]
         return _result(summary)
 

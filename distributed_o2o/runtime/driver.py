@@ -53,6 +53,8 @@ class Components:
     collects_per_worker: int  # collect calls queued per worker, so it never waits for the driver
     max_updates_per_call: int  # updates the learner runs per call at most
     shard_capacity: int
+    # Normalised-score references ({"ref_min_score", "ref_max_score"}), recorded in checkpoints.
+    references: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -175,9 +177,13 @@ class Driver:
         on_policy = self.t.call(self.c.learner, "is_on_policy")
         if resume:
             self._restore(on_policy)
+            if self.config.online_steps < self.counters.env_steps:
+                raise UserError(f"the run is at env step {self.counters.env_steps}: pass --online-steps of at least that "
+                                f"to extend it (got {self.config.online_steps})")
         self._plan_online(on_policy)  # refuses a configuration that would stall, before any work
+        # On a resume too: an extended budget or new runtime fields hold for later resumes.
+        self.run_dir.write_config(self.config_dict)
         if not resume:
-            self.run_dir.write_config(self.config_dict)
             self._offline_stages()
             self._handover()
             self._evaluate_and_save(initial=True)
@@ -543,7 +549,7 @@ class Driver:
         c.best_return = max(c.best_return, record["return_mean"])
         save_checkpoint(self.run_dir.checkpoint_dir(c.env_steps), self.t.call(self.c.learner, "checkpoint_modules"),
                         env_id=self.config.env, algo=self.config.algo, config=self.config_dict,
-                        extra={"env_steps": c.env_steps, "updates": c.updates, "eval": line})
+                        extra={"env_steps": c.env_steps, "updates": c.updates, "eval": line, **self.c.references})
         self.last_eval = line
         return line
 

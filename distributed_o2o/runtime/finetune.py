@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.checkpoint import load_checkpoint, load_policy, read_metadata
-from distributed_o2o.config import RUNTIME_FIELDS, FinetuneConfig, finetune_config
+from distributed_o2o.config import RUNTIME_FIELDS, FinetuneConfig, RunMode, merge_layers, finetune_config
+from distributed_o2o.data.scores import reference_scores
 from distributed_o2o.envs import env_spaces
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.driver import Components, Driver
@@ -39,19 +40,17 @@ def _check_inputs(config: FinetuneConfig) -> None:
 
 
 def _reference_scores(config: FinetuneConfig, dataset) -> tuple[float | None, float | None]:
-    """The normalisation references: explicit config, else the dataset's, else the policy checkpoint's."""
-    if config.ref_min_score is not None and config.ref_max_score is not None:
-        return config.ref_min_score, config.ref_max_score
-    if dataset is not None and dataset.ref_min_score is not None:
-        return dataset.ref_min_score, dataset.ref_max_score
-    if config.policy is not None:
-        extra = read_metadata(config.policy).get("extra", {})
-        if extra.get("ref_min_score") is not None:
-            return extra["ref_min_score"], extra["ref_max_score"]
-    return None, None
+    """The normalisation references: explicit config, else the dataset's, else the policy
+    checkpoint's, else the zoo's for the env."""
+    extra = read_metadata(config.policy).get("extra", {}) if config.policy is not None else {}
+    return reference_scores(config.env, (config.ref_min_score, config.ref_max_score),
+                            None if dataset is None else (dataset.ref_min_score, dataset.ref_max_score),
+                            (extra.get("ref_min_score"), extra.get("ref_max_score")))
 
 
-MODES = ("ray", "local")
+MODES = get_args(RunMode)
+# What `--resume` may change: how the run is spread over processes, and its env-step budget.
+RESUMABLE_CHANGES = RUNTIME_FIELDS | {"online_steps"}
 # A learner call runs at most this many updates, so weights can be published and the driver
 # can start other work between calls (a few ms of overhead per call against tens of ms of work).
 MAX_UPDATES_PER_CALL = 64
@@ -69,6 +68,11 @@ class RunInputs:
     replay_offline: dict[str, np.ndarray] | None  # D_off mixed into replay batches (off-policy methods)
     ref_min: float | None
     ref_max: float | None
+
+    @property
+    def references(self) -> dict[str, float | None]:
+        """The references as checkpoints record them (`extra`)."""
+        return {"ref_min_score": self.ref_min, "ref_max_score": self.ref_max}
 
     def shard_capacity(self, config: FinetuneConfig) -> int:
         return -(-config.replay_capacity // config.replay_shards)
@@ -116,7 +120,7 @@ def build_local_components(config: FinetuneConfig, progress: bool = True) -> Com
     # One vector step per collect, updates right after it: the order of a single-process loop.
     return Components(LocalTransport(), learner, workers, replays, evaluator, envs_per_worker=config.envs_per_worker,
                       chunk_transitions=config.envs_per_worker, collects_per_worker=1, max_updates_per_call=MAX_UPDATES_PER_CALL,
-                      shard_capacity=capacity)
+                      shard_capacity=capacity, references=inputs.references)
 
 
 def run_id(path: str | Path) -> str:
@@ -150,18 +154,26 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local
 
 
 def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = True, address: str | None = None,
-                    runtime: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Continue a run from its last checkpoint with its saved config; `runtime` may change how
-    it is spread over processes (RUNTIME_FIELDS: workers, shards...), nothing else."""
-    other = sorted(set(runtime or {}) - RUNTIME_FIELDS)
-    if other:
-        raise UserError(f"--resume continues the saved config: only runtime fields can change, not {', '.join(other)}")
+                    changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Continue a run from its last checkpoint with its saved config. `changes` may set how it
+    is spread over processes (RUNTIME_FIELDS: workers, shards...) and raise `online_steps`
+    (extending the run); any other field given must keep its saved value."""
     run_dir = RunDir(run_path)
     if not run_dir.config_file.exists():
         raise UserError(f"'{run_path}' is not a run directory (config.yaml is missing): pass the --out of an earlier `o2o finetune`")
     if not (run_dir.resume_dir / "state.json").exists():
         raise UserError(f"run '{run_path}' has no checkpoint to resume from yet: start it again without --resume")
     saved = run_dir.read_config()
-    config = finetune_config(saved["algo"], None, {**saved, **(runtime or {})})
+    algo = (changes or {}).get("algo", saved["algo"])
+    if algo != saved["algo"]:
+        raise UserError(f"--resume continues the saved config: 'algo' cannot change (the run is {saved['algo']}, "
+                        f"{algo} given); start a new run with another --out")
+    before = finetune_config(algo, None, saved)
+    config = finetune_config(algo, None, merge_layers(saved, changes or {}))
+    for name in type(config).model_fields:
+        if name not in RESUMABLE_CHANGES and getattr(config, name) != getattr(before, name):
+            raise UserError(f"--resume continues the saved config: '{name}' cannot change ({getattr(before, name)!r} in "
+                            f"{run_dir.config_file}, {getattr(config, name)!r} given); only --online-steps and runtime "
+                            "fields (--num-rollout-workers, ...) may, or start a new run with another --out")
     with _components(config, mode, run_dir, progress, address) as components:
         return Driver(config, run_dir, components, progress).run(resume=True)

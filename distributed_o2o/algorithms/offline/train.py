@@ -17,6 +17,7 @@ from distributed_o2o.algorithms.offline.cql import CQLPretrainer
 from distributed_o2o.algorithms.offline.iql import IQLPretrainer
 from distributed_o2o.algorithms.offline.td3bc import TD3BCPretrainer
 from distributed_o2o.checkpoint import save_checkpoint
+from distributed_o2o.data.scores import reference_scores
 from distributed_o2o.runtime.learner import pick_device
 
 PRETRAINERS: dict[str, type[Pretrainer]] = {
@@ -43,7 +44,7 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
     """Train `config.algo` for `config.steps` gradient steps on `dataset`; write the checkpoint to `out_dir`.
 
     `config` is a PretrainConfig; `dataset` anything with the OfflineDataset columns, `env_id`,
-    `obs_dim` and `act_dim`.
+    `obs_dim`, `act_dim` and the reference scores.
     """
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
@@ -63,6 +64,8 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
                 shown = " ".join(f"{key}={value:.3g}" for key, value in latest.items() if key.endswith("loss"))
                 bar.update(task, completed=step, metrics=shown)
 
+    # The dataset's normalised-score references travel with the policy (fine-tuning and `o2o eval` read them).
+    ref_min, ref_max = reference_scores(dataset.env_id, (dataset.ref_min_score, dataset.ref_max_score))
     save_checkpoint(out_dir, pretrainer.modules(), env_id=dataset.env_id, algo=config.algo, config=config.model_dump(),
-                    extra={"steps": config.steps, "dataset": config.dataset})
+                    extra={"steps": config.steps, "dataset": config.dataset, "ref_min_score": ref_min, "ref_max_score": ref_max})
     return Path(out_dir)
