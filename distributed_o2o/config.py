@@ -31,6 +31,9 @@ class PretrainConfig(StrictModel):
     dataset: str | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Torch threads on a CPU. None: the faster of one and torch's default, measured on the first
+    # steps (thread counts can change the last bits of some results: fix it for bit-identical reruns).
+    threads: int | None = Field(None, gt=0)
     steps: int = Field(1_000_000, gt=0)
     batch_size: int = Field(256, gt=0)
     hidden: list[int] = Field(default_factory=lambda: [256, 256])

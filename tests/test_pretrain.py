@@ -133,7 +133,8 @@ def test_run_pretraining_normalises_seeds_and_records(tmp_path):
     assert ckpt.metadata["algo"] == "iql" and ckpt.metadata["env_id"] == "Synthetic-v0"
     assert ckpt.metadata["config"]["seed"] == 3
     # No references: the dataset records none and the zoo has no Synthetic-v0 entry.
-    assert ckpt.metadata["extra"] == {"steps": 30, "dataset": "synthetic.hdf5", "ref_min_score": None, "ref_max_score": None}
+    assert ckpt.metadata["extra"] == {"steps": 30, "dataset": "synthetic.hdf5", "ref_min_score": None, "ref_max_score": None,
+                                          "torch_threads": 1}
     for module in ckpt.modules.values():  # stats of the dataset, in every module
         np.testing.assert_allclose(module.normalizer.mean.numpy(), dataset.observations.mean(0), rtol=1e-5)
         np.testing.assert_allclose(module.normalizer.std.numpy(), dataset.observations.std(0) + 1e-3, rtol=1e-5)

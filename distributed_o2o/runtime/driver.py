@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distributed_o2o.checkpoint import load_state, save_checkpoint, save_state
 from distributed_o2o.config import RUNTIME_FIELDS
 from distributed_o2o.errors import UserError
+from distributed_o2o.progress import progress_bar
 from distributed_o2o.runtime.replay import RateLimiter, check_rate_limits
 from distributed_o2o.runtime.run_dir import Rate, RunDir
 from distributed_o2o.runtime.transport import ComponentFailed
@@ -573,9 +573,8 @@ class Driver:
     def _bar_text(self) -> str:
         return "online" if self.last_eval is None else f"online  eval return {self.last_eval['return_mean']:.1f}"
 
-    def _bar(self) -> Progress:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=self.console, disable=not self.progress, transient=False)
+    def _bar(self):
+        return progress_bar(self.console, self.progress)
 
     # ------------------------------------------------------------------ resume
     # The resume state is the learner state + counters (`resume/state.*`, written last and

@@ -7,6 +7,7 @@ process, `ray` as actors (runtime/ray_runtime.py).
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
+import torch
 
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.checkpoint import load_checkpoint, load_policy, read_metadata
@@ -21,6 +23,7 @@ from distributed_o2o.config import RUNTIME_FIELDS, FinetuneConfig, RunMode, merg
 from distributed_o2o.data.scores import reference_scores
 from distributed_o2o.envs import env_spaces
 from distributed_o2o.errors import UserError
+from distributed_o2o.runtime.cpu_check import cpu_note
 from distributed_o2o.runtime.driver import Components, Driver
 from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.learner import Learner
@@ -149,6 +152,12 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local
     run_dir = RunDir(out_dir)
     if (run_dir.resume_dir / "state.json").exists():
         raise UserError(f"'{out_dir}' already holds a run: continue it with --resume {out_dir}, or pass another --out")
+    _check_inputs(config)
+    if address is None and config.device != "cuda" and not torch.cuda.is_available():  # the learner is on this CPU
+        spaces = env_spaces(config.env, config.env_kwargs)
+        note = cpu_note(config, spaces.obs_dim, spaces.act_dim)
+        if note:
+            print(note, file=sys.stderr)
     with _components(config, mode, run_dir, progress, address) as components:
         return Driver(config, run_dir, components, progress).run(resume=False)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from distributed_o2o.algorithms.base import OfflineData
@@ -18,6 +20,7 @@ from distributed_o2o.algorithms.offline.iql import IQLPretrainer
 from distributed_o2o.algorithms.offline.td3bc import TD3BCPretrainer
 from distributed_o2o.checkpoint import save_checkpoint
 from distributed_o2o.data.scores import reference_scores
+from distributed_o2o.progress import progress_bar
 from distributed_o2o.runtime.learner import pick_device
 
 PRETRAINERS: dict[str, type[Pretrainer]] = {
@@ -27,6 +30,29 @@ PRETRAINERS: dict[str, type[Pretrainer]] = {
     "iql": IQLPretrainer,
     "cql": CQLPretrainer,
 }
+
+# On a CPU, the first steps measure which torch thread count trains faster: one, or torch's
+# default (all cores). Networks this small gain little from threads, and on a busy machine two
+# threads contending for two cores ran 5-10x slower than one (docs/performance.md).
+THREAD_PROBE_STEPS = 25
+THREAD_PROBE_MIN_STEPS = 1000  # shorter runs keep torch's default
+
+
+def fastest_threads(train_step: Callable[[], None], steps: int) -> int:
+    """Run 3 x `steps` training steps: a warm-up at torch's default thread count, then `steps`
+    timed at one thread and `steps` at the default; set and return the faster count."""
+    default = torch.get_num_threads()
+    seconds = {}
+    for threads in (default, 1, default):
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step()
+        seconds[threads] = time.perf_counter() - start  # the default's second (warm) block counts
+    best = min(seconds, key=seconds.get)
+    torch.set_num_threads(best)
+    return best
+
 
 _COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -54,18 +80,34 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
     data = OfflineData({name: getattr(dataset, name) for name in _COLUMNS}, device)
 
     latest: dict[str, float] = {}
+
+    def train_step() -> None:
+        latest.update(pretrainer.step(data.sample(config.batch_size)))
+
     columns = (TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[metrics]}"))
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task(f"{config.algo} pretraining", total=config.steps, metrics="")
-        for step in range(1, config.steps + 1):
-            latest |= pretrainer.step(data.sample(config.batch_size))
-            if step % config.log_every == 0 or step == config.steps:
-                shown = " ".join(f"{key}={value:.3g}" for key, value in latest.items() if key.endswith("loss"))
-                bar.update(task, completed=step, metrics=shown)
+    console = Console(stderr=True, quiet=not progress)
+    default_threads = torch.get_num_threads()
+    try:
+        done, threads = 0, config.threads or default_threads
+        torch.set_num_threads(threads)
+        if config.threads is None and device.type == "cpu" and threads > 1 and config.steps >= THREAD_PROBE_MIN_STEPS:
+            done, threads = 3 * THREAD_PROBE_STEPS, fastest_threads(train_step, THREAD_PROBE_STEPS)
+            console.print(f"pretraining with {threads} torch thread(s): the faster of 1 and {default_threads} over "
+                          f"{THREAD_PROBE_STEPS} steps each (set `threads` to fix it)")
+        with progress_bar(console, progress, columns=columns) as bar:
+            task = bar.add_task(f"{config.algo} pretraining", total=config.steps, completed=done, metrics="")
+            for step in range(done + 1, config.steps + 1):
+                train_step()
+                if step % config.log_every == 0 or step == config.steps:
+                    shown = " ".join(f"{key}={value:.3g}" for key, value in latest.items() if key.endswith("loss"))
+                    bar.update(task, completed=step, metrics=shown)
+    finally:
+        torch.set_num_threads(default_threads)
 
     # The dataset's normalised-score references travel with the policy (fine-tuning and `o2o eval` read them).
     ref_min, ref_max = reference_scores(dataset.env_id, (dataset.ref_min_score, dataset.ref_max_score))
     save_checkpoint(out_dir, pretrainer.modules(), env_id=dataset.env_id, algo=config.algo, config=config.model_dump(),
-                    extra={"steps": config.steps, "dataset": config.dataset, "ref_min_score": ref_min, "ref_max_score": ref_max})
+                    extra={"steps": config.steps, "dataset": config.dataset, "ref_min_score": ref_min, "ref_max_score": ref_max,
+                           "torch_threads": threads})
     return Path(out_dir)
