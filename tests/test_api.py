@@ -6,6 +6,8 @@ import inspect
 import json
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +57,7 @@ def test_pretrain_finetune_evaluate_from_python(tmp_path, capsys):
                        progress=False, presample_steps=100, num_critics=2, hidden=[16, 16], batch_size=32, eval_every=300,
                        eval_episodes=1)
     assert summary["env_steps"] == 300 and summary["final"]["normalized_score"] is not None  # the dataset's references
+    _check_run_records(tmp_path / "run", summary)
 
     policy = load_policy(ckpt)
     env = make_env("Pendulum-v1", seed=0)
@@ -85,3 +88,18 @@ def test_references_fall_back_to_the_zoo_for_its_envs():
     explicit = load_inputs(finetune_config("sac", None, {"env": "Hopper-v5", "ref_min_score": 0.0, "ref_max_score": 1.0}))
     assert (explicit.ref_min, explicit.ref_max) == (0.0, 1.0)
     assert load_inputs(finetune_config("sac", None, {"env": "Pendulum-v1"})).ref_min is None
+
+
+def _check_run_records(run, summary):
+    """What a run records for whoever reads it later: seed, versions, commit, rates, best checkpoint."""
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert summary["seed"] == 0 and summary["updates_per_s"] > 0
+    assert summary["versions"]["torch"] == version("torch") and set(summary["versions"]) >= {"ray", "gymnasium", "mujoco"}
+    checkout = Path(distributed_o2o.__file__).resolve().parents[1]
+    if (checkout / ".git").exists():
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        assert summary["git_commit"].removesuffix("-dirty") == head
+    assert Path(summary["best_checkpoint"]).name == f"step_{summary['best']['env_steps']:09d}"
+    assert (Path(summary["best_checkpoint"]) / "metadata.json").is_file()
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["updates_per_s"] > 0 and all("updates_per_s" in line for line in lines)

@@ -25,6 +25,7 @@ from distributed_o2o.checkpoint import load_state, save_checkpoint, save_state
 from distributed_o2o.config import RUNTIME_FIELDS
 from distributed_o2o.errors import UserError
 from distributed_o2o.progress import progress_bar
+from distributed_o2o.provenance import provenance
 from distributed_o2o.runtime.replay import RateLimiter, check_rate_limits
 from distributed_o2o.runtime.run_dir import Rate, RunDir
 from distributed_o2o.runtime.transport import ComponentFailed
@@ -174,6 +175,7 @@ class Driver:
 
     def _run(self, resume: bool) -> dict[str, Any]:
         self.segment_start = time.perf_counter()
+        self.eval_rate = Rate()  # updates/s between evaluations (of this segment after a resume)
         on_policy = self.t.call(self.c.learner, "is_on_policy")
         if resume:
             self._restore(on_policy)
@@ -540,7 +542,7 @@ class Driver:
         line = {"env_steps": c.env_steps, "updates": c.updates, "eval_env_steps": c.eval_env_steps,
                 "return_mean": record["return_mean"], "return_std": record["return_std"],
                 "normalized_score": record["normalized_score"], "episodes": record["episodes"],
-                "wall_time_s": round(self._wall_time(), 1)}
+                "wall_time_s": round(self._wall_time(), 1), "updates_per_s": round(self.eval_rate(c.updates), 2)}
         self.run_dir.append_metrics(line)
         self.run_dir.scalars(c.env_steps, {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "env_steps"}, "eval")
         self.run_dir.flush()
@@ -622,6 +624,7 @@ class Driver:
         shards = self.c.replays
         self.t.call_all([(shards[k % len(shards)], "load", (str(path),)) for k, path in enumerate(files)])
         self.counters = Counters(**state["counters"])
+        self.eval_rate = Rate(self.counters.updates)
         self.saved_step = env_steps
         self.run_dir.truncate_metrics(self.counters.env_steps)
         records = self.run_dir.read_metrics()
@@ -632,10 +635,13 @@ class Driver:
         c = self.counters
         records = self.run_dir.read_metrics()
         best = max(records, key=lambda r: r["return_mean"]) if records else None
-        return {"algo": self.config.algo, "env": self.config.env, "initial": c.initial, "final": records[-1] if records else None,
-                "best": best, "env_steps": c.env_steps, "updates": c.updates, "eval_env_steps": c.eval_env_steps,
-                "rollout_failures": c.rollout_failures, "handover": c.handover, "wall_time_s": self._wall_time(),
-                "run_dir": str(self.run_dir.path)}
+        wall_time = self._wall_time()
+        return {"algo": self.config.algo, "env": self.config.env, "seed": self.config.seed, "initial": c.initial,
+                "final": records[-1] if records else None, "best": best,
+                "best_checkpoint": str(self.run_dir.checkpoint_dir(best["env_steps"])) if best else None,
+                "env_steps": c.env_steps, "updates": c.updates, "updates_per_s": c.updates / max(wall_time, 1e-9),
+                "eval_env_steps": c.eval_env_steps, "rollout_failures": c.rollout_failures, "handover": c.handover,
+                "wall_time_s": wall_time, "run_dir": str(self.run_dir.path), **provenance()}
 
 
 def _first_line(text: str) -> str:
