@@ -10,7 +10,7 @@ import sys
 import typer
 
 from distributed_o2o import __version__
-from distributed_o2o.cli import command_group, data, demo, finetune, pretrain, zoo
+from distributed_o2o.cli import command_group, data, demo, finetune, plot, pretrain, zoo
 from distributed_o2o.errors import UserError
 
 app = command_group()
@@ -33,6 +33,7 @@ app.add_typer(zoo.app, name="zoo", help="The shipped behaviour-policy zoo: list 
 pretrain.register(app)
 finetune.register(app)
 demo.register(app)
+plot.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
