@@ -190,3 +190,20 @@ def test_config_mistakes_say_how_to_fix_them(args, message, tmp_path, capsys):
 def test_a_whole_block_turns_the_constraint_on_before_its_fields_are_set():
     config = finetune_config("porl", None, {}, sets=["constraint={}", "constraint.eps_end=0.5"])
     assert config.constraint.eps_end == 0.5 and config.constraint.eps_start == 0.125
+
+
+def test_local_mode_is_bit_identical_per_seed(tmp_path):
+    """docs/design.md, "Determinism": one process, one seed, the same run to the bit."""
+    from safetensors.numpy import load_file
+
+    fields = {"online_steps": 300, "eval_every": 300, "eval_episodes": 2, "random_start_steps": 100, "learning_starts": 100,
+              "hidden": [16, 16], "envs_per_worker": 2, "num_rollout_workers": 2}
+    runs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        summary = run_finetune(finetune_config("sac", None, {"env": ENV, "seed": seed, **fields}), tmp_path / name,
+                               mode="local", progress=False)
+        runs[name] = (summary["final"]["return_mean"], load_file(str(tmp_path / name / "checkpoints" / "step_000000300" /
+                                                                      "policy.safetensors")))
+    (ret_a, w_a), (ret_b, w_b), (ret_c, w_c) = runs["a"], runs["b"], runs["c"]
+    assert ret_a == ret_b and all(np.array_equal(w_a[k], w_b[k]) for k in w_a)
+    assert ret_a != ret_c and not all(np.array_equal(w_a[k], w_c[k]) for k in w_a)
