@@ -26,6 +26,7 @@ from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.cpu_check import cpu_note
 from distributed_o2o.runtime.driver import Components, Driver
 from distributed_o2o.runtime.evaluator import Evaluator
+from distributed_o2o.runtime.graphed import check_learner_backend
 from distributed_o2o.runtime.learner import Learner
 from distributed_o2o.runtime.replay import ReplayService, shard_offline
 from distributed_o2o.runtime.rollout import RolloutWorker
@@ -108,9 +109,8 @@ def load_inputs(config: FinetuneConfig) -> RunInputs:
     return RunInputs(spaces.obs_dim, spaces.act_dim, policy, pretrained, offline, None if cls.on_policy else offline, ref_min, ref_max)
 
 
-def build_local_components(config: FinetuneConfig, progress: bool = True) -> Components:
+def build_local_components(config: FinetuneConfig, inputs: RunInputs) -> Components:
     """Every component as a plain object in this process (the pdb-able debug mode)."""
-    inputs = load_inputs(config)
     learner = Learner(config, inputs.obs_dim, inputs.act_dim, policy=inputs.policy, pretrained=inputs.pretrained, offline=inputs.offline)
     arch = learner.policy_arch()
     workers = [RolloutWorker(config.env, config.envs_per_worker, config.seed, arch, config.env_kwargs, worker_index=i)
@@ -133,18 +133,32 @@ def run_id(path: str | Path) -> str:
 
 
 @contextmanager
-def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, progress: bool, address: str | None) -> Iterator[Components]:
+def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, progress: bool, address: str | None,
+                announce: bool = False) -> Iterator[Components]:
     if mode not in MODES:
         raise UserError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
+    if mode == "local" and address is not None:
+        raise UserError("--address joins a Ray cluster: it needs --mode ray")
+    inputs = load_inputs(config)  # every input is checked before any note or work
+    on_this_cpu = address is None and config.device != "cuda" and not torch.cuda.is_available()
+    if on_this_cpu:  # the learner will run here, without a GPU
+        check_learner_backend(config, algorithm_class(config.algo), on_gpu=False)
+        if announce:
+            _note_cpu_duration(config, inputs)
     if mode == "local":
-        if address is not None:
-            raise UserError("--address joins a Ray cluster: it needs --mode ray")
-        yield build_local_components(config, progress)
+        yield build_local_components(config, inputs)
         return
     from distributed_o2o.runtime.ray_runtime import ray_components
 
-    with ray_components(config, load_inputs(config), run_id(run_dir.path), address) as components:
+    with ray_components(config, inputs, run_id(run_dir.path), address) as components:
         yield components
+
+
+def _note_cpu_duration(config: FinetuneConfig, inputs: RunInputs) -> None:
+    """One line before a long run whose learner will be on this machine's CPU."""
+    note = cpu_note(config, inputs.obs_dim, inputs.act_dim)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local", progress: bool = True,
@@ -152,13 +166,7 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local
     run_dir = RunDir(out_dir)
     if (run_dir.resume_dir / "state.json").exists():
         raise UserError(f"'{out_dir}' already holds a run: continue it with --resume {out_dir}, or pass another --out")
-    _check_inputs(config)
-    if address is None and config.device != "cuda" and not torch.cuda.is_available():  # the learner is on this CPU
-        spaces = env_spaces(config.env, config.env_kwargs)
-        note = cpu_note(config, spaces.obs_dim, spaces.act_dim)
-        if note:
-            print(note, file=sys.stderr)
-    with _components(config, mode, run_dir, progress, address) as components:
+    with _components(config, mode, run_dir, progress, address, announce=True) as components:
         return Driver(config, run_dir, components, progress).run(resume=False)
 
 
