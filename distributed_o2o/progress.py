@@ -61,7 +61,7 @@ class PlainProgress:
         done = task["total"] is not None and task["completed"] >= task["total"]
         if (done and not task["finished"]) or now - task["printed"] >= self.every_s:
             task["printed"], task["finished"] = now, done
-            self.console.print(self._line(task, now), highlight=False, markup=False)
+            self.console.print(self._line(task, now), highlight=False, markup=False, soft_wrap=True)
 
     @staticmethod
     def _line(task: dict, now: float) -> str:

@@ -31,25 +31,33 @@ PRETRAINERS: dict[str, type[Pretrainer]] = {
     "cql": CQLPretrainer,
 }
 
-# On a CPU, the first steps measure which torch thread count trains faster: one, or torch's
-# default (all cores). Networks this small gain little from threads, and on a busy machine two
-# threads contending for two cores ran 5-10x slower than one (docs/performance.md).
-THREAD_PROBE_STEPS = 25
+# On a CPU, the first steps measure whether torch's default thread count (all cores) trains
+# faster than one thread. Networks this small gain little from threads, and where other work
+# shares the cores, threads that contend for them made steps 5-10x slower, intermittently
+# (docs/performance.md), while one thread stays steady: more threads must win clearly in
+# every round of the probe.
+THREAD_PROBE_STEPS = 20
+THREAD_PROBE_ROUNDS = 3
+THREAD_PROBE_MARGIN = 0.8  # the default count's time must be below this fraction of one thread's
 THREAD_PROBE_MIN_STEPS = 1000  # shorter runs keep torch's default
 
 
-def fastest_threads(train_step: Callable[[], None], steps: int) -> int:
-    """Run 3 x `steps` training steps: a warm-up at torch's default thread count, then `steps`
-    timed at one thread and `steps` at the default; set and return the faster count."""
+def fastest_threads(train_step: Callable[[], None], steps: int, rounds: int = THREAD_PROBE_ROUNDS) -> int:
+    """Run `steps` training steps at torch's default thread count (warm-up), then `rounds` pairs
+    of `steps` at one thread and `steps` at the default; set and return the default only if it
+    was faster by the margin in every round, else one."""
     default = torch.get_num_threads()
-    seconds = {}
-    for threads in (default, 1, default):
+
+    def timed(threads: int) -> float:
         torch.set_num_threads(threads)
         start = time.perf_counter()
         for _ in range(steps):
             train_step()
-        seconds[threads] = time.perf_counter() - start  # the default's second (warm) block counts
-    best = min(seconds, key=seconds.get)
+        return time.perf_counter() - start
+
+    timed(default)
+    pairs = [(timed(1), timed(default)) for _ in range(rounds)]
+    best = default if all(many < THREAD_PROBE_MARGIN * one for one, many in pairs) else 1
     torch.set_num_threads(best)
     return best
 
@@ -92,9 +100,10 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
         done, threads = 0, config.threads or default_threads
         torch.set_num_threads(threads)
         if config.threads is None and device.type == "cpu" and threads > 1 and config.steps >= THREAD_PROBE_MIN_STEPS:
-            done, threads = 3 * THREAD_PROBE_STEPS, fastest_threads(train_step, THREAD_PROBE_STEPS)
-            console.print(f"pretraining with {threads} torch thread(s): the faster of 1 and {default_threads} over "
-                          f"{THREAD_PROBE_STEPS} steps each (set `threads` to fix it)")
+            done = (2 * THREAD_PROBE_ROUNDS + 1) * THREAD_PROBE_STEPS
+            threads = fastest_threads(train_step, THREAD_PROBE_STEPS)
+            console.print(f"pretraining with {threads} torch thread(s) (measured on the first steps: one against "
+                          f"{default_threads}; `--set threads=N` fixes it)", soft_wrap=True)
         with progress_bar(console, progress, columns=columns) as bar:
             task = bar.add_task(f"{config.algo} pretraining", total=config.steps, completed=done, metrics="")
             for step in range(done + 1, config.steps + 1):
