@@ -50,6 +50,9 @@ class PretrainConfig(StrictModel):
     allow_other_env_dataset: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Torch threads on a CPU. None: the faster of one and torch's default, measured on the first
+    # steps (thread counts can change the last bits of some results: fix it for bit-identical reruns).
+    threads: int | None = Field(None, gt=0)
     steps: int = Field(1_000_000, gt=0)
     batch_size: int = Field(256, gt=0)
     hidden: Layers = Field(default_factory=lambda: [256, 256])
@@ -80,6 +83,11 @@ class PretrainConfig(StrictModel):
 
 
 # ---------------------------------------------------------------- online fine-tuning
+# ray: actors on a Ray cluster (a local one unless an address is given); local: one process.
+RunMode = Literal["ray", "local"]
+DEFAULT_MODE: RunMode = "ray"
+
+
 class FinetuneConfig(StrictModel):
     """Fields every online method has."""
 
@@ -451,15 +459,37 @@ def build_config(schema: type[StrictModel], *layers: dict[str, Any]) -> StrictMo
         raise UserError(f"invalid {schema.__name__}: {_one_line(exc)}") from None
 
 
-def finetune_config(algo: str | None, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
-    """The run config of an online method: defaults < YAML file < explicit overrides."""
+def finetune_config(algo: str | None, config_file: str | None = None, overrides: dict[str, Any] | None = None,
+                    sets: list[str] | None = None) -> FinetuneConfig:
+    """The run config of an online method: defaults < YAML file < `--set` items < explicit overrides."""
     file_layer = read_yaml(config_file) if config_file else {}
     algo = algo or file_layer.get("algo")
+    if algo is None:
+        raise UserError(f"no algorithm given: pass --algo (one of {', '.join(sorted(FINETUNE_CONFIGS))}) "
+                        "or a --config file with an `algo:` key")
     if algo not in FINETUNE_CONFIGS:
         raise UserError(f"unknown algorithm '{algo}': use one of {', '.join(sorted(FINETUNE_CONFIGS))}")
     if file_layer.get("algo", algo) != algo:
         raise UserError(f"config file '{config_file}' is for algo '{file_layer['algo']}', not '{algo}': pass the matching --algo or file")
-    return build_config(FINETUNE_CONFIGS[algo], file_layer, overrides or {}, {"algo": algo})
+    schema = FINETUNE_CONFIGS[algo]
+    _check_off_blocks(schema, sets or [], file_layer)
+    return build_config(schema, file_layer, parse_overrides(sets or []), overrides or {}, {"algo": algo})
+
+
+def _check_off_blocks(schema: type[StrictModel], sets: list[str], file_layer: dict[str, Any]) -> None:
+    """Refuse `--set block.field=...` for a block that is off (None) by default unless the file
+    or a `--set block=...` turns it on: one nested field must not silently switch a block on."""
+    whole = {item.partition("=")[0].strip() for item in sets}
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        block = key.split(".", 1)[0]
+        field = schema.model_fields.get(block)
+        if ("." not in key or field is None or field.default is not None or block in whole
+                or isinstance(file_layer.get(block), dict)):
+            continue
+        algo = schema.model_fields["algo"].default
+        raise UserError(f"--set {key}: the '{block}' block is off for {algo} by default; turn it on with "
+                        f"--set {block}={{}} (its defaults), then set {key}")
 
 
 # ---------------------------------------------------------------- the demo (`make demo`)
@@ -484,6 +514,6 @@ class DemoConfig(StrictModel):
     quality: str = "medium"  # which zoo policy makes the dataset (o2o data make --quality)
     dataset_steps: int = Field(20_000, gt=0)
     seed: int = 0
-    mode: Literal["ray", "local"] = "ray"  # fine-tuning on a local Ray instance, or in one process
+    mode: RunMode = DEFAULT_MODE  # fine-tuning on a local Ray instance, or in one process
     pretrain: PretrainConfig = Field(default_factory=_demo_pretrain)
     finetune: PORLConfig = Field(default_factory=_demo_finetune)

@@ -11,30 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from distributed_o2o.config import DemoConfig
-
-
-def plot_curve(metrics: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [m["env_steps"] for m in metrics]
-    mean = np.array([m["return_mean"] for m in metrics])
-    std = np.array([m["return_std"] for m in metrics])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, mean, marker="o")
-    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("online env steps (pre-sample included)")
-    ax.set_ylabel("evaluation return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def run_demo(config: DemoConfig, out: str | Path, progress: bool = True) -> dict:
@@ -42,8 +19,8 @@ def run_demo(config: DemoConfig, out: str | Path, progress: bool = True) -> dict
 
     from distributed_o2o.algorithms.offline import run_pretraining
     from distributed_o2o.data.make import make_dataset, write_made_dataset
+    from distributed_o2o.plotting import plot_curves, read_curve
     from distributed_o2o.runtime.finetune import run_finetune
-    from distributed_o2o.runtime.run_dir import RunDir
 
     console = Console()
     out = Path(out)
@@ -64,8 +41,8 @@ def run_demo(config: DemoConfig, out: str | Path, progress: bool = True) -> dict
                                                   "ref_min_score": dataset.ref_min_score, "ref_max_score": dataset.ref_max_score})
     summary = run_finetune(finetune, out / "porl", mode=config.mode, progress=progress)
 
-    metrics = RunDir(out / "porl").read_metrics()
-    plot_curve(metrics, out / "curve.png", f"PORL on {config.env} from BC of zoo-{config.quality} data")
+    plot_curves({"PORL": read_curve(out / "porl")}, out / "curve.png", f"PORL on {config.env} from BC of zoo-{config.quality} data",
+                metric="return")
     summary["curve"] = str(out / "curve.png")
     summary["behaviour_return"] = behaviour["return_mean"]
     return summary

@@ -8,6 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import ray  # noqa: F401  (Ray binds its log handler to sys.stderr on import: imported here, before any test captures
+# stderr, its warnings reach the terminal instead of a test's capsys, as when `import distributed_o2o` loaded it)
 import torch
 
 

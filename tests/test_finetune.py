@@ -151,7 +151,65 @@ def test_a_failed_run_resumes_from_its_last_checkpoint_without_losing_data(tmp_p
     (["--algo", "sac", "--env", ENV, "--learner-backend", "graph", "--set", "device=cpu"], "learner_backend 'graph' needs a CUDA device"),
 ])
 def test_bad_finetune_input_is_one_line_and_exit_2(args, message, weak_bc, tmp_path, capsys):
-    argv = [a.format(policy=weak_bc["policy"], tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "run"), "--quiet"]
+    out = [] if "--resume" in args else ["--out", str(tmp_path / "run")]
+    argv = [a.format(policy=weak_bc["policy"], tmp=tmp_path) for a in args] + out + ["--quiet"]
     assert main(["finetune", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_resume_extends_the_budget_keeps_runtime_changes_and_refuses_other_changes(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    first = ["finetune", "--algo", "sac", "--env", ENV, "--online-steps", "200", "--set", "eval_every=200", "--set",
+             "eval_episodes=1", "--set", "random_start_steps=100", "--set", "learning_starts=100", "--set", "hidden=[16,16]",
+             "--mode", "local", "--quiet"]
+    assert main([*first, "--out", out]) == 0
+    capsys.readouterr()
+    for flags, message in [(["--seed", "3"], "'seed' cannot change (0 in"), (["--set", "utd=2"], "'utd' cannot change"),
+                           (["--algo", "porl"], "'algo' cannot change"), (["--online-steps", "100"], "at env step 200"),
+                           (["--out", "elsewhere"], "drop --out")]:
+        assert main(["finetune", "--resume", out, "--mode", "local", "--quiet", *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (flags, err)
+    # The same value as saved is no change; a runtime field and the budget may change.
+    assert main(["finetune", "--resume", out, "--mode", "local", "--quiet", "--seed", "0", "--online-steps", "400",
+                 "--envs-per-worker", "2"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["env_steps"] == 400
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["env_steps"] for m in metrics] == [0, 200, 400]
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "online_steps: 400" in saved and "envs_per_worker: 2" in saved
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algo", "porl", "--set", "constraint.eps_end=0.5"],
+     "the 'constraint' block is off for porl by default; turn it on with --set constraint={} (its defaults)"),
+    ([], "no algorithm given: pass --algo (one of"),
+])
+def test_config_mistakes_say_how_to_fix_them(args, message, tmp_path, capsys):
+    assert main(["finetune", "--env", ENV, "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_whole_block_turns_the_constraint_on_before_its_fields_are_set():
+    config = finetune_config("porl", None, {}, sets=["constraint={}", "constraint.eps_end=0.5"])
+    assert config.constraint.eps_end == 0.5 and config.constraint.eps_start == 0.125
+
+
+def test_local_mode_is_bit_identical_per_seed(tmp_path):
+    """docs/design.md, "Determinism": one process, one seed, the same run to the bit."""
+    from safetensors.numpy import load_file
+
+    fields = {"online_steps": 300, "eval_every": 300, "eval_episodes": 2, "random_start_steps": 100, "learning_starts": 100,
+              "hidden": [16, 16], "envs_per_worker": 2, "num_rollout_workers": 2}
+    runs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        summary = run_finetune(finetune_config("sac", None, {"env": ENV, "seed": seed, **fields}), tmp_path / name,
+                               mode="local", progress=False)
+        runs[name] = (summary["final"]["return_mean"], load_file(str(tmp_path / name / "checkpoints" / "step_000000300" /
+                                                                      "policy.safetensors")))
+    (ret_a, w_a), (ret_b, w_b), (ret_c, w_c) = runs["a"], runs["b"], runs["c"]
+    assert ret_a == ret_b and all(np.array_equal(w_a[k], w_b[k]) for k in w_a)
+    assert ret_a != ret_c and not all(np.array_equal(w_a[k], w_c[k]) for k in w_a)

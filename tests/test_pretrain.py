@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -20,6 +21,7 @@ from distributed_o2o.cli.main import main
 from distributed_o2o.config import PretrainConfig
 from distributed_o2o.data import OfflineDataset, collect_dataset, write_dataset
 from distributed_o2o.evaluation import evaluate_policy
+from distributed_o2o.zoo import zoo_entry
 
 FAMILIES = {"bc": "tanh_gaussian", "bc-det": "deterministic", "td3bc": "deterministic", "iql": "gaussian", "cql": "tanh_gaussian"}
 MODULES = {"bc": {"policy"}, "bc-det": {"policy"}, "td3bc": {"policy", "critic"}, "iql": {"policy", "critic", "value"},
@@ -104,6 +106,19 @@ def test_targets_get_the_dataset_statistics_too(algo):
         torch.testing.assert_close(net.normalizer.std, expected_std)
 
 
+def test_the_checkpoint_carries_the_dataset_references_else_the_zoos(tmp_path):
+    dataset = synthetic_dataset()
+    dataset.env_id, dataset.ref_min_score, dataset.ref_max_score = "Synthetic-v0", -5.0, 50.0
+    config = small_config("bc", steps=2)
+    extra = load_checkpoint(run_pretraining(config, dataset, tmp_path / "own", progress=False)).metadata["extra"]
+    assert (extra["ref_min_score"], extra["ref_max_score"]) == (-5.0, 50.0)
+
+    hopper = dataclasses.replace(synthetic_dataset(), env_id="Hopper-v5")  # widths are not checked here
+    extra = load_checkpoint(run_pretraining(config, hopper, tmp_path / "zoo", progress=False)).metadata["extra"]
+    entry = zoo_entry("Hopper-v5")
+    assert (extra["ref_min_score"], extra["ref_max_score"]) == (entry.ref_min_score, entry.ref_max_score)
+
+
 def test_run_pretraining_normalises_seeds_and_records(tmp_path):
     dataset = synthetic_dataset()
     dataset.env_id = "Synthetic-v0"
@@ -116,7 +131,10 @@ def test_run_pretraining_normalises_seeds_and_records(tmp_path):
     assert out == tmp_path / "a"
     ckpt = load_checkpoint(out)
     assert ckpt.metadata["algo"] == "iql" and ckpt.metadata["env_id"] == "Synthetic-v0"
-    assert ckpt.metadata["config"]["seed"] == 3 and ckpt.metadata["extra"] == {"steps": 30, "dataset": "synthetic.hdf5"}
+    assert ckpt.metadata["config"]["seed"] == 3
+    # No references: the dataset records none and the zoo has no Synthetic-v0 entry.
+    assert ckpt.metadata["extra"] == {"steps": 30, "dataset": "synthetic.hdf5", "ref_min_score": None, "ref_max_score": None,
+                                          "torch_threads": 1}
     for module in ckpt.modules.values():  # stats of the dataset, in every module
         np.testing.assert_allclose(module.normalizer.mean.numpy(), dataset.observations.mean(0), rtol=1e-5)
         np.testing.assert_allclose(module.normalizer.std.numpy(), dataset.observations.std(0) + 1e-3, rtol=1e-5)

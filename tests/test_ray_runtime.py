@@ -172,9 +172,9 @@ def test_resume_may_change_the_shard_count_and_ignores_an_interrupted_save(tmp_p
     incoming = out / "resume" / "incoming"
     incoming.mkdir()
     (incoming / "replay-0.npz").write_bytes((latest_save(out) / "replay-0.npz").read_bytes()[:100])
-    with pytest.raises(UserError, match="only runtime fields can change, not utd"):
-        resume_finetune(out, progress=False, runtime={"utd": 2})
-    summary = resume_finetune(out, progress=False, runtime={"replay_shards": 1})
+    with pytest.raises(UserError, match="'utd' cannot change"):
+        resume_finetune(out, progress=False, changes={"utd": 2})
+    summary = resume_finetune(out, progress=False, changes={"replay_shards": 1})
     assert summary["env_steps"] == 600 and summary["updates"] == 600 - 100 + 1
     assert sorted(p.name for p in latest_save(out).iterdir()) == ["manifest.json", "replay.npz", "state.json", "state.safetensors"]
     saved = np.load(latest_save(out) / "replay.npz")

@@ -96,19 +96,23 @@ def test_porl_trains_two_iterations_and_round_trips_a_checkpoint(bc_policy, tmp_
         assert isinstance(restored, PORL)
         assert restored.config.iteration_env_steps == 200
         assert (restored.env_steps, restored.updates) == (400, second["num_updates_lifetime"])
+        assert restored.training_iteration == 2
         third = restored.train()  # continues the copied run: its replay and learner state
-        assert third["num_env_steps_sampled_lifetime"] == 600
+        assert third["num_env_steps_sampled_lifetime"] == 600 and third["training_iteration"] == 3
         assert third["num_updates_lifetime"] > second["num_updates_lifetime"]
+        for name in ("compute_single_action", "evaluate", "get_module"):
+            with pytest.raises(UserError, match=rf"PORL.{name}\(\) is not supported: .*`o2o eval --policy <checkpoint>`.*load_policy"):
+                getattr(restored, name)()
     finally:
         restored.stop()
 
 
-def test_importing_the_package_alone_registers_the_names():
+def test_importing_the_rllib_front_door_registers_the_names():
     import subprocess
     import sys
 
     # A Ray session started and ended in between: Tune's registry forgets names then.
-    code = ("import distributed_o2o, ray\nfrom ray.tune.registry import get_trainable_cls\n"
+    code = ("import distributed_o2o.rllib, ray\nfrom ray.tune.registry import get_trainable_cls\n"
             "ray.init(num_cpus=1, include_dashboard=False)\nray.shutdown()\n"
             "print(*(get_trainable_cls(n).__name__ for n in ('PORL', 'O2SAC', 'O2TD3', 'O2PPO')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -209,6 +213,42 @@ def test_rllib_squashed_gaussian_policies_convert_exactly(which, tmp_path):
     # A policy for another env's spaces is refused.
     assert main(["convert-rllib", "--checkpoint", str(tmp_path / "algo"), "--env", "Hopper-v5", "--out", str(tmp_path / "x"),
                  "--trust-pickle"]) == 2
+
+
+def test_convert_reads_a_real_algorithm_checkpoint_by_a_relative_path(tmp_path, monkeypatch):
+    """RLlib SAC trained for one iteration and saved with `save_to_path()`: the root holds the
+    Algorithm's own class_and_ctor_args.pkl, the module sits under learner_group/."""
+    import ray
+    import torch
+    from ray.rllib.algorithms.sac import SACConfig
+    from ray.rllib.core.columns import Columns
+
+    from distributed_o2o.checkpoint import load_policy
+    from distributed_o2o.cli.main import main
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        algo = (SACConfig().environment("Pendulum-v1").env_runners(num_env_runners=0, rollout_fragment_length=50)
+                .training(num_steps_sampled_before_learning_starts=50, train_batch_size_per_learner=32,
+                          replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer", "capacity": 1000})
+                .reporting(min_sample_timesteps_per_iteration=50).build_algo())
+        try:
+            assert algo.train()["num_env_steps_sampled_lifetime"] >= 50
+            algo.save_to_path(str(tmp_path / "sac"))
+            module = algo.get_module()
+        finally:
+            algo.stop()
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "sac" / "class_and_ctor_args.pkl").is_file() and (tmp_path / "sac" / "rllib_checkpoint.json").is_file()
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert-rllib", "--checkpoint", "sac", "--env", "Pendulum-v1", "--out", "pi"]) == 0
+    policy = load_policy(tmp_path / "pi", "Pendulum-v1")
+    obs = torch.randn(64, 3)
+    with torch.no_grad():
+        inputs = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+    assert torch.allclose(policy.mode(obs), torch.tanh(inputs[:, :1]), atol=1e-6)
 
 
 @pytest.mark.parametrize("which", ["BC", "MARWIL"])

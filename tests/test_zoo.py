@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ def test_zoo_covers_the_three_envs_with_references_from_its_own_policies():
         assert entry.ref_max_score == policies["expert"]["return_mean"]
         assert policies["random"]["return_mean"] < policies["medium"]["return_mean"] < policies["expert"]["return_mean"]
         assert all(policies[q]["episodes"] == 100 for q in POLICY_QUALITIES)
+        # The references hold for the simulator they were measured with: the one pyproject pins.
+        assert entry.info["mujoco_version"] == metadata.version("mujoco")
     assert zoo_entry("hopper-medium-v2").env_id == "Hopper-v5"  # D4RL names resolve
 
 
@@ -96,6 +99,7 @@ def test_zoo_build_from_a_sac_run(tmp_path):
     assert replay["subsampled"] == (replay["full_transitions"] > 1000) and replay["transitions"] <= 1000
     saved = json.loads((tmp_path / "zoo" / "Pendulum-v1" / "zoo.json").read_text())
     assert saved["policies"]["expert"]["env_steps"] == policies["expert"]["env_steps"]
+    assert saved["mujoco_version"] == metadata.version("mujoco")
 
     data = make_dataset("Pendulum-v1", "medium-replay", progress=False, zoo_root=tmp_path / "zoo")
     assert len(data) == replay["transitions"]

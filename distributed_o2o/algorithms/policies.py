@@ -95,8 +95,9 @@ class Policy(nn.Module):
         raise NotImplementedError(f"{self.family} policies have no log-probability")
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        """Numpy in, numpy out, for rollouts and evaluation: (B, d_o) -> (B, d_a) in [-1, 1]."""
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Numpy in, numpy out: (B, d_o) -> (B, d_a) in [-1, 1], or one observation (d_o,) -> (d_a,).
+        Samples an action (as SB3's `predict` does by default); `deterministic=True`: the mode."""
         device = next(self.parameters()).device
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)
         action = self.mode(obs_t) if deterministic or not self.stochastic else self.explore(obs_t)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from distributed_o2o.algorithms.base import Algorithm
+if TYPE_CHECKING:
+    from distributed_o2o.algorithms.base import Algorithm
 
 _CLASSES = {
     "sac": "distributed_o2o.algorithms.baselines:SAC",

@@ -5,26 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from distributed_o2o.data import collect_dataset, load_dataset, write_dataset
-from distributed_o2o.data.collect import uniform_actor
-from distributed_o2o.durable import check_writable
-from distributed_o2o.envs import env_spaces
+from distributed_o2o.cli import command_group
 
-app = typer.Typer(no_args_is_help=True)
+app = command_group()
+
+SPEC_HELP = "d4rl:<file or name>, minari:<id or directory>, or an own-format .hdf5 path"
 
 
 @app.command()
 def inspect(
-    spec: str = typer.Argument(..., help="d4rl:<file or name>, minari:<id or directory>, or an own-format .hdf5 path"),
-    env: str | None = typer.Option(None, "--env", help="Check the dataset's widths against this env."),
+    spec: str = typer.Argument(..., metavar="SPEC", help=SPEC_HELP),
+    env: str | None = typer.Option(None, "--env", metavar="ENV", help="Check the dataset's widths against this env."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Summarise an offline dataset."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from distributed_o2o.data import load_dataset
+
     summary = load_dataset(spec, env_id=env).summary()
     if as_json:
         typer.echo(json.dumps(summary))
@@ -37,20 +38,28 @@ def inspect(
 
 @app.command()
 def collect(
-    env: str = typer.Option(..., "--env", help="Env id to collect in."),
-    policy: str = typer.Option(..., "--policy", help="'random' (uniform in [-1, 1]) or a checkpoint directory."),
-    steps: int = typer.Option(..., "--steps", min=1, help="Transitions to collect."),
-    out: Path = typer.Option(..., "--out", help="HDF5 file to write."),
-    seed: int = typer.Option(0, "--seed"),
-    num_envs: int = typer.Option(4, "--num-envs", min=1),
+    env: str = typer.Option(..., "--env", metavar="ENV", help="Env id to collect in."),
+    policy: str = typer.Option(..., "--policy", metavar="DIR|random",
+                               help="'random' (uniform in [-1, 1]) or a checkpoint directory."),
+    steps: int = typer.Option(..., "--steps", min=1, metavar="N", help="Transitions to collect."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="HDF5 file to write."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the envs and the policy's action noise."),
+    num_envs: int = typer.Option(4, "--num-envs", min=1, metavar="N", help="Envs stepped side by side."),
 ) -> None:
     """Collect a dataset with a policy and write it in the project's format."""
+    import numpy as np
+
+    from distributed_o2o.data import collect_dataset, write_dataset
+    from distributed_o2o.data.collect import uniform_actor
+    from distributed_o2o.durable import check_writable
+    from distributed_o2o.envs import env_spaces
+
     check_writable(out.parent, "the dataset")
     if policy == "random":
         act_fn = uniform_actor(env_spaces(env).act_dim, seed)
         name = "random"
     else:
-        import torch  # only when needed: slow to import
+        import torch
 
         from distributed_o2o.checkpoint import load_policy
 
@@ -72,12 +81,14 @@ def collect(
 
 @app.command()
 def make(
-    env: str = typer.Option(..., "--env", help="Env with a zoo entry (Hopper-v5, HalfCheetah-v5, Walker2d-v5)."),
-    quality: str = typer.Option(..., "--quality", help="random, medium, medium-replay, medium-expert or expert."),
-    out: Path = typer.Option(..., "--out", help="HDF5 file to write."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Transitions (default: D4RL's, 1M; 2M for "
-                                                                   "medium-expert; medium-replay: all the zoo holds)."),
-    seed: int = typer.Option(0, "--seed"),
+    env: str = typer.Option(..., "--env", metavar="ENV", help="Env with a zoo entry (Hopper-v5, HalfCheetah-v5, Walker2d-v5)."),
+    quality: str = typer.Option(..., "--quality", metavar="QUALITY",
+                                help="random, medium, medium-replay, medium-expert or expert."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="HDF5 file to write."),
+    steps: int | None = typer.Option(None, "--steps", min=1, metavar="N",
+                                     help="Transitions (default: D4RL's, 1M; 2M for medium-expert; medium-replay: all "
+                                          "the zoo holds)."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the envs and the policies' action noise."),
 ) -> None:
     """Build a D4RL-protocol dataset from the zoo's policies (deterministic per seed)."""
     check_writable(out.parent, "the dataset")

@@ -12,10 +12,11 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    out: str = typer.Option("demo", help="Directory for the dataset, checkpoints, run and curve."),
-    config: Optional[str] = typer.Option(None, help="YAML file overriding the embedded demo config."),
-    set_: list[str] = typer.Option([], "--set", help="Override a field: key=value (e.g. finetune.online_steps=5000)."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    out: str = typer.Option("demo", metavar="DIR", help="Directory for the dataset, checkpoints, run and curve."),
+    config: Optional[str] = typer.Option(None, metavar="FILE", help="YAML file overriding the embedded demo config."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a field (repeatable; e.g. finetune.online_steps=5000)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Zoo data -> BC pretraining -> PORL fine-tuning on Hopper-v5, with a before/after table."""
     from distributed_o2o.cli.finetune import print_summary

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from distributed_o2o.algorithms.registry import ALGORITHM_NAMES
+from distributed_o2o.config import DEFAULT_MODE
 
 
 def register(app: typer.Typer) -> None:
@@ -17,47 +18,54 @@ def register(app: typer.Typer) -> None:
 
 
 def finetune(
-    algo: Optional[str] = typer.Option(None, help=f"One of: {', '.join(ALGORITHM_NAMES)}."),
-    env: Optional[str] = typer.Option(None, help="Gymnasium id, D4RL dataset name or package.module:Class."),
-    policy: Optional[str] = typer.Option(None, help="Pretrained policy checkpoint directory."),
-    dataset: Optional[str] = typer.Option(None, help="Offline dataset: d4rl:..., minari:... or a file."),
-    online_steps: Optional[int] = typer.Option(None, help="Online env-step budget (pre-sample steps included)."),
-    out: Optional[str] = typer.Option(None, help="Run directory to create."),
-    mode: str = typer.Option("ray", help="ray: actors on a Ray cluster (a local one unless --address); "
-                                         "local: one process, pdb-able."),
-    address: Optional[str] = typer.Option(None, help="Join this Ray cluster (e.g. auto or ray://host:10001) instead of "
-                                                     "starting a local one."),
-    num_rollout_workers: Optional[int] = typer.Option(None, min=1, help="Rollout actors (config: num_rollout_workers)."),
-    envs_per_worker: Optional[int] = typer.Option(None, min=1, help="Envs each rollout actor steps as one vector."),
-    replay_shards: Optional[int] = typer.Option(None, min=1, help="Replay service shards (config: replay_shards)."),
-    learner_backend: Optional[str] = typer.Option(None, help="auto: CUDA graphs for the SAC family on a GPU, eager "
-                                                            "otherwise; graph: insist; eager: never (debugging)."),
-    config: Optional[str] = typer.Option(None, help="YAML config file (see configs/)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config field: key=value (repeatable)."),
-    seed: Optional[int] = typer.Option(None),
-    resume: Optional[str] = typer.Option(None, help="Continue the run in this directory from its last checkpoint "
-                                                    "(runtime fields such as the worker count may change)."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    algo: Optional[str] = typer.Option(None, metavar="ALGO", help=f"One of: {', '.join(ALGORITHM_NAMES)}."),
+    env: Optional[str] = typer.Option(None, metavar="ENV", help="Gymnasium id, D4RL dataset name or package.module:Class."),
+    policy: Optional[str] = typer.Option(None, metavar="DIR", help="Pretrained policy checkpoint directory."),
+    dataset: Optional[str] = typer.Option(None, metavar="SPEC", help="Offline dataset: d4rl:..., minari:... or a file."),
+    online_steps: Optional[int] = typer.Option(None, metavar="N", help="Online env-step budget (pre-sample steps "
+                                                                        "included); with --resume: extends the run."),
+    out: Optional[str] = typer.Option(None, metavar="DIR", help="Run directory to create."),
+    mode: str = typer.Option(DEFAULT_MODE, metavar="ray|local", help="ray: actors on a Ray cluster (a local one unless "
+                                                                      "--address); local: one process, pdb-able."),
+    address: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Join this Ray cluster (e.g. auto or "
+                                                                        "ray://host:10001) instead of starting a local one."),
+    num_rollout_workers: Optional[int] = typer.Option(None, min=1, metavar="N", help="Rollout actors (config: "
+                                                                                     "num_rollout_workers)."),
+    envs_per_worker: Optional[int] = typer.Option(None, min=1, metavar="N", help="Envs each rollout actor steps as one vector."),
+    replay_shards: Optional[int] = typer.Option(None, min=1, metavar="N", help="Replay service shards (config: replay_shards)."),
+    learner_backend: Optional[str] = typer.Option(None, metavar="auto|graph|eager",
+                                                  help="auto: CUDA graphs for the SAC family on a GPU, eager otherwise; "
+                                                       "graph: insist; eager: never (debugging)."),
+    config: Optional[str] = typer.Option(None, metavar="FILE", help="YAML config file (see configs/; configs/cpu/ for "
+                                                                    "CPU-sized runs)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config field (repeatable; nested: "
+                                                                          "constraint.eps_end=0.5)."),
+    seed: Optional[int] = typer.Option(None, metavar="N", help="Seed of networks, envs and replay sampling (default: 0)."),
+    resume: Optional[str] = typer.Option(None, metavar="DIR", help="Continue the run in this directory from its last "
+                                                                   "checkpoint (runtime options and --online-steps may "
+                                                                   "change, nothing else)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Fine-tune a policy online (PORL, O2SAC, O2TD3, O2PPO or a baseline)."""
-    from distributed_o2o.config import finetune_config, parse_overrides
+    from distributed_o2o.config import finetune_config, merge_layers, parse_overrides, read_yaml
     from distributed_o2o.errors import UserError
     from distributed_o2o.runtime.driver import RunAborted
     from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
     from distributed_o2o.runtime.transport import ComponentFailed
 
-    runtime = {k: v for k, v in {"num_rollout_workers": num_rollout_workers, "envs_per_worker": envs_per_worker,
-                                 "replay_shards": replay_shards, "learner_backend": learner_backend}.items() if v is not None}
+    explicit = {k: v for k, v in {"algo": algo, "env": env, "policy": policy, "dataset": dataset, "online_steps": online_steps,
+                                  "seed": seed, "num_rollout_workers": num_rollout_workers, "envs_per_worker": envs_per_worker,
+                                  "replay_shards": replay_shards, "learner_backend": learner_backend}.items() if v is not None}
     try:
         if resume is not None:
-            summary = resume_finetune(resume, mode, progress=not quiet, address=address,
-                                      runtime={**parse_overrides(set_), **runtime})
+            if out is not None:
+                raise UserError(f"--resume continues '{resume}' in place: drop --out")
+            changes = merge_layers(read_yaml(config) if config else {}, merge_layers(parse_overrides(set_), explicit))
+            summary = resume_finetune(resume, mode, progress=not quiet, address=address, changes=changes)
         else:
             if out is None:
                 raise UserError("no run directory given: pass --out DIR")
-            explicit = {k: v for k, v in {"env": env, "policy": policy, "dataset": dataset, "online_steps": online_steps,
-                                          "seed": seed, **runtime}.items() if v is not None}
-            cfg = finetune_config(algo, config, {**parse_overrides(set_), **explicit})
+            cfg = finetune_config(algo, config, explicit, sets=set_)
             summary = run_finetune(cfg, out, mode, progress=not quiet, address=address)
     except (RunAborted, ComponentFailed) as exc:  # an actor died: one line, not a traceback
         raise _Stopped(str(exc)) from None
@@ -92,19 +100,19 @@ def print_summary(summary: dict) -> None:
 
 
 def evaluate(
-    policy: str = typer.Option(..., help="Checkpoint directory."),
-    env: str = typer.Option(..., help="Env to evaluate on."),
-    episodes: int = typer.Option(10, min=1),
-    seed: int = typer.Option(10_000),
+    policy: str = typer.Option(..., metavar="DIR", help="Checkpoint directory."),
+    env: Optional[str] = typer.Option(None, metavar="ENV", help="Env to evaluate on (default: the checkpoint's)."),
+    episodes: int = typer.Option(10, min=1, metavar="N", help="Episodes to play."),
+    seed: int = typer.Option(10_000, metavar="N", help="Seed of the first evaluation env (the others follow it)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Evaluate a checkpoint's deterministic policy for N episodes."""
-    from distributed_o2o.checkpoint import load_policy
-    from distributed_o2o.evaluation import evaluate_policy
+    """Evaluate a checkpoint's deterministic policy for N episodes (with its normalised score where references are known)."""
+    from distributed_o2o.api import evaluate as run
 
-    result = evaluate_policy(load_policy(policy, env), env, episodes, seed=seed).to_dict()
+    result = run(policy, env, episodes, seed=seed)
     if as_json:
         print(json.dumps(result))
-    else:
-        typer.echo(f"{env}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {episodes} episodes "
-                   f"(mean length {result['length_mean']:.0f})")
+        return
+    score = "" if result["normalized_score"] is None else f", normalised score {result['normalized_score']:.1f}"
+    typer.echo(f"{result['env']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f}{score} over {episodes} "
+               f"episodes (mean length {result['length_mean']:.0f})")

@@ -9,16 +9,32 @@ import sys
 
 import typer
 
-from distributed_o2o.cli import data, demo, finetune, pretrain, study, zoo
+from distributed_o2o import __version__
+from distributed_o2o.cli import command_group, data, demo, finetune, plot, pretrain, study, zoo
 from distributed_o2o.errors import UserError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-app.add_typer(data.app, name="data", help="Inspect, collect and convert offline datasets.")
+app = command_group()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"distributed_o2o {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Offline-to-online and policy-only RL fine-tuning (PORL, O2O-RL) on Ray."""
+
+
+app.add_typer(data.app, name="data", help="Inspect, collect and make offline datasets.")
 app.add_typer(zoo.app, name="zoo", help="The shipped behaviour-policy zoo: list it, or build an entry from a SAC run.")
 pretrain.register(app)
 finetune.register(app)
 demo.register(app)
 study.register(app)
+plot.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

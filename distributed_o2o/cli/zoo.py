@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from distributed_o2o.cli import command_group
 from distributed_o2o.zoo import MAX_REPLAY_TRANSITIONS
 
-app = typer.Typer(no_args_is_help=True)
+app = command_group()
 
 
 @app.command(name="list")
 def list_entries() -> None:
     """The envs the zoo covers, with each policy's measured return."""
+    from rich.console import Console
+    from rich.table import Table
+
     from distributed_o2o.zoo import zoo_entry, zoo_envs
 
     table = Table(title="distributed_o2o zoo: mean return (env step of the SAC run)")
@@ -33,10 +35,10 @@ def list_entries() -> None:
 
 @app.command()
 def build(
-    run: Path = typer.Option(..., "--run", help="Directory of a SAC run (configs/zoo-sac.yaml)."),
-    out: Path | None = typer.Option(None, "--out", help="Zoo root to write into (default: the package's)."),
-    episodes: int = typer.Option(100, "--episodes", min=1, help="Episodes per measured policy."),
-    max_replay_transitions: int = typer.Option(MAX_REPLAY_TRANSITIONS, "--max-replay-transitions", min=1,
+    run: Path = typer.Option(..., "--run", metavar="DIR", help="Directory of a SAC run (configs/zoo-sac.yaml)."),
+    out: Path | None = typer.Option(None, "--out", metavar="DIR", help="Zoo root to write into (default: the package's)."),
+    episodes: int = typer.Option(100, "--episodes", min=1, metavar="N", help="Episodes per measured policy."),
+    max_replay_transitions: int = typer.Option(MAX_REPLAY_TRANSITIONS, "--max-replay-transitions", min=1, metavar="N",
                                                help="Cap on the shipped medium-replay (whole episodes)."),
 ) -> None:
     """Pick random / medium / expert checkpoints of a SAC run, measure them, and write a zoo entry."""

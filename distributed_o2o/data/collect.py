@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 
 from distributed_o2o.data.dataset import OfflineDataset, validate_columns
 from distributed_o2o.envs import make_vector_env, resolve_env_id
 from distributed_o2o.errors import UserError
+from distributed_o2o.progress import progress_bar
 
 _COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -55,7 +55,7 @@ def collect_dataset(
     collected = 0
     try:
         obs, _ = envs.reset(seed=[seed + i for i in range(num_envs)])
-        with Progress(console=Console(stderr=True), disable=not progress) as bar:
+        with progress_bar(Console(stderr=True), progress) as bar:
             task = bar.add_task(f"collecting {env_id}", total=steps)
             while collected < steps:
                 actions = np.clip(np.asarray(act_fn(obs.astype(np.float32)), dtype=np.float32), -1.0, 1.0)

@@ -30,6 +30,23 @@ def d4rl_ref_scores(name: str) -> tuple[float, float] | None:
     return D4RL_REF_SCORES.get(name.lower().replace("_", "-").split("-", 1)[0])
 
 
+def reference_scores(env_id: str | None,
+                     *candidates: tuple[float | None, float | None] | None) -> tuple[float | None, float | None]:
+    """The first complete (R_min, R_max) among `candidates` (most specific first: explicit config,
+    dataset, checkpoint), else the zoo's for `env_id` (random and expert policy returns), else
+    (None, None)."""
+    for pair in candidates:
+        if pair is not None and pair[0] is not None and pair[1] is not None:
+            return float(pair[0]), float(pair[1])
+    if env_id is not None:
+        from distributed_o2o.zoo import zoo_references
+
+        found = zoo_references(env_id)
+        if found is not None:
+            return found
+    return None, None
+
+
 def normalized_score(
     returns: float | np.ndarray,
     *,

@@ -16,6 +16,7 @@ from typing import Any
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.tune.execution.placement_groups import PlacementGroupFactory
+from ray.tune.result import TRAINING_ITERATION
 
 from distributed_o2o.config import RUNTIME_FIELDS, FinetuneConfig, finetune_config
 from distributed_o2o.errors import UserError
@@ -114,21 +115,19 @@ class O2OAlgorithm(Algorithm):
         run_dir = RunDir(self.run_path)
         if not run_dir.config_file.exists():
             summary = run_finetune(config, self.run_path, mode=self.config.o2o_mode, progress=False)
-        else:
-            # The run continues with its saved config; only the horizon (and the runtime
-            # fields) move, so the config file is rewritten with the new `online_steps`.
-            saved = run_dir.read_config()
-            run_dir.write_config({**saved, "online_steps": target})
-            runtime = {k: v for k, v in config.model_dump().items() if k in RUNTIME_FIELDS}
-            summary = resume_finetune(self.run_path, mode=self.config.o2o_mode, progress=False, runtime=runtime)
+        else:  # the run continues with its saved config; only the horizon (and the runtime fields) move
+            changes = {k: v for k, v in config.model_dump().items() if k in RUNTIME_FIELDS}
+            summary = resume_finetune(self.run_path, mode=self.config.o2o_mode, progress=False,
+                                      changes={**changes, "online_steps": target})
         self.env_steps, self.updates = summary["env_steps"], summary["updates"]
         return _result(summary)
 
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
-        return {"env_steps": self.env_steps, "updates": self.updates}
+        return {"env_steps": self.env_steps, "updates": self.updates, TRAINING_ITERATION: self.training_iteration}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.env_steps, self.updates = state["env_steps"], state["updates"]
+        self._iteration = state.get(TRAINING_ITERATION, 0)  # Trainable's counter, as RLlib's own algorithms restore it
 
     def save_to_path(self, path=None, *, state=None, filesystem=None, use_msgpack=False) -> str:
         """RLlib's checkpoint files plus a copy of the run directory (resume state, replay)."""
@@ -147,6 +146,26 @@ class O2OAlgorithm(Algorithm):
 
     def cleanup(self) -> None:
         pass
+
+
+# Algorithm methods that need RLlib EnvRunners, Learners or RLModules, which these classes have
+# none of (the policy lives in the run directory's checkpoints).
+UNSUPPORTED_METHODS = ("compute_single_action", "compute_actions", "evaluate", "evaluate_offline", "get_module",
+                       "get_policy", "get_weights", "set_weights")
+
+
+def _unsupported(name: str):
+    def method(self, *args, **kwargs):
+        raise UserError(f"{type(self).__name__}.{name}() is not supported: the policy is not an RLlib module but the run's "
+                        f"checkpoints in {self.run_path / 'checkpoints'}; evaluate one with `o2o eval --policy "
+                        "<checkpoint>` or act with `distributed_o2o.load_policy(<checkpoint>).act(obs)`")
+
+    method.__name__ = name
+    return method
+
+
+for _name in UNSUPPORTED_METHODS:
+    setattr(O2OAlgorithm, _name, _unsupported(_name))
 
 
 def _is_search_space(value: Any) -> bool:

@@ -34,15 +34,21 @@ _ACTIVATION_NAMES = {cls: name for name, cls in ACTIVATIONS.items()}
 
 
 def module_dir(path: str | Path, module_id: str = "default_policy") -> Path:
-    """The RLModule directory in an Algorithm checkpoint (or `path` itself if it is one)."""
-    path = Path(path)
-    if (path / "class_and_ctor_args.pkl").is_file():
+    """The RLModule directory in an Algorithm checkpoint (`algo.save_to_path()`: the learner's copy
+    under learner_group/), in a MultiRLModule directory, or `path` itself if it is one. Only the
+    directory layout is read here: the checkpoint root's own class_and_ctor_args.pkl (the
+    Algorithm's) is never opened."""
+    path = Path(path).expanduser().resolve()  # RLlib reads a relative path as a URI without a scheme
+    found = sorted(path.glob(f"**/rl_module/{module_id}/class_and_ctor_args.pkl"),
+                   key=lambda file: ("learner_group" not in file.parts, str(file)))
+    if found:
+        return found[0].parent
+    if (path / module_id / "class_and_ctor_args.pkl").is_file():  # a MultiRLModule directory
+        return path / module_id
+    if (path / "class_and_ctor_args.pkl").is_file() and not (path / "rllib_checkpoint.json").is_file():
         return path
-    found = sorted(path.glob(f"**/rl_module/{module_id}/class_and_ctor_args.pkl"))
-    if not found:
-        raise UserError(f"no RLlib RLModule '{module_id}' under '{path}': pass an Algorithm checkpoint of the new API "
-                        "stack (algo.save_to_path()) or its learner_group/learner/rl_module/<module id> directory")
-    return found[0].parent
+    raise UserError(f"no RLlib RLModule '{module_id}' under '{path}': pass an Algorithm checkpoint of the new API "
+                    "stack (algo.save_to_path()) or its learner_group/learner/rl_module/<module id> directory")
 
 
 # RLlib writes an RLModule as pickles (its class and constructor arguments, its state), and

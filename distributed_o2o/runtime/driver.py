@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distributed_o2o.checkpoint import DamagedState, load_state, save_checkpoint, save_state
 from distributed_o2o.config import RUNTIME_FIELDS
 from distributed_o2o.errors import UserError, first_line
+from distributed_o2o.progress import progress_bar
+from distributed_o2o.provenance import provenance
 from distributed_o2o.runtime.replay import RateLimiter, check_rate_limits
 from distributed_o2o.runtime.resume_state import ResumeStore
 from distributed_o2o.runtime.run_dir import Rate, RunDir
@@ -54,6 +55,8 @@ class Components:
     collects_per_worker: int  # collect calls queued per worker, so it never waits for the driver
     max_updates_per_call: int  # updates the learner runs per call at most
     shard_capacity: int
+    # Normalised-score references ({"ref_min_score", "ref_max_score"}), recorded in checkpoints.
+    references: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -175,12 +178,17 @@ class Driver:
 
     def _run(self, resume: bool) -> dict[str, Any]:
         self.segment_start = time.perf_counter()
+        self.eval_rate = Rate()  # updates/s between evaluations (of this segment after a resume)
         on_policy = self.on_policy = self.t.call(self.c.learner, "is_on_policy")
         if resume:
             self._restore()
+            if self.config.online_steps < self.counters.env_steps:
+                raise UserError(f"the run is at env step {self.counters.env_steps}: pass --online-steps of at least that "
+                                f"to extend it (got {self.config.online_steps})")
         self._plan_online(on_policy)  # refuses a configuration that would stall, before any work
+        # On a resume too: an extended budget or new runtime fields hold for later resumes.
+        self.run_dir.write_config(self.config_dict)
         if not resume:
-            self.run_dir.write_config(self.config_dict)
             self._offline_stages()
             self._handover()
             self._evaluate_and_save(initial=True)
@@ -551,7 +559,7 @@ class Driver:
                 "return_mean": record["return_mean"], "return_std": record["return_std"],
                 "normalized_score": record["normalized_score"], "episodes": record["episodes"],
                 **{f"{prefix}return_mean": r["return_mean"] for prefix, r in records.items() if prefix},
-                "wall_time_s": round(self._wall_time(), 1)}
+                "wall_time_s": round(self._wall_time(), 1), "updates_per_s": round(self.eval_rate(c.updates), 2)}
         self.run_dir.append_metrics(line)
         self.run_dir.scalars(c.env_steps, {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "env_steps"}, "eval")
         self.run_dir.flush()
@@ -560,7 +568,7 @@ class Driver:
         c.best_return = max(c.best_return, record["return_mean"])
         save_checkpoint(self.run_dir.checkpoint_dir(c.env_steps), self.t.call(self.c.learner, "checkpoint_modules"),
                         env_id=self.config.env, algo=self.config.algo, config=self.config_dict,
-                        extra={"env_steps": c.env_steps, "updates": c.updates, "eval": line})
+                        extra={"env_steps": c.env_steps, "updates": c.updates, "eval": line, **self.c.references})
         self.last_eval = line
         return line
 
@@ -584,9 +592,8 @@ class Driver:
     def _bar_text(self) -> str:
         return "online" if self.last_eval is None else f"online  eval return {self.last_eval['return_mean']:.1f}"
 
-    def _bar(self) -> Progress:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=self.console, disable=not self.progress, transient=False)
+    def _bar(self):
+        return progress_bar(self.console, self.progress)
 
     # ------------------------------------------------------------------ resume
     # The resume state (resume_state.py): the replay shards write their files into the new
@@ -625,6 +632,7 @@ class Driver:
         shards = self.c.replays
         self.t.call_all([(shards[k % len(shards)], "load", (str(path),)) for k, path in enumerate(save.replay_files())])
         self.counters = Counters(**state["counters"])
+        self.eval_rate = Rate(self.counters.updates)
         self.saved_step = save.env_steps
         self.run_dir.truncate_metrics(self.counters.env_steps)
         records = self.run_dir.read_metrics()
@@ -635,11 +643,14 @@ class Driver:
         c = self.counters
         records = self.run_dir.read_metrics()
         best = max(records, key=lambda r: r["return_mean"]) if records else None
-        return {"algo": self.config.algo, "env": self.config.env, "initial": c.initial, "final": records[-1] if records else None,
-                "best": best, "env_steps": c.env_steps, "updates": c.updates, "eval_env_steps": c.eval_env_steps,
-                "rollout_failures": c.rollout_failures, "handover": c.handover,
-                "handover_env_step": self.t.call(self.c.learner, "handover_step"), "wall_time_s": self._wall_time(),
-                "run_dir": str(self.run_dir.path)}
+        wall_time = self._wall_time()
+        return {"algo": self.config.algo, "env": self.config.env, "seed": self.config.seed, "initial": c.initial,
+                "final": records[-1] if records else None, "best": best,
+                "best_checkpoint": str(self.run_dir.checkpoint_dir(best["env_steps"])) if best else None,
+                "env_steps": c.env_steps, "updates": c.updates, "updates_per_s": c.updates / max(wall_time, 1e-9),
+                "eval_env_steps": c.eval_env_steps, "rollout_failures": c.rollout_failures, "handover": c.handover,
+                "handover_env_step": self.t.call(self.c.learner, "handover_step"),
+                "wall_time_s": wall_time, "run_dir": str(self.run_dir.path), **provenance()}
 
 
 def _brief(metrics: dict[str, float]) -> str:

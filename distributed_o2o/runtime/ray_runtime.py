@@ -290,7 +290,7 @@ def ray_components(config, inputs: RunInputs, run_id: str, address: str | None) 
         yield Components(transport, learner, workers, replays, evaluator, envs_per_worker=config.envs_per_worker,
                          chunk_transitions=CHUNK_TRANSITIONS,
                          collects_per_worker=COLLECTS_PER_WORKER, max_updates_per_call=MAX_UPDATES_PER_CALL,
-                         shard_capacity=capacity)
+                         shard_capacity=capacity, references=inputs.references)
     finally:
         for handle in actors:
             ray.kill(handle, no_restart=True)

@@ -1,8 +1,9 @@
 """A run directory and what is written into it.
 
     config.yaml            the resolved config
-    metrics.jsonl          one line per evaluation
-    summary.json           initial/final/best evaluation, env steps, updates, wall time
+    metrics.jsonl          one line per evaluation (return, normalised score, updates/s)
+    summary.json           initial/final/best evaluation and checkpoint, env steps, updates, wall time,
+                           seed, package versions, git commit
     tb/                    TensorBoard events
     stages/<name>.*        learner state after each offline stage (cache)
     checkpoints/step_N/    policy (+ critic) checkpoint at each evaluation (`o2o eval` reads it)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distributed_o2o.envs import resolve_env_id
 from distributed_o2o.errors import UserError
 
 ZOO_DIR = Path(__file__).parent
@@ -57,9 +56,20 @@ def zoo_envs(root: Path = ZOO_DIR) -> list[str]:
 
 def zoo_entry(env_id: str, root: Path = ZOO_DIR) -> ZooEntry:
     """The zoo's entry for `env_id` (a Gymnasium id, or a D4RL name such as hopper-medium-v2)."""
+    from distributed_o2o.envs import resolve_env_id  # gymnasium: not needed by `o2o zoo --help`
+
     resolved = resolve_env_id(env_id)
     path = root / resolved
     if not (path / ENTRY_FILE).is_file():
         raise UserError(f"the zoo has no policies for {resolved} (it has: {', '.join(zoo_envs(root)) or 'none'}): "
                         "build an entry with `o2o zoo build` from a SAC run")
     return ZooEntry(resolved, path, json.loads((path / ENTRY_FILE).read_text()))
+
+
+def zoo_references(env_id: str, root: Path = ZOO_DIR) -> tuple[float, float] | None:
+    """The zoo's (R_min, R_max) for `env_id`, or None when the zoo has no entry for it."""
+    try:
+        entry = zoo_entry(env_id, root)
+    except UserError:
+        return None
+    return entry.ref_min_score, entry.ref_max_score

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,7 +84,8 @@ def build_zoo_entry(run_path: str | Path, out_root: str | Path = ZOO_DIR, *, epi
     replay_info = _subsample(medium_replay(run, medium["env_steps"]), max_replay_transitions, seed)
     save_compact(out / MEDIUM_REPLAY_FILE, replay_info.pop("arrays"))
     entry = {
-        "env_id": env_id, **refs, "policies": policies, "medium_replay": replay_info,
+        # The simulator's version: the measured returns and references hold for it.
+        "env_id": env_id, **refs, "mujoco_version": metadata.version("mujoco"), "policies": policies, "medium_replay": replay_info,
         "evaluation": {"episodes": episodes, "seed": EVAL_SEED, "actions": "policy mode (deterministic)"},
         "training_curve": [[m["env_steps"], m["return_mean"]] for m in run.read_metrics()],
         "run_config": config,

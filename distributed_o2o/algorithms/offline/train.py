@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from distributed_o2o.algorithms.base import OfflineData
@@ -17,6 +19,8 @@ from distributed_o2o.algorithms.offline.cql import CQLPretrainer
 from distributed_o2o.algorithms.offline.iql import IQLPretrainer
 from distributed_o2o.algorithms.offline.td3bc import TD3BCPretrainer
 from distributed_o2o.checkpoint import save_checkpoint
+from distributed_o2o.data.scores import reference_scores
+from distributed_o2o.progress import progress_bar
 from distributed_o2o.runtime.learner import pick_device
 
 PRETRAINERS: dict[str, type[Pretrainer]] = {
@@ -26,6 +30,37 @@ PRETRAINERS: dict[str, type[Pretrainer]] = {
     "iql": IQLPretrainer,
     "cql": CQLPretrainer,
 }
+
+# On a CPU, the first steps measure whether torch's default thread count (all cores) trains
+# faster than one thread. Networks this small gain little from threads, and where other work
+# shares the cores, threads that contend for them made steps 5-10x slower, intermittently
+# (docs/performance.md), while one thread stays steady: more threads must win clearly in
+# every round of the probe.
+THREAD_PROBE_STEPS = 20
+THREAD_PROBE_ROUNDS = 3
+THREAD_PROBE_MARGIN = 0.8  # the default count's time must be below this fraction of one thread's
+THREAD_PROBE_MIN_STEPS = 1000  # shorter runs keep torch's default
+
+
+def fastest_threads(train_step: Callable[[], None], steps: int, rounds: int = THREAD_PROBE_ROUNDS) -> int:
+    """Run `steps` training steps at torch's default thread count (warm-up), then `rounds` pairs
+    of `steps` at one thread and `steps` at the default; set and return the default only if it
+    was faster by the margin in every round, else one."""
+    default = torch.get_num_threads()
+
+    def timed(threads: int) -> float:
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step()
+        return time.perf_counter() - start
+
+    timed(default)
+    pairs = [(timed(1), timed(default)) for _ in range(rounds)]
+    best = default if all(many < THREAD_PROBE_MARGIN * one for one, many in pairs) else 1
+    torch.set_num_threads(best)
+    return best
+
 
 _COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -43,7 +78,7 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
     """Train `config.algo` for `config.steps` gradient steps on `dataset`; write the checkpoint to `out_dir`.
 
     `config` is a PretrainConfig; `dataset` anything with the OfflineDataset columns, `env_id`,
-    `obs_dim` and `act_dim`.
+    `obs_dim`, `act_dim` and the reference scores.
     """
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
@@ -53,16 +88,35 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
     data = OfflineData({name: getattr(dataset, name) for name in _COLUMNS}, device)
 
     latest: dict[str, float] = {}
+
+    def train_step() -> None:
+        latest.update(pretrainer.step(data.sample(config.batch_size)))
+
     columns = (TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[metrics]}"))
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task(f"{config.algo} pretraining", total=config.steps, metrics="")
-        for step in range(1, config.steps + 1):
-            latest |= pretrainer.step(data.sample(config.batch_size))
-            if step % config.log_every == 0 or step == config.steps:
-                shown = " ".join(f"{key}={value:.3g}" for key, value in latest.items() if key.endswith("loss"))
-                bar.update(task, completed=step, metrics=shown)
+    console = Console(stderr=True, quiet=not progress)
+    default_threads = torch.get_num_threads()
+    try:
+        done, threads = 0, config.threads or default_threads
+        torch.set_num_threads(threads)
+        if config.threads is None and device.type == "cpu" and threads > 1 and config.steps >= THREAD_PROBE_MIN_STEPS:
+            done = (2 * THREAD_PROBE_ROUNDS + 1) * THREAD_PROBE_STEPS
+            threads = fastest_threads(train_step, THREAD_PROBE_STEPS)
+            console.print(f"pretraining with {threads} torch thread(s) (measured on the first steps: one against "
+                          f"{default_threads}; `--set threads=N` fixes it)", soft_wrap=True)
+        with progress_bar(console, progress, columns=columns) as bar:
+            task = bar.add_task(f"{config.algo} pretraining", total=config.steps, completed=done, metrics="")
+            for step in range(done + 1, config.steps + 1):
+                train_step()
+                if step % config.log_every == 0 or step == config.steps:
+                    shown = " ".join(f"{key}={value:.3g}" for key, value in latest.items() if key.endswith("loss"))
+                    bar.update(task, completed=step, metrics=shown)
+    finally:
+        torch.set_num_threads(default_threads)
 
+    # The dataset's normalised-score references travel with the policy (fine-tuning and `o2o eval` read them).
+    ref_min, ref_max = reference_scores(dataset.env_id, (dataset.ref_min_score, dataset.ref_max_score))
     save_checkpoint(out_dir, pretrainer.modules(), env_id=dataset.env_id, algo=config.algo, config=config.model_dump(),
-                    extra={"steps": config.steps, "dataset": config.dataset})
+                    extra={"steps": config.steps, "dataset": config.dataset, "ref_min_score": ref_min, "ref_max_score": ref_max,
+                           "torch_threads": threads})
     return Path(out_dir)

@@ -1,0 +1,39 @@
+"""`o2o plot`: learning curves from run directories without TensorBoard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distributed_o2o.cli.main import main
+
+
+def _run(path, scores):
+    path.mkdir(parents=True)
+    lines = [{"env_steps": 1000 * i, "return_mean": 10.0 * i, "return_std": 1.0, "normalized_score": score}
+             for i, score in enumerate(scores)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+def test_plot_draws_one_png_for_several_runs(tmp_path, capsys):
+    a, b = _run(tmp_path / "a", [1.0, 2.0, 3.0]), _run(tmp_path / "b", [None, None])
+    out = tmp_path / "figs" / "curve.png"
+    assert main(["plot", a, b, "--out", str(out), "--title", "two runs"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{b}", "--metric", "score"], "a run has no normalised scores (no references known): plot --metric return"),
+    (["{tmp}/missing"], "has no metrics.jsonl: pass the --out directory of an `o2o finetune` run"),
+    (["{a}", "--metric", "median"], "unknown metric 'median'"),
+])
+def test_plot_refuses_what_it_cannot_draw(args, message, tmp_path, capsys):
+    a, b = _run(tmp_path / "a", [1.0]), _run(tmp_path / "b", [None])
+    argv = [arg.format(a=a, b=b, tmp=tmp_path) for arg in args]
+    assert main(["plot", *argv, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "missing").exists()
