@@ -41,7 +41,7 @@ def test_offline_ratio_mixes_batches():
 def test_save_and_load_keep_every_transition(tmp_path):
     replay = ReplayService(2, 1, 8, seed=0)
     replay.add(_chunk(0, 11))
-    replay.save(tmp_path / "replay.npz")
+    replay.save(tmp_path / "replay.npz", "save-id")
     restored = ReplayService(2, 1, 8, seed=0)
     restored.load(tmp_path / "replay.npz")
     for name, column in replay.online.ordered().items():
