@@ -96,6 +96,13 @@ def test_unfinished_runs_are_left_out_and_counted(tmp_path):
     assert report["n_unfinished"] == 1 and group(report, "sac")["n_runs"] == 1
 
 
+def test_a_summary_whose_evaluations_end_elsewhere_is_not_finished(tmp_path):
+    """Files of two copies of a run mixed (a full summary over cut-short metrics): left out."""
+    run = write_run(tmp_path, "mixed", "Hopper-v5", "sac", 0, [0, 500], [1.0, 2.0], online_steps=1000, finished=False)
+    (run / "summary.json").write_text(json.dumps({"env_steps": 1000, "handover_env_step": 0}))
+    assert build_report([tmp_path], reps=REPS)["n_unfinished"] == 1
+
+
 def test_baseline_improvement_and_files(tmp_path):
     for seed in range(4):
         write_run(tmp_path, f"s{seed}", "Hopper-v5", "sac", seed, [0, 1000], [0.0, 10.0 + seed])

@@ -186,3 +186,16 @@ def test_methods_filter(tmp_path, capsys):
     assert "sac/seed_0" in out and "porl" not in out and "2 trials" in out
     assert main(args + ["--methods", "sac,nope"]) == 2
     assert "--methods names nope" in capsys.readouterr().err
+
+
+def test_a_trial_is_done_only_when_its_evaluations_end_where_its_summary_does(tmp_path):
+    from distributed_o2o.sweep.trials import trial_status
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"env_steps": 400}))
+    (run / "metrics.jsonl").write_text(json.dumps({"env_steps": 0}) + "\n" + json.dumps({"env_steps": 200}) + "\n")
+    assert trial_status(run, 400).state == "new"  # a summary over another copy's cut-short metrics
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"env_steps": 400}) + "\n")
+    assert trial_status(run, 400).state == "done" and trial_status(run, 800).state == "new"

@@ -95,8 +95,14 @@ def read_run(path: Path) -> RunRecord | None:
     return RunRecord(path=path, env=trial.get("env", config["env"]), dataset=dataset, method=trial.get("method", config["algo"]),
                      seed=int(trial.get("seed", config.get("seed", 0))), steps=steps, scores=scores, normalised=normalised,
                      references=refs, handover_step=int((summary or {}).get("handover_env_step", 0)),
-                     online_steps=online_steps, finished=summary is not None and summary["env_steps"] >= online_steps,
+                     online_steps=online_steps, finished=_finished(summary, steps, online_steps),
                      wall_time_s=(summary or {}).get("wall_time_s"))
+
+
+def _finished(summary: dict | None, steps: np.ndarray, online_steps: int) -> bool:
+    """The run reached its budget, and its evaluations are the ones its summary closed (a
+    metrics file from another copy of the run, cut short, does not count)."""
+    return summary is not None and summary["env_steps"] >= online_steps and int(steps[-1]) == summary["env_steps"]
 
 
 def read_runs(roots: list[str | Path]) -> list[RunRecord]:

@@ -31,10 +31,12 @@ class TrialStatus:
 
 
 def trial_status(run_dir: Path, online_steps: int) -> TrialStatus:
-    summary = run_dir / "summary.json"
-    if summary.is_file():
+    summary, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
+    if summary.is_file() and metrics.is_file():
         steps = json.loads(summary.read_text()).get("env_steps", 0)
-        if steps >= online_steps:
+        lines = metrics.read_text().splitlines()
+        # Done: the budget reached, and the evaluations end where the summary does.
+        if steps >= online_steps and lines and json.loads(lines[-1])["env_steps"] == steps:
             return TrialStatus("done", steps)
     from distributed_o2o.runtime.resume_state import ResumeStore
 
