@@ -243,7 +243,7 @@ def test_convert_reads_a_real_algorithm_checkpoint_by_a_relative_path(tmp_path, 
     assert (tmp_path / "sac" / "class_and_ctor_args.pkl").is_file() and (tmp_path / "sac" / "rllib_checkpoint.json").is_file()
 
     monkeypatch.chdir(tmp_path)
-    assert main(["convert-rllib", "--checkpoint", "sac", "--env", "Pendulum-v1", "--out", "pi"]) == 0
+    assert main(["convert-rllib", "--checkpoint", "sac", "--env", "Pendulum-v1", "--out", "pi", "--trust-pickle"]) == 0
     policy = load_policy(tmp_path / "pi", "Pendulum-v1")
     obs = torch.randn(64, 3)
     with torch.no_grad():

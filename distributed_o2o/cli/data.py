@@ -91,8 +91,10 @@ def make(
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the envs and the policies' action noise."),
 ) -> None:
     """Build a D4RL-protocol dataset from the zoo's policies (deterministic per seed)."""
-    check_writable(out.parent, "the dataset")
     from distributed_o2o.data.make import make_dataset, write_made_dataset
+    from distributed_o2o.durable import check_writable
+
+    check_writable(out.parent, "the dataset")
 
     dataset = make_dataset(env, quality, steps, seed)
     write_made_dataset(out, dataset)
