@@ -38,7 +38,8 @@ def resume(run_dir: str | Path, *, mode: str = DEFAULT_MODE, address: str | None
 
 def pretrain(algo: str = "bc", dataset: str | None = None, *, out: str | Path, config: str | Path | None = None,
              progress: bool = True, **fields: Any) -> Path:
-    """Pretrain a policy offline, as `o2o pretrain` does; returns the checkpoint directory.
+    """Pretrain a policy offline, as `o2o pretrain` does; returns the checkpoint directory, which
+    also holds the losses every `log_every` steps (`metrics.jsonl`, TensorBoard events in `tb/`).
 
         pretrain("bc", "data/hopper-medium.hdf5", steps=100_000, out="ckpt/bc")
     """

@@ -53,6 +53,7 @@ def test_pretrain_finetune_evaluate_from_python(tmp_path, capsys):
     assert len(load_dataset(str(file))) == 400
 
     ckpt = pretrain("bc", str(file), out=tmp_path / "bc", steps=20, hidden=[16, 16], batch_size=32, progress=False)
+    assert (ckpt / "metrics.jsonl").is_file() and list((ckpt / "tb").iterdir())  # read beside the weights below
     summary = finetune("porl", env="Pendulum-v1", policy=str(ckpt), online_steps=300, out=tmp_path / "run", mode="local",
                        progress=False, presample_steps=100, num_critics=2, hidden=[16, 16], batch_size=32, eval_every=300,
                        eval_episodes=1)

@@ -17,6 +17,27 @@ def _run(path, scores):
     return str(path)
 
 
+def _pretrained(path, losses=("actor_loss",)):
+    """A pretraining checkpoint's metrics.jsonl (as `o2o pretrain --out` writes it)."""
+    path.mkdir(parents=True)
+    lines = [{"step": 100 * i, **{loss: 1.0 / i for loss in losses}, "steps_per_s": 50.0, "wall_time_s": 2.0 * i}
+             for i in range(1, 4)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+def test_plot_draws_the_losses_of_pretraining_checkpoints(tmp_path, capsys):
+    bc, iql = _pretrained(tmp_path / "bc"), _pretrained(tmp_path / "iql", ("actor_loss", "critic_loss", "value_loss"))
+    out = tmp_path / "losses.png"
+    assert main(["plot", bc, iql, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(out).shape
+    assert height > width  # one panel per loss, stacked (an evaluation plot is 6 x 4 in)
+
+
 def test_plot_draws_one_png_for_several_runs(tmp_path, capsys):
     a, b = _run(tmp_path / "a", [1.0, 2.0, 3.0]), _run(tmp_path / "b", [None, None])
     out = tmp_path / "figs" / "curve.png"
@@ -27,12 +48,15 @@ def test_plot_draws_one_png_for_several_runs(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["{b}", "--metric", "score"], "a run has no normalised scores (no references known): plot --metric return"),
-    (["{tmp}/missing"], "has no metrics.jsonl: pass the --out directory of an `o2o finetune` run"),
+    (["{tmp}/missing"], "has no metrics.jsonl: pass the --out directory of an `o2o finetune` run (or of an `o2o pretrain`"),
     (["{a}", "--metric", "median"], "unknown metric 'median'"),
+    (["{a}", "{p}"], "pretraining checkpoints (losses against gradient steps) and fine-tuning runs (evaluations "
+                     "against env steps) do not share an axis: plot them separately"),
+    (["{p}", "--metric", "return"], "--metric return is for fine-tuning runs"),
 ])
 def test_plot_refuses_what_it_cannot_draw(args, message, tmp_path, capsys):
-    a, b = _run(tmp_path / "a", [1.0]), _run(tmp_path / "b", [None])
-    argv = [arg.format(a=a, b=b, tmp=tmp_path) for arg in args]
+    a, b, p = _run(tmp_path / "a", [1.0]), _run(tmp_path / "b", [None]), _pretrained(tmp_path / "p")
+    argv = [arg.format(a=a, b=b, p=p, tmp=tmp_path) for arg in args]
     assert main(["plot", *argv, "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

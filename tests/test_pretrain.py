@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from distributed_o2o.algorithms.base import OfflineData
 from distributed_o2o.algorithms.networks import CriticEnsemble, ValueNetwork
 from distributed_o2o.algorithms.offline import PRETRAINERS, run_pretraining
+from distributed_o2o.algorithms.offline.bc import BCPretrainer
 from distributed_o2o.algorithms.offline.cql import cql_penalty
 from distributed_o2o.algorithms.offline.iql import advantage_weights, expectile_loss
 from distributed_o2o.algorithms.offline.td3bc import td3bc_actor_loss
@@ -20,6 +22,7 @@ from distributed_o2o.checkpoint import load_checkpoint, load_policy, save_checkp
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import PretrainConfig
 from distributed_o2o.data import OfflineDataset, collect_dataset, write_dataset
+from distributed_o2o.errors import UserError
 from distributed_o2o.evaluation import evaluate_policy
 from distributed_o2o.zoo import zoo_entry
 
@@ -133,8 +136,9 @@ def test_run_pretraining_normalises_seeds_and_records(tmp_path):
     assert ckpt.metadata["algo"] == "iql" and ckpt.metadata["env_id"] == "Synthetic-v0"
     assert ckpt.metadata["config"]["seed"] == 3
     # No references: the dataset records none and the zoo has no Synthetic-v0 entry.
-    assert ckpt.metadata["extra"] == {"steps": 30, "dataset": "synthetic.hdf5", "ref_min_score": None, "ref_max_score": None,
-                                          "torch_threads": 1}
+    extra = ckpt.metadata["extra"]
+    assert {key: extra[key] for key in ("steps", "dataset", "ref_min_score", "ref_max_score", "torch_threads")} == {
+        "steps": 30, "dataset": "synthetic.hdf5", "ref_min_score": None, "ref_max_score": None, "torch_threads": 1}
     for module in ckpt.modules.values():  # stats of the dataset, in every module
         np.testing.assert_allclose(module.normalizer.mean.numpy(), dataset.observations.mean(0), rtol=1e-5)
         np.testing.assert_allclose(module.normalizer.std.numpy(), dataset.observations.std(0) + 1e-3, rtol=1e-5)
@@ -142,6 +146,55 @@ def test_run_pretraining_normalises_seeds_and_records(tmp_path):
     modes = {name: load_policy(tmp_path / name).mode(obs) for name in "abc"}
     torch.testing.assert_close(modes["a"], modes["b"])  # same seed, same weights
     assert not torch.allclose(modes["a"], modes["c"])
+
+
+class CountingBC(BCPretrainer):
+    """BC whose reported loss is the step number, so each log line's mean is known."""
+
+    def step(self, batch):
+        super().step(batch)
+        self.count = getattr(self, "count", 0) + 1
+        return {"actor_loss": float(self.count), "lr": 3e-4}
+
+
+def _tensorboard_scalars(path, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(path / "tb"))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def test_run_pretraining_logs_its_losses_beside_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setitem(PRETRAINERS, "bc", CountingBC)
+    config = small_config("bc", steps=25, log_every=10, dataset="synthetic.hdf5")
+
+    out = run_pretraining(config, synthetic_dataset(), tmp_path / "ckpt", progress=False)
+
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [10, 20, 25]
+    assert [line["actor_loss"] for line in lines] == [5.5, 15.5, 23.0]  # the means since the last line
+    assert all(line["lr"] == 3e-4 and line["steps_per_s"] > 0 for line in lines)
+    assert 0 < lines[0]["wall_time_s"] <= lines[1]["wall_time_s"] <= lines[2]["wall_time_s"]
+    assert _tensorboard_scalars(out, "pretrain/actor_loss") == [(10, 5.5), (20, 15.5), (25, 23.0)]
+    assert [step for step, _ in _tensorboard_scalars(out, "pretrain/steps_per_s")] == [10, 20, 25]
+    extra = load_checkpoint(out).metadata["extra"]
+    assert extra["steps"] == 25 and extra["dataset"] == "synthetic.hdf5" and extra["final_losses"] == {"actor_loss": 23.0}
+    assert extra["wall_time_s"] >= lines[-1]["wall_time_s"]
+
+    run_pretraining(config.model_copy(update={"steps": 10}), synthetic_dataset(), out, progress=False)
+    # Pretrained again into the same directory: the new checkpoint's records only.
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [10]
+    assert len(list((out / "tb").iterdir())) == 1 and _tensorboard_scalars(out, "pretrain/actor_loss") == [(10, 5.5)]
+
+
+def test_run_pretraining_refuses_a_fine_tuning_run_directory(tmp_path):
+    (tmp_path / "config.yaml").write_text("algo: porl\n")
+    (tmp_path / "metrics.jsonl").write_text('{"env_steps": 0}\n')
+
+    with pytest.raises(UserError, match="is a fine-tuning run directory .* pass another --out"):
+        run_pretraining(small_config("bc", steps=5), synthetic_dataset(), tmp_path, progress=False)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"env_steps": 0}\n' and not (tmp_path / "metadata.json").exists()
 
 
 def test_run_pretraining_without_normalisation_keeps_identity(tmp_path):
@@ -287,13 +340,17 @@ def test_cli_pretrain_writes_a_loadable_checkpoint(pendulum_file, tmp_path, caps
 
     assert code == 0
     stdout = capsys.readouterr().out
-    assert stdout.count("\n") == 1 and str(out) in stdout
+    assert stdout.count("\n") == 1 and str(out) in stdout and f"iql for 50 steps on {pendulum_file}" in stdout
+    assert (out / "metrics.jsonl").is_file() and list((out / "tb").iterdir())
     ckpt = load_checkpoint(out, env_id="Pendulum-v1")
     assert set(ckpt.modules) == {"policy", "critic", "value"} and ckpt.policy.family == "gaussian"
     config = ckpt.metadata["config"]
     # defaults < YAML file < --set < explicit options
     assert (config["steps"], config["batch_size"], config["hidden"], config["seed"]) == (50, 32, [16, 16], 1)
     assert ckpt.metadata["env_id"] == "Pendulum-v1" and ckpt.metadata["extra"]["dataset"] == str(pendulum_file)
+    # The records beside the weights do not disturb what reads the checkpoint.
+    assert main(["eval", "--policy", str(out), "--episodes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["env"] == "Pendulum-v1"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -128,6 +128,16 @@ def test_plain_runs_group_by_algorithm(tmp_path):
     assert [(g["method"], g["dataset"]) for g in report["groups"]] == [("sac", "-")]
 
 
+def test_a_pretraining_checkpoint_beside_the_runs_is_not_a_run(tmp_path):
+    from distributed_o2o.report.runs import find_run_dirs
+
+    run = write_run(tmp_path, "x", "Hopper-v5", "sac", 0, [0, 1000], [0.0, 1.0], trial=False)
+    (tmp_path / "bc").mkdir()  # what `o2o pretrain --out` leaves besides the weights
+    (tmp_path / "bc" / "metadata.json").write_text("{}")
+    (tmp_path / "bc" / "metrics.jsonl").write_text(json.dumps({"step": 1000, "actor_loss": 0.5}) + "\n")
+    assert find_run_dirs([tmp_path]) == [run]
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     write_run(tmp_path, "x", "Hopper-v5", "sac", 0, [0, 1000], [0.0, 1.0])
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r"), "--baseline", "nope"]) == 2

@@ -178,6 +178,23 @@ def test_only_the_stages_pending_trials_need_are_made(tmp_path):
     assert needed_stages(porl) == ([], [])  # the policy is cached: its dataset is not made again
 
 
+def test_a_pretraining_stage_moves_its_records_into_the_cache_with_the_checkpoint(tmp_path):
+    from distributed_o2o.checkpoint import load_policy
+    from distributed_o2o.sweep.stages import make_dataset_job, needed_stages, pretrain_policy_job
+
+    file = write_sweep(tmp_path / "s.yaml", TINY)
+    plan = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
+    datasets, policies = needed_stages([t for t in plan.trials if t.method == "porl"])
+    make_dataset_job(datasets[0])
+    job = policies[0]
+
+    pretrain_policy_job(job)
+
+    assert [json.loads(line)["step"] for line in (job.path / "metrics.jsonl").read_text().splitlines()] == [50]
+    assert list((job.path / "tb").iterdir()) and not list(job.path.parent.glob(".*partial"))
+    assert load_policy(job.path, "Pendulum-v1").obs_dim == 3
+
+
 def test_methods_filter(tmp_path, capsys):
     file = write_sweep(tmp_path / "s.yaml", TINY)
     args = ["sweep", str(file), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--dry-run"]

@@ -22,7 +22,8 @@ def pretrain(
     env: str | None = typer.Option(None, "--env", metavar="ENV",
                                    help="Env id the dataset is for (checks its widths; recorded in the checkpoint)."),
     steps: int | None = typer.Option(None, "--steps", metavar="N", help="Gradient steps (default: the config's)."),
-    out: Path = typer.Option(..., "--out", metavar="DIR", help="Checkpoint directory to write."),
+    out: Path = typer.Option(..., "--out", metavar="DIR",
+                             help="Checkpoint directory to write (with the losses in metrics.jsonl and tb/)."),
     seed: int | None = typer.Option(None, "--seed", metavar="N", help="Seed of the networks and batch sampling (default: 0)."),
     config_file: Path | None = typer.Option(None, "--config", metavar="FILE", help="YAML file of PretrainConfig fields."),
     sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config field (repeatable)."),
@@ -36,7 +37,11 @@ def pretrain(
     explicit = {"env": env, "steps": steps, "seed": seed}
     path = run(algo, dataset, out=out, config=config_file, progress=not quiet,
                **{**parse_overrides(sets), **{key: value for key, value in explicit.items() if value is not None}})
-    typer.echo(f"wrote a {algo} checkpoint to {path}")
+    from distributed_o2o.checkpoint import read_metadata
+
+    extra = read_metadata(path)["extra"]
+    typer.echo(f"pretrained {algo} for {extra['steps']} steps on {extra['dataset']} in {extra['wall_time_s']:.0f} s: "
+               f"wrote the checkpoint (and metrics.jsonl, tb/) to {path}")
 
 
 def convert_rllib(

@@ -20,15 +20,14 @@ from typing import Any
 
 import yaml
 
+from distributed_o2o.metrics_log import MetricsLog
+
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "resume")
 IGNORED_FOR_STAGE_CACHE = {"online_steps", "eval_every", "eval_episodes", "log_every", "num_envs", "device"}
 
 
-class RunDir:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._writer = None
+class RunDir(MetricsLog):
+    """A fine-tuning run's directory (its metrics and TensorBoard writing: `MetricsLog`)."""
 
     # -- layout
     @property
@@ -66,38 +65,13 @@ class RunDir:
         relevant = {k: v for k, v in config.items() if k not in IGNORED_FOR_STAGE_CACHE}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def scalars(self, env_step: int, values: dict[str, float], prefix: str) -> None:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.path / "tb"))
-        for key, value in values.items():
-            self._writer.add_scalar(f"{prefix}/{key}", value, env_step)
-
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        file = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
-
     def truncate_metrics(self, env_step: int) -> None:
         """Drop evaluation lines past `env_step` (written after the checkpoint a resume starts from)."""
         kept = [r for r in self.read_metrics() if r["env_steps"] <= env_step]
-        (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
-
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
 
 class Rate:

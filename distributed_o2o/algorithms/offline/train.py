@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from distributed_o2o.algorithms.offline.iql import IQLPretrainer
 from distributed_o2o.algorithms.offline.td3bc import TD3BCPretrainer
 from distributed_o2o.checkpoint import save_checkpoint
 from distributed_o2o.data.scores import reference_scores
+from distributed_o2o.errors import UserError
+from distributed_o2o.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLog
 from distributed_o2o.progress import progress_bar
 from distributed_o2o.runtime.learner import pick_device
+from distributed_o2o.runtime.run_dir import Rate
 
 PRETRAINERS: dict[str, type[Pretrainer]] = {
     "bc": BCPretrainer,
@@ -75,11 +79,15 @@ def set_obs_stats(networks: list[nn.Module], observations: np.ndarray, eps: floa
 
 
 def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True) -> Path:
-    """Train `config.algo` for `config.steps` gradient steps on `dataset`; write the checkpoint to `out_dir`.
+    """Train `config.algo` for `config.steps` gradient steps on `dataset`; write the checkpoint to `out_dir`,
+    with `metrics.jsonl` and TensorBoard events (`tb/`) beside it: every `config.log_every` steps, the
+    means of the pretrainer's scalars since the last line, steps/s and the wall time.
 
     `config` is a PretrainConfig; `dataset` anything with the OfflineDataset columns, `env_id`,
     `obs_dim`, `act_dim` and the reference scores.
     """
+    start = time.perf_counter()
+    log = fresh_log(out_dir)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
     pretrainer = PRETRAINERS[config.algo](config, dataset.obs_dim, dataset.act_dim, device)
@@ -87,15 +95,17 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
         set_obs_stats(pretrainer.networks(), dataset.observations, config.obs_norm_eps)
     data = OfflineData({name: getattr(dataset, name) for name in _COLUMNS}, device)
 
-    latest: dict[str, float] = {}
+    interval: dict[str, list[float]] = defaultdict(list)  # the pretrainer's scalars since the last log line
 
     def train_step() -> None:
-        latest.update(pretrainer.step(data.sample(config.batch_size)))
+        for key, value in pretrainer.step(data.sample(config.batch_size)).items():
+            interval[key].append(value)
 
     columns = (TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[metrics]}"))
     console = Console(stderr=True, quiet=not progress)
     default_threads = torch.get_num_threads()
+    rate, losses = Rate(), {}
     try:
         done, threads = 0, config.threads or default_threads
         torch.set_num_threads(threads)
@@ -109,14 +119,36 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
             for step in range(done + 1, config.steps + 1):
                 train_step()
                 if step % config.log_every == 0 or step == config.steps:
-                    shown = " ".join(f"{key}={value:.3g}" for key, value in latest.items() if key.endswith("loss"))
-                    bar.update(task, completed=step, metrics=shown)
+                    means = {key: float(np.mean(values)) for key, values in interval.items()}
+                    interval.clear()
+                    line = {"step": step, **means, "steps_per_s": round(rate(step), 2),
+                            "wall_time_s": round(time.perf_counter() - start, 2)}
+                    log.append_metrics(line)
+                    log.scalars(step, {key: value for key, value in line.items() if key != "step"}, "pretrain")
+                    log.flush()
+                    losses = {key: value for key, value in means.items() if key.endswith("loss")}
+                    bar.update(task, completed=step, metrics=" ".join(f"{key}={value:.3g}" for key, value in losses.items()))
     finally:
         torch.set_num_threads(default_threads)
+        log.close()
 
     # The dataset's normalised-score references travel with the policy (fine-tuning and `o2o eval` read them).
     ref_min, ref_max = reference_scores(dataset.env_id, (dataset.ref_min_score, dataset.ref_max_score))
     save_checkpoint(out_dir, pretrainer.modules(), env_id=dataset.env_id, algo=config.algo, config=config.model_dump(),
                     extra={"steps": config.steps, "dataset": config.dataset, "ref_min_score": ref_min, "ref_max_score": ref_max,
-                           "torch_threads": threads})
+                           "torch_threads": threads, "wall_time_s": round(time.perf_counter() - start, 2),
+                           "final_losses": losses})
     return Path(out_dir)
+
+
+def fresh_log(out_dir: str | Path) -> MetricsLog:
+    """The checkpoint directory's training records, emptied of an earlier pretraining's (its
+    checkpoint is overwritten too); a fine-tuning run directory is refused, not mixed into."""
+    out_dir = Path(out_dir)
+    if (out_dir / "config.yaml").is_file():
+        raise UserError(f"'{out_dir}' is a fine-tuning run directory (it holds config.yaml): pass another --out for the "
+                        "pretrained checkpoint")
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    for events in (out_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"):
+        events.unlink()
+    return MetricsLog(out_dir)

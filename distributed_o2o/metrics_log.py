@@ -1,0 +1,47 @@
+"""A directory's training records: `metrics.jsonl` (one JSON object a line) and TensorBoard
+events under `tb/`. Fine-tuning run directories and pretraining checkpoints both keep them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tb"
+
+
+class MetricsLog:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._writer = None
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.path / TENSORBOARD_DIR))
+        for key, value in values.items():
+            self._writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        file = self.metrics_file
+        return [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
