@@ -216,3 +216,20 @@ def test_a_trial_is_done_only_when_its_evaluations_end_where_its_summary_does(tm
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"env_steps": 400}) + "\n")
     assert trial_status(run, 400).state == "done" and trial_status(run, 800).state == "new"
+
+
+@pytest.mark.slow
+def test_ray_mode_trial_runs_its_actors_in_its_placement_group(tmp_path):
+    """A trial in ray mode: its learner and rollout actors ask for the trial's CPU share and are
+    placed inside the trial's placement group (on 2 CPUs, anything else would not be placed)."""
+    from distributed_o2o.sweep.run import run_sweep
+
+    spec = {**TINY, "seeds": [0], "methods": {"sac": TINY["methods"]["sac"]},
+            "set": {**TINY["set"], "num_rollout_workers": 1},
+            "resources": {"mode": "ray", "cpus_per_trial": 2, "max_concurrent": 1}}
+    file = write_sweep(tmp_path / "s.yaml", spec)
+    failed = run_sweep(file, tmp_path / "out", cache=tmp_path / "cache", say=lambda line: None, ray_init={"num_cpus": 2})
+    assert failed == []
+    run = tmp_path / "out" / "runs" / "Pendulum-v1" / "sac" / "seed_0"
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == 400
+    assert yaml.safe_load((run / "config.yaml").read_text())["actor_cpus"] == pytest.approx(2 / 3)  # driver, learner, 1 rollout
