@@ -142,6 +142,11 @@ def test_placement_follows_custom_resources_and_refuses_too_few_rollout_slots():
     assert plan["learner"]["num_gpus"] == 1 and plan["learner"]["resources"] == {"learner": 1}
     assert plan["rollout"]["resources"] == {"rollout": 1}
     assert plan_resources(nodes[:1], finetune_config("sac", None, SMALL), gpu_wanted=False)["learner"]["num_gpus"] == 0
+    # In a trial's placement group (a sweep, Tune) the group places the actors: no custom resources,
+    # and the trial's shares (learner_gpus, actor_cpus) are what is asked for.
+    packed = finetune_config("sac", None, {**SMALL, "num_rollout_workers": 3, "learner_gpus": 0.5, "actor_cpus": 0.8})
+    plan = plan_resources(nodes, packed, gpu_wanted=True, in_placement_group=True)
+    assert plan["learner"] == {"num_cpus": 0.8, "num_gpus": 0.5} and plan["rollout"] == {"num_cpus": 0.8}
 
 
 def test_mode_and_address_are_checked(tmp_path):

@@ -192,14 +192,16 @@ def actor_class(cls: type) -> Any:
     return ray.remote(cls)
 
 
-def plan_resources(nodes: list[dict], config, gpu_wanted: bool) -> dict[str, dict[str, Any]]:
+def plan_resources(nodes: list[dict], config, gpu_wanted: bool, in_placement_group: bool = False) -> dict[str, dict[str, Any]]:
     """Actor options per role from the cluster's alive nodes (`ray.nodes()`).
 
     CPUs: the learner and each rollout actor get `actor_cpus`, or an equal share of at most one
     CPU; rollout actors take none where a `rollout` resource decides their placement. Replay
     shards and the evaluator go to the learner's node (by affinity, see `ray_components`) and
     reserve no CPU, so they always fit there. The learner gets `learner_gpus` (default one GPU)
-    if the cluster has them and the device allows it.
+    if the cluster has them and the device allows it. Inside a placement group (a Tune trial:
+    the actors are captured by it) the group decides placement, so the `learner` and `rollout`
+    resources are not asked for.
     """
     alive = [n["Resources"] for n in nodes if n.get("Alive")]
     total = lambda key: sum(r.get(key, 0.0) for r in alive)  # noqa: E731
@@ -210,6 +212,8 @@ def plan_resources(nodes: list[dict], config, gpu_wanted: bool) -> dict[str, dic
     gpus = 1 if config.learner_gpus is None else config.learner_gpus
     learner: dict[str, Any] = {"num_cpus": share, "num_gpus": gpus if gpu_wanted and total("GPU") >= gpus > 0 else 0}
     rollout: dict[str, Any] = {"num_cpus": share}
+    if in_placement_group:
+        return {"learner": learner, "replay": {"num_cpus": 0}, "rollout": rollout, "evaluator": {"num_cpus": 0}}
     if total("learner") > 0:
         learner["resources"] = {"learner": 1}
     if total("rollout") > 0:
@@ -268,9 +272,11 @@ def ray_components(config, inputs: RunInputs, run_id: str, address: str | None) 
         return handle
 
     try:
-        plan = plan_resources(ray.nodes(), config, gpu_wanted=config.device != "cpu")
+        in_group = ray.util.get_current_placement_group() is not None
+        plan = plan_resources(ray.nodes(), config, gpu_wanted=config.device != "cpu", in_placement_group=in_group)
         check_learner_backend(config, algorithm_class(config.algo), on_gpu=plan["learner"]["num_gpus"] > 0)
-        threads = config.learner_threads or learner_threads(ray.nodes(), config)
+        # In a placement group a CPU learner has its bundle's share, not the node's CPUs.
+        threads = config.learner_threads or (max(1, int(plan["learner"]["num_cpus"])) if in_group else learner_threads(ray.nodes(), config))
         learner = create(LearnerActor, "learner", 0, {**plan["learner"], "max_restarts": 0}, threads, config,
                          inputs.obs_dim, inputs.act_dim, policy=inputs.policy, pretrained=inputs.pretrained, offline=inputs.offline)
         node = transport.get(learner.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
