@@ -15,7 +15,7 @@ import torch
 from distributed_o2o.algorithms.constraint import LagrangeMultiplier, divergence_threshold
 from distributed_o2o.algorithms.networks import frozen_copy
 from distributed_o2o.algorithms.policies import Policy
-from distributed_o2o.algorithms.sac import adam
+from distributed_o2o.algorithms.optim import adam
 
 
 class ConstrainedFineTuning:

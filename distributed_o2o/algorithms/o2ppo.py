@@ -18,8 +18,8 @@ from torch import nn
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, OfflineData, OfflineStage, Rollout
 from distributed_o2o.algorithms.networks import ValueNetwork
 from distributed_o2o.algorithms.o2td3 import ReferencePolicy
+from distributed_o2o.algorithms.optim import optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import GaussianPolicy, Policy
-from distributed_o2o.algorithms.sac import optimizer_step, to_floats
 
 
 def discounted_returns(rewards: torch.Tensor, terminals: torch.Tensor, timeouts: torch.Tensor, gamma: float) -> torch.Tensor:

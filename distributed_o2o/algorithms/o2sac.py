@@ -23,8 +23,9 @@ import torch
 from distributed_o2o.algorithms.base import Batch, OfflineStage
 from distributed_o2o.algorithms.constrained import ConstrainedFineTuning
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy
+from distributed_o2o.algorithms.optim import optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import Policy
-from distributed_o2o.algorithms.sac import SACCore, optimizer_step, soft_td_target, to_floats
+from distributed_o2o.algorithms.sac import SACCore, soft_td_target
 
 
 @torch.no_grad()

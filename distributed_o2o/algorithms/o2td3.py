@@ -20,8 +20,8 @@ import torch
 from distributed_o2o.algorithms.base import Batch, OfflineStage
 from distributed_o2o.algorithms.constraint import LagrangeMultiplier, divergence_threshold
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy
+from distributed_o2o.algorithms.optim import optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import Policy
-from distributed_o2o.algorithms.sac import optimizer_step, to_floats
 from distributed_o2o.algorithms.td3 import TD3, ensemble_mse
 
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
+from distributed_o2o.algorithms.optim import optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import DeterministicPolicy, Policy
-from distributed_o2o.algorithms.sac import optimizer_step, to_floats
 
 
 def ensemble_mse(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
