@@ -174,19 +174,19 @@ def test_porl_constraint_anchors_pi_ref_to_pi_pre_at_hand_over():
     pi_pre = params(algo.policy)
     algo.on_evaluation(-5.0, env_step=0)  # π_pre's score, before there is a π_ref
     algo.update(random_batch(0), env_step=50)
-    assert algo.policy_ref is None and algo.penalty(*_sample(algo)) is None
+    assert algo.reference.policy is None and algo.penalty(*_sample(algo)) is None
     metrics = algo.update(random_batch(1), env_step=100)
-    assert same(params(algo.policy_ref), pi_pre)
+    assert same(params(algo.reference.policy), pi_pre)
     assert metrics["lambda"] == pytest.approx(2.0, rel=1e-3) and "divergence" in metrics
-    assert algo.threshold.item() == pytest.approx(config.constraint.eps_start + (2.0 - 0.125) * 100 / 100_000)
+    assert algo.lagrange.threshold.item() == pytest.approx(config.constraint.eps_start + (2.0 - 0.125) * 100 / 100_000)
     algo.on_evaluation(-10.0, env_step=100)  # worse than π_pre's: π_ref stays π_pre
-    assert same(params(algo.policy_ref), pi_pre)
+    assert same(params(algo.reference.policy), pi_pre)
     algo.on_evaluation(0.0, env_step=200)  # better: π_ref follows the policy
-    assert same(params(algo.policy_ref), params(algo.policy))
+    assert same(params(algo.reference.policy), params(algo.policy))
 
     restored = PORL(config, OBS, ACT, CPU, policy=pretrained(seed=1))
     restored.load_state_dict(algo.state_dict())
-    assert same(params(restored.policy_ref), params(algo.policy_ref)) and restored.best_score == 0.0
+    assert same(params(restored.reference.policy), params(algo.reference.policy)) and restored.reference.best_score == 0.0
 
 
 def _sample(algo):
@@ -222,8 +222,8 @@ def test_o2sac_handover_picks_the_better_policy_and_syncs_the_target(prefer_alig
     algo = o2sac(reevaluate=10, align=10, prefer_aligned=prefer_aligned)
     aligned, offline = params(algo.policy), params(algo.policy_off)
     assert not same(aligned, offline)
-    assert same(params(algo.policy_ref), aligned if prefer_aligned else offline)
-    assert algo.policy_ref is not algo.policy and algo.policy_ref is not algo.policy_off
+    assert same(params(algo.reference.policy), aligned if prefer_aligned else offline)
+    assert algo.reference.policy is not algo.policy and algo.reference.policy is not algo.policy_off
     assert same(params(algo.target_critic), params(algo.critic))
     assert algo.acting_policy() is algo.policy  # online starts from the aligned π_θ
 
@@ -234,17 +234,17 @@ def test_o2sac_handover_picks_the_better_policy_and_syncs_the_target(prefer_alig
 
 def test_o2sac_pi_ref_is_replaced_only_on_a_better_evaluation():
     algo = o2sac(prefer_aligned=True)  # hand-over scores 1 and 2: best so far 2
-    ref0 = params(algo.policy_ref)
+    ref0 = params(algo.reference.policy)
     shift_mean(algo.policy, 0.3)
     algo.on_evaluation(1.5, env_step=1000)
-    assert same(params(algo.policy_ref), ref0)
+    assert same(params(algo.reference.policy), ref0)
 
     algo.on_evaluation(2.5, env_step=2000)
-    assert same(params(algo.policy_ref), params(algo.policy))
+    assert same(params(algo.reference.policy), params(algo.policy))
     shift_mean(algo.policy, 0.3)  # π_ref is a copy, not π_θ itself
-    assert not same(params(algo.policy_ref), params(algo.policy))
+    assert not same(params(algo.reference.policy), params(algo.policy))
     algo.on_evaluation(2.4, env_step=3000)
-    assert not same(params(algo.policy_ref), params(algo.policy))
+    assert not same(params(algo.reference.policy), params(algo.policy))
 
 
 @pytest.mark.parametrize("far", [True, False])

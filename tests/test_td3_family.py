@@ -70,7 +70,7 @@ def test_target_bootstraps_through_truncation_not_termination(stage):
     with torch.no_grad():
         next_q = algo.critic_target(batch.next_obs, next_action).min(dim=0).values
         if stage == "online":
-            next_q -= algo.multiplier.value * action_divergence(algo.reference.policy.mode(batch.next_obs),
+            next_q -= algo.lagrange.value * action_divergence(algo.reference.policy.mode(batch.next_obs),
                                                                 algo.policy.mode(batch.next_obs))
     assert target[0] == batch.rewards[0]
     assert torch.allclose(target[1], batch.rewards[1] + algo.config.gamma * next_q[1])
@@ -149,12 +149,12 @@ def test_lambda_rises_above_threshold_and_falls_below(far_from_reference):
     algo = make_algo(policy_delay=1, constraint={"lambda_lr": 1e-2})
     if far_from_reference:
         perturb(algo.policy, scale=2.0)  # D ≫ ε; otherwise π_θ starts at π_ref and D ≈ 0 < ε
-    start = float(algo.multiplier.value)
+    start = float(algo.lagrange.value)
     for i in range(10):
         metrics = algo.update(random_batch(16, seed=i), env_step=200_000)
         assert (metrics["divergence"] > metrics["threshold"]) == far_from_reference
-    assert (float(algo.multiplier.value) > start) == far_from_reference
-    assert float(algo.multiplier.value) != start
+    assert (float(algo.lagrange.value) > start) == far_from_reference
+    assert float(algo.lagrange.value) != start
 
 
 @pytest.mark.parametrize("aligned_better", [True, False])

@@ -17,9 +17,9 @@ from torch import nn
 
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, OfflineData, OfflineStage, Rollout
 from distributed_o2o.algorithms.networks import ValueNetwork
-from distributed_o2o.algorithms.o2td3 import ReferencePolicy
+from distributed_o2o.algorithms.o2o import ReferencePolicy
+from distributed_o2o.algorithms.optim import optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import GaussianPolicy, Policy
-from distributed_o2o.algorithms.sac import optimizer_step, to_floats
 
 
 def discounted_returns(rewards: torch.Tensor, terminals: torch.Tensor, timeouts: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -88,6 +88,7 @@ class O2PPO(Algorithm):
         value.normalizer.load_state_dict(policy.normalizer.state_dict())
         self.value = value.to(device)
         self.reference = ReferencePolicy(self.policy)
+        self.reference.attach(self.policy)  # π_off; scored at the hand-over
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)  # stage A
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.value.parameters(), lr=config.critic_lr)

@@ -8,7 +8,7 @@ B. Alignment (offline): targets frozen at their post-A values, π_off frozen; th
    to the critic; online starts from aligned π_θ.
 C. Constrained fine-tuning (online): SAC whose critic target and actor loss carry
    λ·(log π_θ − log π_ref), λ a Lagrange multiplier keeping the divergence near ε_t.
-   π_ref follows the best evaluation.
+   π_ref follows the best evaluation (algorithms/o2o.py, shared with the other O2O methods).
 
 Every min over critics is over all K members (the spec's min_j).
 """
@@ -21,10 +21,11 @@ from functools import partial
 import torch
 
 from distributed_o2o.algorithms.base import Batch, OfflineStage
-from distributed_o2o.algorithms.constrained import ConstrainedFineTuning
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy
+from distributed_o2o.algorithms.o2o import ConstrainedFineTuning
+from distributed_o2o.algorithms.optim import optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import Policy
-from distributed_o2o.algorithms.sac import SACCore, optimizer_step, soft_td_target, to_floats
+from distributed_o2o.algorithms.sac import SACCore, soft_td_target
 
 
 @torch.no_grad()
@@ -79,18 +80,27 @@ class O2SAC(ConstrainedFineTuning, SACCore):
         return loss, {"critic_loss": loss.detach(), "q_mean": q.detach().mean()}
 
     # ------------------------------------------------------------------ A and B as update phases
+    def reevaluation_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Stage A on a batch of D_off: a critic step toward π_off's soft value, then Polyak."""
+        metrics = self.critic_step(batch, self.reevaluation_target(batch))
+        self.update_target()
+        return metrics
+
+    def alignment_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Stage B on a batch of D_off: a critic step toward the aligned targets and an actor
+        step of π_θ at the fixed α0 (α is first tuned online); no Polyak."""
+        loss, metrics = self.alignment_critic_loss(batch.obs)
+        optimizer_step(self.critic_optimizer, loss, self.critic.parameters())
+        return {**metrics, **self.actor_step(batch.obs)}
+
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
-        """Phases "reevaluate" (A: a critic step toward π_off's soft value, Polyak) and "align"
-        (B: a critic step toward the aligned targets and an actor step of π_θ at the fixed α0, no
-        Polyak), on batches of D_off; otherwise stage C."""
+        """The step of `phase`: A ("reevaluate"), B ("align") or, for the phases of `prepare`, C.
+        The offline stages are update phases so that the graphed learner runs them as it runs
+        the online updates (through this method)."""
         if phase == "reevaluate":
-            metrics = self.critic_step(batch, self.reevaluation_target(batch))
-            self.update_target()
-            return metrics
+            return self.reevaluation_step(batch)
         if phase == "align":
-            loss, metrics = self.alignment_critic_loss(batch.obs)
-            optimizer_step(self.critic_optimizer, loss, self.critic.parameters())
-            return {**metrics, **self.actor_step(batch.obs)}  # α is still α0: it is first tuned online
+            return self.alignment_step(batch)
         return super().update_tensors(batch, phase)
 
     def offline_step(self, phase: str) -> dict[str, float]:
@@ -103,15 +113,15 @@ class O2SAC(ConstrainedFineTuning, SACCore):
     def handover(self, evaluate: Callable[[Policy], float]) -> dict[str, float]:
         score_offline, score_aligned = float(evaluate(self.policy_off)), float(evaluate(self.policy))
         self.attach_reference(self.policy if score_aligned > score_offline else self.policy_off)
-        self.best_score = max(score_offline, score_aligned)
+        self.reference.best_score = max(score_offline, score_aligned)
         self.target_critic.load_state_dict(self.critic.state_dict())
         return {"handover_score_offline": score_offline, "handover_score_aligned": score_aligned}
 
     # ------------------------------------------------------------------ C. constrained fine-tuning
     def prepare(self, env_step: int) -> Hashable:
-        if self.policy_ref is None:
+        if not self.constrained():
             raise RuntimeError("O2SAC.update before handover(): π_ref is chosen at the hand-over")
-        self.write_threshold(env_step)
+        self.lagrange.write_threshold(env_step)
         return super().prepare(env_step)
 
     # ------------------------------------------------------------------ state

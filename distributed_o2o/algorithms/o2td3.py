@@ -18,37 +18,11 @@ from collections.abc import Callable
 import torch
 
 from distributed_o2o.algorithms.base import Batch, OfflineStage
-from distributed_o2o.algorithms.constraint import LagrangeMultiplier, divergence_threshold
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy
+from distributed_o2o.algorithms.o2o import LagrangeMultiplier, ReferencePolicy
+from distributed_o2o.algorithms.optim import optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import Policy
-from distributed_o2o.algorithms.sac import optimizer_step, to_floats
 from distributed_o2o.algorithms.td3 import TD3, ensemble_mse
-
-
-class ReferencePolicy:
-    """π_ref of O2O stage C: a frozen copy of a policy and the best score seen so far.
-
-    `offer` replaces the copy only when the score strictly beats the best so far, which is
-    both the hand-over rule (offer π_off, then aligned π_θ) and the rule at each evaluation.
-    """
-
-    def __init__(self, policy: Policy):
-        self.policy = frozen_copy(policy)
-        self.best_score = -math.inf
-
-    def offer(self, policy: Policy, score: float) -> bool:
-        if score <= self.best_score:
-            return False
-        self.best_score = float(score)
-        self.policy.load_state_dict(policy.state_dict())
-        return True
-
-    def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "best_score": self.best_score}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.best_score = state["best_score"]
 
 
 def action_divergence(reference: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -84,8 +58,8 @@ class O2TD3(TD3):
         super().__init__(config, obs_dim, act_dim, device, policy, critic=None)
         self.policy_offline = frozen_copy(self.policy)
         self.reference = ReferencePolicy(self.policy)
-        c = config.constraint
-        self.multiplier = LagrangeMultiplier(c.lambda_init, c.lambda_lr, c.violation_weight).to(device)
+        self.reference.attach(self.policy)  # replaced at the hand-over
+        self.lagrange = LagrangeMultiplier(config.constraint, device)
 
     # -- offline stages
     def offline_stages(self) -> list[OfflineStage]:
@@ -139,27 +113,26 @@ class O2TD3(TD3):
     def offline_ratio(self, env_step: int) -> float:
         return self.config.offline_ratio
 
-    def threshold(self, env_step: int) -> float:
-        c = self.config.constraint
-        return divergence_threshold(env_step, c.eps_start, c.eps_end, c.eps_anneal_steps)
-
     @torch.no_grad()
     def target_penalty(self, next_obs: torch.Tensor) -> torch.Tensor:
         """λ·D(s') per sample, D between π_ref and the current π_θ on the next states."""
-        return self.multiplier.value * action_divergence(self.reference.policy.mode(next_obs), self.policy.mode(next_obs))
+        return self.lagrange.value * action_divergence(self.reference.policy.mode(next_obs), self.policy.mode(next_obs))
 
     def actor_loss(self, obs: torch.Tensor, env_step: int) -> tuple[torch.Tensor, dict]:
-        """−Q_1(s,π_θ(s))/mean|Q_1| + λ·mean D; also steps λ on this batch's per-sample D."""
+        """The constrained fine-tuning loss −Q_1(s,π_θ(s))/mean|Q_1| + λ·mean D, plus λ's loss on
+        this batch's per-sample D (λ and π_θ step in one backward, as in the SAC family)."""
         action, q1 = self.policy_q1(obs)
         with torch.no_grad():
             reference_action = self.reference.policy.mode(obs)
         divergence = action_divergence(reference_action, action)
-        lam = self.multiplier.value
+        lam = self.lagrange.value
         loss = -q1.mean() / q1.abs().mean().detach() + lam * divergence.mean()
-        threshold = self.threshold(env_step)
-        self.multiplier.step(divergence.detach(), threshold)
-        return loss, {"actor_loss": loss.detach(), "lambda": lam, "divergence": divergence.detach().mean(),
-                      "threshold": threshold}
+        threshold = self.lagrange.write_threshold(env_step)
+        return loss + self.lagrange.loss(divergence), {"actor_loss": loss.detach(), "lambda": lam,
+                                                       "divergence": divergence.detach().mean(), "threshold": threshold}
+
+    def actor_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [*super().actor_optimizers(), self.lagrange.optimizer]
 
     def on_evaluation(self, score: float, env_step: int) -> None:
         self.reference.offer(self.policy, score)
@@ -168,12 +141,12 @@ class O2TD3(TD3):
         return {**super().state_dict(),
                 "policy_offline": self.policy_offline.state_dict(),
                 "reference": self.reference.state_dict(),
-                "multiplier": self.multiplier.state_dict(),
-                "multiplier_opt": self.multiplier.optimizer.state_dict()}
+                "multiplier": self.lagrange.state_dict(),
+                "multiplier_opt": self.lagrange.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.policy_offline.load_state_dict(state["policy_offline"])
         self.reference.load_state_dict(state["reference"])
-        self.multiplier.load_state_dict(state["multiplier"])
-        self.multiplier.optimizer.load_state_dict(state["multiplier_opt"])
+        self.lagrange.load_state_dict(state["multiplier"])
+        self.lagrange.optimizer.load_state_dict(state["multiplier_opt"])

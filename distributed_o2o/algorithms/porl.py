@@ -10,7 +10,7 @@
 2. Afterwards: SAC from (π_pre, Q) at `utd`, min over `num_min_critics` random members, α
    auto-tuned from alpha_init. With `constraint` set (not in the specification; off by
    default), O2SAC's stage-C divergence constraint applies from here, π_ref = π_pre at first
-   and then the best-evaluated policy (algorithms/constrained.py).
+   and then the best-evaluated policy (algorithms/o2o.py).
 
 A deterministic π_pre arrives as a TanhGaussian with a state-independent std σ = `init_std`
 (0.1, the caller's conversion), so "sample π_pre" covers "add N(0, σ²)" (noise before tanh).
@@ -23,7 +23,7 @@ from collections.abc import Hashable
 import torch
 
 from distributed_o2o.algorithms.base import ActingSpec, Batch
-from distributed_o2o.algorithms.constrained import ConstrainedFineTuning
+from distributed_o2o.algorithms.o2o import ConstrainedFineTuning
 from distributed_o2o.algorithms.sac import SACCore, soft_td_target
 
 
@@ -47,21 +47,26 @@ class PORL(ConstrainedFineTuning, SACCore):
         return soft_td_target(batch, self.target_critic, self.policy, self.config.alpha_init, self.config.gamma,
                               self.config.num_min_critics)
 
+    def presample_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Stage 1: a critic step toward π_pre's soft value, then Polyak (π_pre and α stay put)."""
+        metrics = self.critic_step(batch, self.evaluation_target(batch))
+        self.update_target()
+        return metrics
+
     def prepare(self, env_step: int) -> Hashable:
         if self.presampling(env_step):
             return "presample"
         if self.lagrange is not None:
-            if self.policy_ref is None:  # the hand-over: π_ref = π_pre (or π̄, which starts as π_pre)
+            if not self.constrained():  # the hand-over: π_ref = π_pre (or π̄, which starts as π_pre)
                 self.attach_reference(self.policy)
-            self.write_threshold(env_step)
+            self.lagrange.write_threshold(env_step)
         return super().prepare(env_step)
 
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
-        if phase != "presample":
-            return super().update_tensors(batch, phase)
-        metrics = self.critic_step(batch, self.evaluation_target(batch))
-        self.update_target()
-        return metrics
+        """Stage 1's step in the "presample" phase, stage 2's (SAC) afterwards."""
+        if phase == "presample":
+            return self.presample_step(batch)
+        return super().update_tensors(batch, phase)
 
     def acting(self, env_step: int) -> ActingSpec:
         if self.presampling(env_step):

@@ -2,8 +2,9 @@
 
 Deterministic actor, K critics in one batched call (min over all K), Polyak targets for both
 actor and critic, target policy smoothing, and actor + target updates every `policy_delay`
-critic steps. Subclasses change the method through two hooks and keep the rest:
-`target_penalty` (subtracted from the bootstrapped value) and `actor_loss`.
+critic steps. Subclasses change the method through hooks and keep the rest:
+`target_penalty` (subtracted from the bootstrapped value), `actor_loss` and the
+`actor_optimizers` its backward steps.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from torch import nn
 
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
+from distributed_o2o.algorithms.optim import optimizer_params, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import DeterministicPolicy, Policy
-from distributed_o2o.algorithms.sac import optimizer_step, to_floats
 
 
 def ensemble_mse(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -52,6 +53,10 @@ class TD3(Algorithm):
         """−E Q_1(s, π(s)); returns the loss and metrics (tensors or floats)."""
         loss = -self.policy_q1(obs)[1].mean()
         return loss, {"actor_loss": loss.detach()}
+
+    def actor_optimizers(self) -> list[torch.optim.Optimizer]:
+        """What the actor loss's backward steps (a subclass adds its multiplier's)."""
+        return [self.actor_opt]
 
     # -- shared pieces
     def policy_q1(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +110,8 @@ class TD3(Algorithm):
         self.critic_updates += 1
         if self.critic_updates % self.config.policy_delay == 0:
             loss, actor_metrics = self.actor_loss(batch.obs, env_step)
-            optimizer_step(self.actor_opt, loss, self.policy.parameters())
+            optimizers = self.actor_optimizers()
+            optimizer_step(optimizers, loss, optimizer_params(optimizers))
             metrics.update(actor_metrics)
             self.update_targets()
         return to_floats(metrics)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from distributed_o2o.algorithms.base import Algorithm, Batch
-from distributed_o2o.algorithms.sac import SACCore, stack_scalars
+from distributed_o2o.algorithms.optim import stack_scalars
+from distributed_o2o.algorithms.sac import SACCore
 from distributed_o2o.errors import UserError
 
 # Updates of each (phase, offline rows) that run eagerly before capture: lazy initialisation

@@ -1,0 +1,60 @@
+"""Optimisation helpers shared by every family (SAC, TD3, PPO, the O2O constraint): optimiser
+steps, the capturable Adam, freezing a module inside a loss, metric tensors to floats."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], loss: torch.Tensor,
+                   params: Iterable[torch.Tensor]) -> None:
+    """Backpropagate `loss` into `params` only (the critic takes no gradient from the actor
+    loss), then step the optimiser(s)."""
+    optimizers = list(optimizer) if isinstance(optimizer, Sequence) else [optimizer]
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward(inputs=list(params))
+    for opt in optimizers:
+        opt.step()
+
+
+def adam(params: Iterable[torch.Tensor], lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam; on CUDA fused (one kernel per step) and capturable (its step count lives on the
+    device), so a whole update can be captured in a CUDA graph. CPU keeps torch's default."""
+    if torch.device(device).type != "cuda":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, fused=True, capturable=True)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Inside, `module`'s parameters take no gradient: a loss built here treats it as a fixed
+    function (the actor's Q), so its backward skips their weight gradients altogether."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def optimizer_params(optimizers: Iterable[torch.optim.Optimizer]) -> list[torch.Tensor]:
+    return [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+
+
+def stack_scalars(values: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Scalar metric tensors as one detached float vector, in their order."""
+    return torch.stack([v.detach().float().reshape(()) for v in values])
+
+
+def to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Tensor metrics to Python floats with a single device sync."""
+    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+    values = stack_scalars(tensors.values()).tolist() if tensors else []
+    floats = dict(zip(tensors, values))
+    return {k: floats[k] if k in floats else float(v) for k, v in metrics.items()}
