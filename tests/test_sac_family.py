@@ -338,11 +338,15 @@ def test_rlpd_defaults():
 
 
 def test_wsrl_warmup_acts_with_the_frozen_policy_then_updates():
-    algo = WSRL(small(WSRLConfig), OBS, ACT, CPU, policy=pretrained())
+    # warmup_steps differs from learning_starts (both default to 5000): updates wait for WSRL's own gate.
+    algo = WSRL(small(WSRLConfig, warmup_steps=3000, learning_starts=100), OBS, ACT, CPU, policy=pretrained())
     warmup = algo.acting(0)
     assert not warmup.uniform and not warmup.deterministic and warmup.epsilon == 0.0
-    assert algo.updates_due(4999) == 0 and algo.updates_due(5000) == 4
+    assert algo.updates_due(100) == 0 and algo.updates_due(2999) == 0 and algo.updates_due(3000) == 4
     assert algo.critic.num_critics == 10 and algo.offline_ratio(0) == 0.0
+    # The later of the two gates holds: learning_starts still applies after a short warm-up.
+    short_warmup = WSRL(small(WSRLConfig, warmup_steps=100, learning_starts=3000), OBS, ACT, CPU, policy=pretrained())
+    assert short_warmup.updates_due(2999) == 0 and short_warmup.updates_due(3000) == 4
 
 
 def test_naive_finetune_loads_the_critic_and_requires_one():
