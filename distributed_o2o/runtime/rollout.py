@@ -21,7 +21,6 @@ class Receipt:
     transitions: int
     version: float
     episode_returns: list[float]
-    episode_lengths: list[int]
 
 
 @dataclass
@@ -33,7 +32,6 @@ class Fragment:
 
     arrays: dict[str, np.ndarray]
     episode_returns: list[float] = field(default_factory=list)
-    episode_lengths: list[int] = field(default_factory=list)
 
     @property
     def num_transitions(self) -> int:
@@ -44,7 +42,7 @@ class Fragment:
 
     def receipt(self) -> Receipt:
         version = float(self.arrays["policy_version"].mean()) if self.num_transitions else -1.0
-        return Receipt(self.num_transitions, version, self.episode_returns, self.episode_lengths)
+        return Receipt(self.num_transitions, version, self.episode_returns)
 
 
 class RolloutWorker:
@@ -65,7 +63,6 @@ class RolloutWorker:
         self.offered: tuple[int, dict] | None = None  # newer weights, taken up between vector steps
         self.spec = ActingSpec(uniform=True)
         self.episode_return = np.zeros(num_envs)
-        self.episode_length = np.zeros(num_envs, dtype=np.int64)
 
     def set_weights(self, version: int, state_dict: dict | None, spec: ActingSpec) -> None:
         """Act with these weights (None: keep them) and this spec from the next collect on."""
@@ -108,7 +105,7 @@ class RolloutWorker:
     def collect(self, steps: int) -> Fragment:
         """Step every env `steps` times; returns (steps, num_envs, ...) arrays."""
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
-        returns, lengths, versions = [], [], []
+        returns, versions = [], []
         for _ in range(steps):
             self._take_offered()
             versions.append(self.version)
@@ -127,16 +124,14 @@ class RolloutWorker:
             cols["terminals"].append(terminated)
             cols["timeouts"].append(truncated & ~terminated)
             self.episode_return += reward
-            self.episode_length += 1
             for i in np.flatnonzero(terminated | truncated):
                 returns.append(float(self.episode_return[i]))
-                lengths.append(int(self.episode_length[i]))
-                self.episode_return[i], self.episode_length[i] = 0.0, 0
+                self.episode_return[i] = 0.0
             self.obs = next_obs
         arrays = {k: np.stack(v).astype(np.float32) for k, v in cols.items()}
         arrays["policy_version"] = np.repeat(np.asarray(versions, dtype=np.int32)[:, None], self.num_envs, axis=1)
         arrays["stream"] = np.repeat(self.streams[None], steps, axis=0)
-        return Fragment(arrays, returns, lengths)
+        return Fragment(arrays, returns)
 
     def close(self) -> None:
         self.envs.close()

@@ -44,10 +44,6 @@ class RunDir(MetricsLog):
     def checkpoint_dir(self, env_step: int) -> Path:
         return self.path / "checkpoints" / f"step_{env_step:09d}"
 
-    def latest_checkpoint(self) -> Path | None:
-        found = sorted((self.path / "checkpoints").glob("step_*/metadata.json"))
-        return found[-1].parent if found else None
-
     def earlier_run_files(self) -> list[str]:
         """What an earlier run left here (a new run must not mix with it)."""
         return [name for name in RUN_FILES if (self.path / name).exists()]
