@@ -124,7 +124,7 @@ def raw_rate(env: str, envs_per_worker: int, seconds: float, start_at: float) ->
     """The envs alone: uniform random actions, no policy, no calls; timed from wall-clock time
     `start_at`, so loops started side by side (each in a worker process that may take seconds
     to start) are timed over the same window."""
-    envs = make_vector_env(env, envs_per_worker, 0)
+    envs = make_vector_env(env, envs_per_worker)
     envs.reset(seed=0)
     rng = np.random.default_rng(0)
     shape = (envs_per_worker, envs.single_action_space.shape[0])

@@ -84,8 +84,9 @@ def make_env(name: str, seed: int | None = None, env_kwargs: dict[str, Any] | No
     return env
 
 
-def make_vector_env(name: str, num_envs: int, seed: int, env_kwargs: dict[str, Any] | None = None) -> gym.vector.SyncVectorEnv:
-    """Step `num_envs` copies in one process; env i is seeded `seed + i`.
+def make_vector_env(name: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> gym.vector.SyncVectorEnv:
+    """Step `num_envs` copies in one process, unseeded: the caller seeds them with its first
+    `reset(seed=[...])`.
 
     SAME_STEP autoreset: when an episode ends, the returned observation is already the next
     episode's first one and the true final observation is in `info["final_obs"]`.

@@ -32,7 +32,7 @@ def evaluate_policy(policy: Policy, env_id: str, episodes: int, seed: int = 10_0
     still owed are covered, so exactly `episodes` returns come back.
     """
     num_envs = min(episodes, num_envs or 16)
-    envs = make_vector_env(env_id, num_envs, seed, env_kwargs)
+    envs = make_vector_env(env_id, num_envs, env_kwargs)
     try:
         obs, _ = envs.reset(seed=[seed + i for i in range(num_envs)])
         returns, lengths = [], []

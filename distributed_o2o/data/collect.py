@@ -48,7 +48,7 @@ def collect_dataset(
     """
     if steps < 1 or num_envs < 1:
         raise UserError(f"cannot collect {steps} steps with {num_envs} envs: both must be at least 1")
-    envs = make_vector_env(env_id, num_envs, seed, env_kwargs)
+    envs = make_vector_env(env_id, num_envs, env_kwargs)
     buffers: list[list[tuple]] = [[] for _ in range(num_envs)]
     episodes: list[list[tuple]] = []
     returns: list[float] = []

@@ -136,8 +136,7 @@ def run_id(path: str | Path) -> str:
 
 
 @contextmanager
-def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, progress: bool, address: str | None,
-                announce: bool = False) -> Iterator[Components]:
+def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, address: str | None, announce: bool = False) -> Iterator[Components]:
     if mode not in MODES:
         raise UserError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
     if mode == "local" and address is not None:
@@ -218,7 +217,7 @@ def _resumed_config(run_dir: RunDir, changes: dict[str, Any]) -> FinetuneConfig:
 
 
 def _drive(config: FinetuneConfig, run_dir: RunDir, mode: str, progress: bool, address: str | None, resume: bool) -> dict[str, Any]:
-    with _components(config, mode, run_dir, progress, address, announce=not resume) as components:
+    with _components(config, mode, run_dir, address, announce=not resume) as components:
         return Driver(config, run_dir, components, progress).run(resume=resume)
 
 

@@ -51,7 +51,7 @@ class RolloutWorker:
 
     def __init__(self, env_id: str, num_envs: int, seed: int, policy_arch: dict, env_kwargs: dict | None = None, worker_index: int = 0):
         base_seed = seed + 1000 * worker_index
-        self.envs = make_vector_env(env_id, num_envs, base_seed, env_kwargs)
+        self.envs = make_vector_env(env_id, num_envs, env_kwargs)
         self.num_envs = num_envs
         self.streams = worker_index * num_envs + np.arange(num_envs, dtype=np.int32)
         self.obs, _ = self.envs.reset(seed=[base_seed + i for i in range(num_envs)])
