@@ -632,6 +632,9 @@ class Driver:
         shards = self.c.replays
         self.t.call_all([(shards[k % len(shards)], "load", (str(path),)) for k, path in enumerate(save.replay_files())])
         self.counters = Counters(**state["counters"])
+        # Learner first: in local mode the workers' torch seed is the one the shared generator keeps, as at the start.
+        step = self.counters.env_steps
+        self.t.call_all([(component, "reseed", (step,)) for component in (self.c.learner, *shards, *self.c.workers)])
         self.eval_rate = Rate(self.counters.updates)
         self.saved_step = save.env_steps
         self.run_dir.truncate_metrics(self.counters.env_steps)
