@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,12 @@ class RunDir:
         found = sorted((self.path / "checkpoints").glob("step_*/metadata.json"))
         return found[-1].parent if found else None
 
+    def holds(self, filename: str | bytes | None) -> bool:
+        """Whether `filename` (an OSError's) lies in this run directory."""
+        if filename is None:
+            return False
+        return Path(os.fsdecode(filename)).resolve().is_relative_to(self.path.resolve())
+
     def earlier_run_files(self) -> list[str]:
         """What an earlier run left here (a new run must not mix with it)."""
         return [name for name in RUN_FILES if (self.path / name).exists()]
@@ -70,6 +78,7 @@ class RunDir:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            _quiet_event_writer_errors()
             self._writer = SummaryWriter(str(self.path / "tb"))
         for key, value in values.items():
             self._writer.add_scalar(f"{prefix}/{key}", value, env_step)
@@ -98,6 +107,25 @@ class RunDir:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class _QuietEventWriter:
+    """A `threading.excepthook` that leaves out the traceback of TensorBoard's writer thread
+    failing to write (a run directory made read-only): the same error reaches the run at its
+    next `scalars` or `flush`, which stops it with one line."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, args) -> None:
+        # tensorboard.summary.writer.event_file_writer._AsyncWriterThread (private, matched by name)
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            self.previous(args)
+
+
+def _quiet_event_writer_errors() -> None:
+    if not isinstance(threading.excepthook, _QuietEventWriter):
+        threading.excepthook = _QuietEventWriter(threading.excepthook)
 
 
 class Rate:
