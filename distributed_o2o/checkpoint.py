@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +88,7 @@ def save_checkpoint(path: str | Path, modules: dict[str, nn.Module], *, env_id: 
     }
     for name, module in modules.items():
         tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        save_file(tensors, str(path / f"{name}.safetensors"))
+        _write_safetensors(tensors, path / f"{name}.safetensors")
     # Metadata last: a directory with metadata.json is a complete checkpoint.
     tmp = path / (METADATA_FILE + ".tmp")
     tmp.write_text(json.dumps(metadata, indent=2))
@@ -223,6 +225,18 @@ class DamagedState(UserError):
     """A saved state that cannot be trusted: truncated, edited, or its two files from two saves."""
 
 
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """`save_file`, its I/O failures (an unwritable directory) raised as the OSError they are."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:  # "Error while serializing: I/O error: ... (os error 13) at path ..."
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def save_state(path: str | Path, state: dict[str, Any], save_id: str | None = None) -> str:
     """Write a nested training state as `<path>.safetensors` + `<path>.json`; returns the save id.
 
@@ -236,7 +250,7 @@ def save_state(path: str | Path, state: dict[str, Any], save_id: str | None = No
     tree = _encode(state, tensors)
     weights, index = path.with_suffix(".safetensors"), path.with_suffix(".json")
     tmp = weights.with_name(weights.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"save_id": save_id})
+    _write_safetensors(tensors, tmp, metadata={"save_id": save_id})
     replace_synced(tmp, weights)
     tmp = index.with_name(index.name + ".tmp")
     tmp.write_text(json.dumps({"save_id": save_id, "sha256": sha256(weights), "tree": tree}))

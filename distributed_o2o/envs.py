@@ -48,6 +48,10 @@ def _env_class(path: str) -> type[gym.Env]:
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing and not f"{module_name}.".startswith(f"{missing}."):  # the module is there, a dependency of it is not
+            raise UserError(f"the env module '{module_name}' needs '{missing}', which is not installed: install it "
+                            "in this environment") from None
         raise UserError(f"cannot import env class '{path}' ({exc}): check the module path and class name") from None
     except Exception as exc:  # the user's module fails while it is imported (SyntaxError, ...)
         raise UserError(f"importing the env module '{module_name}' failed ({type(exc).__name__}: {exc}): fix the module") from None

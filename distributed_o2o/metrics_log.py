@@ -4,6 +4,7 @@ events under `tb/`. Fine-tuning run directories and pretraining checkpoints both
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class MetricsLog:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            _quiet_event_writer_errors()
             self._writer = SummaryWriter(str(self.path / TENSORBOARD_DIR))
         for key, value in values.items():
             self._writer.add_scalar(f"{prefix}/{key}", value, step)
@@ -45,3 +47,22 @@ class MetricsLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class _QuietEventWriter:
+    """A `threading.excepthook` that leaves out the traceback of TensorBoard's writer thread
+    failing to write (a run directory made read-only): the same error reaches the run at its
+    next `scalars` or `flush`, which stops it with one line."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, args) -> None:
+        # tensorboard.summary.writer.event_file_writer._AsyncWriterThread (private, matched by name)
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            self.previous(args)
+
+
+def _quiet_event_writer_errors() -> None:
+    if not isinstance(threading.excepthook, _QuietEventWriter):
+        threading.excepthook = _QuietEventWriter(threading.excepthook)

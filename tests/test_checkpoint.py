@@ -83,3 +83,13 @@ def test_a_damaged_or_mixed_training_state_is_refused(tmp_path, damage):
         (tmp_path / "s.json").write_bytes(b"\xff\x00garbage")
     with pytest.raises(DamagedState):
         load_state(tmp_path / "s", first if damage != "other save id" else "another-save")
+
+
+def test_weights_that_cannot_be_written_raise_the_os_error_naming_the_file(tmp_path):
+    """safetensors reports I/O failures as its own error; the run needs the OSError (an unwritable
+    run directory is one line, naming the directory)."""
+    blocked = tmp_path / "ck" / "policy.safetensors"
+    blocked.mkdir(parents=True)  # a directory where the weights file goes
+    with pytest.raises(OSError) as info:
+        save_checkpoint(tmp_path / "ck", {"policy": FAMILIES["gaussian"](3, 1, [8])}, env_id="Pendulum-v1", algo="bc")
+    assert info.value.filename == str(blocked) and info.value.strerror

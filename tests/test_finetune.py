@@ -144,6 +144,21 @@ def test_a_failed_run_resumes_from_its_last_checkpoint_without_losing_data(tmp_p
     np.testing.assert_array_equal(np.flatnonzero(saved["timeouts"]), np.arange(199, 1200, 200))
 
 
+def test_a_resumed_run_continues_its_env_and_noise_streams_instead_of_repeating_its_start(tmp_path):
+    """The envs and the random actions after a resume at step 200 are not those of step 0 (every
+    stream used to start again from the config seed: obs[200] == obs[0])."""
+    out = tmp_path / "run"
+    fields = {"env": ENV, **SMALL, "hidden": [16, 16], "eval_episodes": 1, "online_steps": 200, "eval_every": 200,
+              "random_start_steps": 400, "learning_starts": 100}
+    run_finetune(finetune_config("sac", None, fields), out, progress=False)
+    resume_finetune(out, progress=False, changes={"online_steps": 400})
+    saved = np.load(latest_save(out) / "replay.npz")
+    observations, actions = saved["observations"], saved["actions"]
+    assert len(observations) == 400
+    assert not np.array_equal(observations[200], observations[0])  # Pendulum's episodes last 200 steps: both are resets
+    assert not np.array_equal(actions[200:300], actions[:100])  # uniform random actions before random_start_steps
+
+
 @pytest.mark.parametrize("args, message", [
     (["--algo", "porl", "--env", ENV], "porl fine-tunes a pretrained policy: pass --policy"),
     (["--algo", "o2sac", "--env", ENV, "--policy", "{policy}"], "o2sac needs the offline dataset: pass --dataset"),

@@ -327,3 +327,18 @@ def test_learner_threads_sets_the_cpu_learner_actors_torch_threads(ray_instance,
     run_finetune(config, out, mode="ray", progress=False)
     thread.join(timeout=5)
     assert seen == [2]
+
+
+def test_a_resumed_ray_run_starts_each_env_stream_anew(ray_instance, tmp_path):
+    """After a resume the rollout actors' envs do not start again from the config seed: each
+    stream's first observation after the resume is not its first observation of the run."""
+    out = tmp_path / "run"
+    config = finetune_config("sac", None, {**SMALL, "online_steps": 200, "eval_every": 200, "random_start_steps": 400,
+                                           "learning_starts": 100, "envs_per_worker": 2})
+    run_finetune(config, out, mode="ray", progress=False)
+    resume_finetune(out, mode="ray", progress=False, changes={"online_steps": 400})
+    saved = np.load(latest_save(out) / "replay.npz")
+    before, after = slice(0, 200), slice(200, 400)  # rows in insertion order; 200 inserted before the resume
+    for stream in (0, 1):
+        first = [saved["observations"][part][saved["stream"][part] == stream][0] for part in (before, after)]
+        assert not np.array_equal(*first), stream

@@ -169,10 +169,18 @@ def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys, command)
     ("def broken(:\n", "importing the env module 'user_env_mod' failed (SyntaxError"),
     ("import gymnasium as gym\nclass Env(gym.Env):\n    def __init__(self):\n        raise RuntimeError('no licence')\n",
      "env 'user_env_mod:Env' could not be created (RuntimeError: no licence)"),
+    # A dependency that is not installed: imported by the module, or found missing by the constructor (as gymnasium's
+    # CarRacing does without Box2D).
+    ("import not_installed_physics\nimport gymnasium as gym\nclass Env(gym.Env):\n    pass\n",
+     "the env module 'user_env_mod' needs 'not_installed_physics', which is not installed: install it"),
+    ("import gymnasium as gym\nclass Env(gym.Env):\n    def __init__(self):\n        raise gym.error.DependencyNotInstalled("
+     "'Box2D is not installed, run pip install gymnasium[box2d]')\n",
+     "env 'user_env_mod:Env' could not be created (DependencyNotInstalled: Box2D is not installed"),
 ])
 def test_a_user_env_module_that_fails_is_one_line(tmp_path, capsys, monkeypatch, source, message):
     (tmp_path / "user_env_mod.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_env_mod", raising=False)  # another case's module of that name
     _assert_one_line_exit_2(capsys, ["data", "collect", "--env", "user_env_mod:Env", "--policy", "random", "--steps", "10",
                                      "--out", str(tmp_path / "d.hdf5")], message)
 
@@ -185,6 +193,95 @@ def test_unknown_env_kwargs_and_a_missing_cuda_are_one_line(tmp_path, capsys):
     if not torch.cuda.is_available():
         _assert_one_line_exit_2(capsys, ["finetune", "--algo", "sac", "--env", ENV, "--set", "device=cuda", "--out",
                                          str(tmp_path / "b"), "--mode", "local"], "device 'cuda' was asked for")
+
+
+def _read_only_after_the_first_save(monkeypatch, run):
+    """From the run's first resume save on, every write into `run` fails as in a directory made
+    read-only (injected: root may write to a read-only directory)."""
+    import builtins
+    import errno
+    import io
+    from pathlib import Path
+
+    from distributed_o2o.runtime.resume_state import ResumeStore
+
+    read_only = []
+
+    def guard(original, writes):
+        def call(path, *args, **kwargs):
+            if (read_only and isinstance(path, (str, bytes, os.PathLike)) and writes(*args, **kwargs)
+                    and Path(os.fsdecode(path)).resolve().is_relative_to(run.resolve())):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+            return original(path, *args, **kwargs)
+        return call
+
+    def for_writing(mode="r", *args, **kwargs):
+        return any(flag in mode for flag in "wax+")
+
+    for module in (io, builtins):
+        monkeypatch.setattr(module, "open", guard(module.open, for_writing))
+    for name in ("mkdir", "unlink"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name), lambda *args, **kwargs: True))
+    commit = ResumeStore.commit
+
+    def commit_then_read_only(self, *args, **kwargs):
+        final = commit(self, *args, **kwargs)
+        read_only.append(True)
+        return final
+
+    monkeypatch.setattr(ResumeStore, "commit", commit_then_read_only)
+
+
+def test_a_run_directory_made_read_only_mid_run_stops_the_run_with_one_line_and_keeps_its_saves(tmp_path, capsys,
+                                                                                              monkeypatch):
+    from conftest import latest_save
+
+    out = tmp_path / "run"
+    _read_only_after_the_first_save(monkeypatch, out)
+    args = ["finetune", "--algo", "sac", "--out", str(out), "--mode", "local", "--quiet", "--online-steps", "400",
+            *[f"--set={k}={v}" for k, v in FIELDS.items() if k not in ("env", "online_steps", "hidden")],
+            "--env", ENV, "--set", "hidden=[16,16]"]
+    _assert_one_line_exit_2(capsys, args, f"cannot write to run directory '{out}' (Permission denied); the run stopped "
+                            "at env step 200")
+    assert latest_save(out).name == "save-000000000"
+    monkeypatch.undo()  # writable again
+    # The lock it could not remove names this process, still alive here: a later process takes it over.
+    assert (out / LOCK_FILE).read_text().split()[1] == str(os.getpid())
+    (out / LOCK_FILE).unlink()
+    assert resume_finetune(out, progress=False)["env_steps"] == 400
+
+
+def test_the_event_writer_thread_failing_to_write_leaves_no_traceback(tmp_path, monkeypatch):
+    """TensorBoard writes on a thread of its own; its write error reaches the run at the next
+    `scalars` or `flush` (one line), so the thread's own traceback is left out."""
+    import errno
+    import queue
+    import threading
+
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    from distributed_o2o.runtime.run_dir import RunDir
+
+    reported = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: reported.append(args.exc_type))
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.scalars(0, {"x": 1.0}, "train")
+    run_dir.close()
+
+    class Unwritable:
+        def write(self, data):
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "run" / "tb" / "events"))
+
+    events = queue.Queue()
+    events.put(b"event")
+    writer = _AsyncWriterThread(events, Unwritable(), 0)
+    writer.start()
+    writer.join(timeout=10)
+    assert isinstance(writer.exception, PermissionError) and reported == []
+    other = threading.Thread(target=os.listdir, args=(str(tmp_path / "missing"),))  # any other thread's error is reported
+    other.start()
+    other.join(timeout=10)
+    assert reported == [FileNotFoundError]
 
 
 def test_a_diverging_learner_stops_with_one_line_naming_the_step_and_keeps_its_checkpoints(tmp_path):

@@ -10,7 +10,7 @@ import sys
 import typer
 
 from distributed_o2o import __version__
-from distributed_o2o.cli import command_group, data, demo, finetune, plot, pretrain, study, zoo
+from distributed_o2o.cli import command_group, data, demo, finetune, plot, pretrain, status, study, zoo
 from distributed_o2o.errors import UserError
 
 app = command_group()
@@ -35,11 +35,12 @@ finetune.register(app)
 demo.register(app)
 study.register(app)
 plot.register(app)
+status.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # a command's `typer.Exit(code)` comes back as its code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # usage errors (a bad option value): click's message, exit 2
         exc.show()
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

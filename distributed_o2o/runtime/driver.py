@@ -175,6 +175,12 @@ class Driver:
             return self._run(resume)
         except ComponentFailed as exc:
             raise RunAborted(self._abort_message(exc)) from None
+        except OSError as exc:  # the run directory (or a file in it) stopped being writable
+            if not self.run_dir.holds(exc.filename):
+                raise
+            raise UserError(f"cannot write to run directory '{self.run_dir.path}' ({exc.strerror or exc}); the run "
+                            f"stopped at env step {self.counters.env_steps}, what it saved is kept: make the directory "
+                            f"writable again, and {self._how_to_continue()}") from None
 
     def _run(self, resume: bool) -> dict[str, Any]:
         self.segment_start = time.perf_counter()
@@ -205,12 +211,14 @@ class Driver:
 
     def _abort_message(self, exc: ComponentFailed) -> str:
         reason = first_line(exc.reason)
+        return (f"the {exc.role} actor {exc.name} died ({reason}); the run stopped at env step {self.counters.env_steps}: "
+                f"{self._how_to_continue()}")
+
+    def _how_to_continue(self) -> str:
         if self.saved_step is None:
-            how = f"`o2o finetune --resume {self.run_dir.path}` starts it again, reusing the cached offline stages"
-        else:
-            how = (f"`o2o finetune --resume {self.run_dir.path}` continues from the last checkpoint (env step "
-                   f"{self.saved_step}) with the replay contents")
-        return f"the {exc.role} actor {exc.name} died ({reason}); the run stopped at env step {self.counters.env_steps}: {how}"
+            return f"`o2o finetune --resume {self.run_dir.path}` starts it again, reusing the cached offline stages"
+        return (f"`o2o finetune --resume {self.run_dir.path}` continues from the last checkpoint (env step "
+                f"{self.saved_step}) with the replay contents")
 
     # ------------------------------------------------------------------ offline stages
     def _offline_stages(self) -> None:
@@ -632,6 +640,9 @@ class Driver:
         shards = self.c.replays
         self.t.call_all([(shards[k % len(shards)], "load", (str(path),)) for k, path in enumerate(save.replay_files())])
         self.counters = Counters(**state["counters"])
+        # Learner first: in local mode the workers' torch seed is the one the shared generator keeps, as at the start.
+        step = self.counters.env_steps
+        self.t.call_all([(component, "reseed", (step,)) for component in (self.c.learner, *shards, *self.c.workers)])
         self.eval_rate = Rate(self.counters.updates)
         self.saved_step = save.env_steps
         self.run_dir.truncate_metrics(self.counters.env_steps)

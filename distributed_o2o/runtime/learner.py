@@ -22,6 +22,7 @@ from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.graphed import graphed_updater
 from distributed_o2o.runtime.replay import split_rows
+from distributed_o2o.runtime.streams import stream_seed
 
 BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
 
@@ -49,6 +50,7 @@ def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
 class Learner:
     def __init__(self, config, obs_dim: int, act_dim: int, policy=None, pretrained: dict | None = None,
                  offline: dict[str, np.ndarray] | None = None):
+        self.seed = config.seed
         torch.manual_seed(config.seed)
         self.device = pick_device(config.device)
         cls = algorithm_class(config.algo)
@@ -56,10 +58,11 @@ class Learner:
             policy = policy.to(self.device)
         modules = {name: module.to(self.device) for name, module in (pretrained or {}).items()}
         self.algorithm: Algorithm = cls(config, obs_dim, act_dim, self.device, policy=policy, **modules)
+        self.offline_generator: torch.Generator | None = None
         if offline is not None:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(config.seed)
-            self.algorithm.set_offline_data(OfflineData(offline, self.device, generator))
+            self.offline_generator = torch.Generator(device=self.device)
+            self.offline_generator.manual_seed(config.seed)
+            self.algorithm.set_offline_data(OfflineData(offline, self.device, self.offline_generator))
         # The graphed path (None: eager). Its device mirror of the replay holds D_off and the rows
         # pulled from the shards; `cursors[j]`: rows of shard j ever inserted that it has seen.
         self.graphed = graphed_updater(config, self.algorithm, obs_dim, act_dim, self.device)
@@ -236,6 +239,14 @@ class Learner:
 
     def state(self) -> dict:
         return {"algorithm": self.algorithm.state_dict(), "version": self.version}
+
+    def reseed(self, env_step: int) -> None:
+        """A resumed run's torch and D_off sampling streams, from the seed and the env step it
+        resumes at (streams.py)."""
+        seed = stream_seed(self.seed, env_step)
+        torch.manual_seed(seed)
+        if self.offline_generator is not None:
+            self.offline_generator.manual_seed(seed)
 
     def load(self, state: dict) -> None:
         self.algorithm.load_state_dict(state["algorithm"])

@@ -7,7 +7,7 @@
                                  Ray when they die
     o2o/<run-id>/evaluator-0     the Evaluator (its own envs), restarted and retried if it dies
 
-All live in the `o2o` namespace (`ray list actors --filter ray_namespace=o2o`). Placement follows
+All live in the `o2o` namespace (`o2o status RUN` lists a run's). Placement follows
 custom resources when the cluster declares them: `learner` (the learner's node) and `rollout`
 (one unit per rollout actor); otherwise Ray places actors by CPU share.
 """
@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import socket
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 import torch
+from ray._private import ray_constants
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -32,7 +35,7 @@ from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.errors import UserError, first_line
 from distributed_o2o.runtime.driver import Components
 from distributed_o2o.runtime.evaluator import Evaluator
-from distributed_o2o.runtime.finetune import MAX_UPDATES_PER_CALL, RunInputs
+from distributed_o2o.runtime.finetune import MAX_UPDATES_PER_CALL, RunInputs, run_id
 from distributed_o2o.runtime.graphed import check_learner_backend
 from distributed_o2o.runtime.learner import Learner, concat_batches
 from distributed_o2o.runtime.replay import ReplayService, shard_offline
@@ -246,10 +249,57 @@ def init_ray(address: str | None, **kwargs: Any) -> None:
             raise UserError(f"no Ray cluster answers at '{address}' ({exc}): start one with `ray start --head`, "
                             "or leave --address out to run on a local instance") from None
     try:
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, **kwargs)
+        with _loopback_only(_on_loopback(address)):
+            ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, **kwargs)
     except ConnectionError as exc:  # `auto` with no cluster running
         raise UserError(f"no Ray cluster found for --address {address} ({first_line(str(exc))}): start one with "
                         "`ray start --head`, or leave --address out to run on a local instance") from None
+
+
+def _on_loopback(address: str | None) -> bool:
+    """Whether `ray.init(address)` starts a local instance, or joins one at a loopback address (a
+    driver joining a loopback-only instance must take a loopback node address too). `auto` is
+    taken as another machine's cluster: Ray's own lookup turns a loopback address into this
+    machine's, which a loopback-only instance does not answer on."""
+    given = os.environ.get("RAY_ADDRESS") or None if address in (None, "auto") else address
+    if given is None:
+        return address is None
+    return given.rpartition(":")[0] in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+@contextmanager
+def _loopback_only(starts_local_instance: bool) -> Iterator[None]:
+    """A local instance started here listens on 127.0.0.1 alone (docs/cluster.md, "Security").
+
+    Ray binds its servers (GCS, raylet, workers' gRPC, agents) to loopback only when the node's
+    IP is loopback, and on Linux it replaces a loopback `_node_ip_address` by the machine's
+    address unless its single-machine switch (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read into
+    `ray_constants.ENABLE_RAY_CLUSTER` at import) is off; it is turned off while the instance starts."""
+    if not starts_local_instance:
+        yield
+        return
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+
+
+def run_actors(run_path: str | Path, address: str) -> list[str]:
+    """The names of a run's actors alive (or restarting) on the Ray cluster at `address`, asked
+    from a driver connected to it (works with token auth and without the dashboard)."""
+    prefix = f"{NAMESPACE}/{run_id(run_path)}/"
+    try:
+        init_ray(address)
+    except UserError:
+        raise UserError(f"no Ray cluster answers at --address {address}: the run is not running on Ray here; pass the "
+                        "--address of the cluster it runs on") from None
+    try:
+        named = ray.util.list_named_actors(all_namespaces=True)
+    finally:
+        ray.shutdown()
+    return sorted(a["name"] for a in named if a["namespace"] == NAMESPACE and a["name"].startswith(prefix))
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import numpy as np
 
 from distributed_o2o.durable import sync_file
 from distributed_o2o.errors import UserError
+from distributed_o2o.runtime.streams import stream_seed
 
 # `policy_version`: the learner version that acted; `stream`: which env of which rollout worker
 # (worker index x envs per worker + env index), so each env's episodes can be read back in order.
@@ -91,11 +92,16 @@ class ReplayService:
         if offline is not None and len(offline["rewards"]):
             self.offline = ReplayTable(obs_dim, act_dim, len(offline["rewards"]))
             self.offline.add(offline)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.fragments: deque[dict[str, np.ndarray]] = deque()
 
     def add(self, chunk: dict[str, np.ndarray]) -> None:
         self.online.add(chunk)
+
+    def reseed(self, env_step: int) -> None:
+        """A resumed run's sampling stream, from the seed and the env step it resumes at (streams.py)."""
+        self.rng = np.random.default_rng(stream_seed(self.seed, env_step))
 
     def add_fragment(self, fragment):
         """Insert a rollout `Fragment` (flattened) into the online table; returns its receipt."""

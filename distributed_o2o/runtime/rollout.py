@@ -11,6 +11,7 @@ from distributed_o2o.algorithms.base import ActingSpec
 from distributed_o2o.algorithms.policies import build_policy
 from distributed_o2o.envs import make_vector_env
 from distributed_o2o.errors import UserError
+from distributed_o2o.runtime.streams import stream_seed
 
 
 @dataclass
@@ -50,19 +51,27 @@ class RolloutWorker:
     `seed + 1000 * w + i`; evaluation uses other seeds and other env instances."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, policy_arch: dict, env_kwargs: dict | None = None, worker_index: int = 0):
-        base_seed = seed + 1000 * worker_index
+        self.base_seed = seed + 1000 * worker_index
         self.envs = make_vector_env(env_id, num_envs, env_kwargs)
         self.num_envs = num_envs
         self.streams = worker_index * num_envs + np.arange(num_envs, dtype=np.int32)
-        self.obs, _ = self.envs.reset(seed=[base_seed + i for i in range(num_envs)])
-        self.rng = np.random.default_rng(base_seed)
-        torch.manual_seed(base_seed)
+        self._start_streams(self.base_seed)
         self.policy = build_policy(policy_arch)
         self.policy.requires_grad_(False)
         self.version = -1
         self.offered: tuple[int, dict] | None = None  # newer weights, taken up between vector steps
         self.spec = ActingSpec(uniform=True)
-        self.episode_return = np.zeros(num_envs)
+
+    def _start_streams(self, seed: int) -> None:
+        """Reset env i from `seed + i`, the action noise and torch from `seed`; episodes start anew."""
+        self.obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
+        self.rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        self.episode_return = np.zeros(self.num_envs)
+
+    def reseed(self, env_step: int) -> None:
+        """A resumed run's streams, from the seed and the env step it resumes at (streams.py)."""
+        self._start_streams(stream_seed(self.base_seed, env_step))
 
     def set_weights(self, version: int, state_dict: dict | None, spec: ActingSpec) -> None:
         """Act with these weights (None: keep them) and this spec from the next collect on."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ class RunDir(MetricsLog):
 
     def checkpoint_dir(self, env_step: int) -> Path:
         return self.path / "checkpoints" / f"step_{env_step:09d}"
+
+    def holds(self, filename: str | bytes | None) -> bool:
+        """Whether `filename` (an OSError's) lies in this run directory."""
+        if filename is None:
+            return False
+        return Path(os.fsdecode(filename)).resolve().is_relative_to(self.path.resolve())
 
     def earlier_run_files(self) -> list[str]:
         """What an earlier run left here (a new run must not mix with it)."""

@@ -54,4 +54,7 @@ def run_lock(run_path: Path, warn: Callable[[str], None]) -> Iterator[None]:
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        try:
+            lock.unlink(missing_ok=True)
+        except OSError:  # the directory was made read-only: the next writer takes the stale lock over
+            pass
