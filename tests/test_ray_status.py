@@ -41,8 +41,9 @@ def test_a_local_instance_listens_on_loopback_only(local_instance):
     assert listening and {ip for _, ip in listening} <= LOOPBACK, listening
 
 
-def _status(run, address):
-    return subprocess.run([sys.executable, "-m", "distributed_o2o.cli.main", "status", str(run), "--address", address],
+def _status(run, address=None):
+    where = [] if address is None else ["--address", address]
+    return subprocess.run([sys.executable, "-m", "distributed_o2o.cli.main", "status", str(run), *where],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -56,3 +57,16 @@ def test_o2o_status_lists_the_actors_of_the_run_alone(local_instance, tmp_path):
     assert listed.returncode == 0 and listed.stdout.split() == names, listed.stderr
     idle = _status(tmp_path / "idle", local_instance)
     assert idle.returncode == 1 and "has no actors on the Ray cluster" in idle.stderr and not idle.stdout
+
+
+def test_o2o_status_finds_a_run_s_own_instance_by_the_address_it_recorded(local_instance, tmp_path):
+    from distributed_o2o.runtime.ray_runtime import record_address
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record_address(run)  # what a --mode ray run does once its instance is up
+    name = f"{NAMESPACE}/{run_id(run)}/learner-0"
+    actor = _Idle.options(name=name, namespace=NAMESPACE).remote()
+    ray.get(actor.pid.remote())
+    listed = _status(run)  # no --address: the run's own loopback instance, not `auto`
+    assert listed.returncode == 0 and listed.stdout.split() == [name], listed.stderr

@@ -150,9 +150,10 @@ def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, address: str
     if mode == "local":
         yield build_local_components(config, inputs)
         return
-    from distributed_o2o.runtime.ray_runtime import ray_components
+    from distributed_o2o.runtime.ray_runtime import ray_components, record_address
 
     with ray_components(config, inputs, run_id(run_dir.path), address) as components:
+        record_address(run_dir.path)
         yield components
 
 

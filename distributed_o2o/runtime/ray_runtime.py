@@ -286,6 +286,22 @@ def _loopback_only(starts_local_instance: bool) -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = previous
 
 
+RAY_ADDRESS_FILE = "ray_address"  # in the run directory: the cluster its actors are on, for `o2o status`
+
+
+def record_address(run_path: str | Path) -> None:
+    """Write the connected cluster's address into the run directory (a run's own local
+    instance listens on a port nobody else knows)."""
+    (Path(run_path) / RAY_ADDRESS_FILE).write_text(ray.get_runtime_context().gcs_address + "\n")
+
+
+def recorded_address(run_path: str | Path) -> str | None:
+    file = Path(run_path) / RAY_ADDRESS_FILE
+    if not file.is_file():
+        return None
+    return file.read_text().strip() or None
+
+
 def run_actors(run_path: str | Path, address: str) -> list[str]:
     """The names of a run's actors alive (or restarting) on the Ray cluster at `address`, asked
     from a driver connected to it (works with token auth and without the dashboard)."""

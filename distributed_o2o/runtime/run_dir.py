@@ -8,6 +8,7 @@
     stages/<name>.*        learner state after each offline stage (cache)
     checkpoints/step_N/    policy (+ critic) checkpoint at each evaluation (`o2o eval` reads it)
     resume/save-<step>/    learner state, replay contents and counters of the last two saves (resume_state.py)
+    ray_address            `--mode ray`: the Ray cluster the run's actors are on (`o2o status` reads it)
 """
 
 from __future__ import annotations
