@@ -10,6 +10,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 from conftest import latest_save, make_weak_bc
 
@@ -232,3 +233,25 @@ def test_local_mode_is_bit_identical_per_seed(tmp_path):
     (ret_a, w_a), (ret_b, w_b), (ret_c, w_c) = runs["a"], runs["b"], runs["c"]
     assert ret_a == ret_b and all(np.array_equal(w_a[k], w_b[k]) for k in w_a)
     assert ret_a != ret_c and not all(np.array_equal(w_a[k], w_c[k]) for k in w_a)
+
+
+def test_evaluations_log_the_sampled_and_online_returns_on_shared_start_states(tmp_path, weak_bc):
+    """With a deployed average, each evaluation scores π̄'s mode, and logs π's samples and π's
+    mode on the same start states (equal at step 0, where π̄ = π = π_pre)."""
+    _, metrics = _run("porl", tmp_path / "porl", policy=weak_bc["policy"], online_steps=400, eval_every=200,
+                      presample_steps=200, presample_utd=1, utd=1, num_critics=2, eval_episodes=2, policy_average_tau=0.01)
+    assert all({"stochastic_return_mean", "online_return_mean"} <= set(m) for m in metrics)
+    assert metrics[0]["online_return_mean"] == metrics[0]["return_mean"]
+    checkpoint = tmp_path / "porl" / "checkpoints" / "step_000000400"
+    assert {"policy", "online_policy"} <= set(json.loads((checkpoint / "metadata.json").read_text())["modules"])
+
+
+def test_an_evaluation_leaves_the_training_random_stream_alone():
+    from distributed_o2o.algorithms.policies import TanhGaussianPolicy
+    from distributed_o2o.runtime.evaluator import Evaluator
+
+    policy = TanhGaussianPolicy(3, 1, [8])
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    Evaluator(ENV, 1, seed=5).evaluate(policy.arch(), policy.state_dict(), deterministic=False, env_step=0)
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -189,6 +189,43 @@ def test_porl_constraint_anchors_pi_ref_to_pi_pre_at_hand_over():
     assert same(params(restored.reference.policy), params(algo.reference.policy)) and restored.reference.best_score == 0.0
 
 
+def test_policy_average_is_the_deployed_policy_and_follows_the_policy_by_polyak_steps():
+    """π̄ ← (1−τ)π̄ + τπ after each update; π̄ is what is evaluated and checkpointed as "policy",
+    π keeps acting; the average survives a save and restore."""
+    tau = 0.25
+    algo = SAC(small(SACConfig, policy_average_tau=tau), OBS, ACT, CPU)
+    assert SAC(small(SACConfig), OBS, ACT, CPU).deployed_policy() is not None  # plain SAC: the policy itself
+    before = params(algo.policy_average)
+    algo.update(random_batch(0), env_step=0)
+    expected = [(1 - tau) * b + tau * p for b, p in zip(before, params(algo.policy))]
+    assert all(torch.allclose(a, e, atol=1e-6) for a, e in zip(params(algo.policy_average), expected))
+    assert not same(params(algo.policy_average), params(algo.policy))
+    assert algo.deployed_policy() is algo.policy_average and algo.acting_policy() is algo.policy
+    modules = algo.modules()
+    assert modules["policy"] is algo.policy_average and modules["online_policy"] is algo.policy
+    restored = SAC(small(SACConfig, policy_average_tau=tau), OBS, ACT, CPU)
+    restored.load_state_dict(algo.state_dict())
+    assert same(params(restored.policy_average), params(algo.policy_average))
+
+
+def test_porl_average_reference_is_the_policy_average_started_at_pi_pre():
+    """constraint.reference average: at hand-over π_ref is π̄ (= π_pre then); it moves with π̄,
+    and evaluations do not replace it."""
+    config = small(PORLConfig, presample_steps=100, policy_average_tau=0.5, constraint={"reference": "average"})
+    algo = PORL(config, OBS, ACT, CPU, policy=pretrained())
+    pi_pre = params(algo.policy)
+    algo.update(random_batch(0), env_step=50)  # pre-sample: π and π̄ stay π_pre
+    assert same(params(algo.policy_average), pi_pre) and algo.reference.policy is None
+    algo.update(random_batch(1), env_step=100)
+    assert algo.reference.policy is algo.policy_average and not same(params(algo.policy_average), pi_pre)
+    algo.on_evaluation(1e9, env_step=100)
+    assert algo.reference.policy is algo.policy_average
+    restored = PORL(config, OBS, ACT, CPU, policy=pretrained(seed=1))
+    restored.load_state_dict(algo.state_dict())
+    assert restored.reference.policy is restored.policy_average
+    assert same(params(restored.policy_average), params(algo.policy_average))
+
+
 def _sample(algo):
     obs = random_batch(0).obs
     actions, log_prob = algo.policy.sample(obs)
