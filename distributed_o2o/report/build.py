@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from distributed_o2o.errors import UserError
 from distributed_o2o.report.runs import RunRecord, read_runs
 from distributed_o2o.report.stats import DEFAULT_REPS, improvement_probability, iqm_curve, iqm_interval
 
@@ -56,7 +57,7 @@ def build_report(roots: list[str | Path], baseline: str | None = None, reps: int
         groups[run.group].append(run)
     methods = sorted({key[2] for key in groups})
     if baseline is not None and baseline not in methods:
-        raise _unknown_method(baseline, methods)
+        raise UserError(f"--baseline '{baseline}' is not a method of these runs (they have: {', '.join(methods)})")
     out_groups = []
     for (env, dataset, method), members in groups.items():
         figures = [run_figures(r) for r in members]
@@ -127,12 +128,6 @@ def _matrix(tasks: dict[str, np.ndarray], order: list[str]) -> np.ndarray:
 def _mean(values: list[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
-
-
-def _unknown_method(name: str, methods: list[str]):
-    from distributed_o2o.errors import UserError
-
-    return UserError(f"--baseline '{name}' is not a method of these runs (they have: {', '.join(methods)})")
 
 
 # ---------------------------------------------------------------- files
