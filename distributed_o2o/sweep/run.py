@@ -61,8 +61,8 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
             raise UserError(f"--methods names {', '.join(unknown)}, not in the sweep file (it has: {', '.join(spec.methods)})")
         plan.trials = [t for t in plan.trials if t.method in methods]
     check_plan(plan)
-    rows = describe(plan)
     if dry_run:
+        rows = describe(plan)
         width = max(len(what) for what, _ in rows)
         for what, status in rows:
             say(f"{what:<{width}}  {status}")
