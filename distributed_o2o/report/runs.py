@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from distributed_o2o.data.scores import normalized_score
 from distributed_o2o.errors import UserError
 
 
@@ -54,13 +55,11 @@ def find_run_dirs(roots: list[str | Path]) -> list[Path]:
 def _references(env: str) -> tuple[float, float, str] | None:
     """The zoo's references for `env`, else D4RL's; None for an env with neither."""
     from distributed_o2o.data.scores import d4rl_ref_scores
-    from distributed_o2o.zoo import zoo_entry
+    from distributed_o2o.zoo import zoo_references
 
-    try:
-        entry = zoo_entry(env)
-        return entry.ref_min_score, entry.ref_max_score, "zoo"
-    except UserError:
-        pass
+    zoo = zoo_references(env)
+    if zoo is not None:
+        return (*zoo, "zoo")
     refs = d4rl_ref_scores(env)
     return (*refs, "D4RL") if refs else None
 
@@ -89,7 +88,7 @@ def read_run(path: Path) -> RunRecord | None:
             scores, normalised, refs = returns, False, "none (raw return)"
         else:
             low, high, refs = found
-            scores, normalised = 100.0 * (returns - low) / (high - low), True
+            scores, normalised = normalized_score(returns, ref_min=low, ref_max=high), True
     dataset = trial.get("dataset") or (Path(config["dataset"]).stem if config.get("dataset") else "-")
     online_steps = int(config.get("online_steps", steps[-1]))
     return RunRecord(path=path, env=trial.get("env", config["env"]), dataset=dataset, method=trial.get("method", config["algo"]),

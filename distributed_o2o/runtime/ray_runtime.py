@@ -85,9 +85,8 @@ class RayTransport:
             if isinstance(exc, ActorDiedError) and exc.actor_init_failed:
                 _raise_user_error(str(exc.error_msg))  # bad input found by a constructor: one line
             kind = next(c.__name__ for c in type(exc).__mro__ if c.__module__ == "ray.exceptions" and "Task" not in c.__name__)
-            lines = [line.strip() for line in str(exc.error_msg).splitlines() if line.strip()]
             name = self.names.get(exc.actor_id or "", f"actor {exc.actor_id}")
-            raise ComponentFailed(name, f"{kind}: {lines[0] if lines else 'no reason given'}",
+            raise ComponentFailed(name, f"{kind}: {first_line(str(exc.error_msg))}",
                                   permanent=isinstance(exc, ActorDiedError)) from None
         except RayTaskError as exc:
             if isinstance(exc.cause, UserError):  # bad input found inside an actor: still one line
