@@ -65,6 +65,9 @@ def test_stage_cache_paths_follow_settings_not_the_study(tmp_path):
     per_seed = {**TINY, "policies": {"bc": {**TINY["policies"]["bc"], "per_seed": True}}}
     fourth = plan_sweep(load_sweep(write_sweep(tmp_path / "u.yaml", per_seed)), file, tmp_path / "a", tmp_path / "cache")
     assert [p.seed for p in fourth.policies] == [0, 1]
+    threads = {**TINY, "policies": {"bc": {**TINY["policies"]["bc"], "set": {"hidden": [16, 16], "threads": 1}}}}
+    fifth = plan_sweep(load_sweep(write_sweep(tmp_path / "v.yaml", threads)), file, tmp_path / "a", tmp_path / "cache")
+    assert fifth.policies[0].path == first.policies[0].path  # how many threads trained it is not what it is
 
 
 def test_ray_mode_trials_fit_their_placement_group(tmp_path):

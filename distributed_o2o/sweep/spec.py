@@ -217,7 +217,9 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path, out: str | Path, cache: 
                         **({"steps": recipe.steps} if recipe.steps else {})}
             layers = [read_yaml(_resolve(base, recipe.config))] if recipe.config else []
             config = build_config(PretrainConfig, *layers, recipe.set, explicit)
-            key = short_hash({"config": config.model_dump(exclude={"dataset"}),
+            # The key holds what the policy is, not how its training ran (`threads`): a sweep
+            # run on another machine finds the same policy.
+            key = short_hash({"config": config.model_dump(exclude={"dataset", "threads"}),
                               "dataset": data.path.name if data.recipe.source is None else data.spec()})
             suffix = "" if own_seed is None else f"-seed{own_seed}"
             job = PolicyJob(name, env, own_seed, config, data, cache / "policies" / f"{env}-{name}{suffix}-{key}")
