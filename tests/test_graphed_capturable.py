@@ -80,25 +80,41 @@ def test_graph_supported_admits_the_capturable_updates(cls, supported):
 
 
 # ---------------------------------------------------------------- run == the eager step
-@pytest.mark.parametrize("algo, overrides", [("bc", {}), ("bc-det", {}), ("td3bc", {}), ("td3bc", {"policy_delay": 3}),
-                                             ("iql", {}), ("cql", {}), ("cql", {"cql_importance_sampling": False})])
-def test_graphed_pretraining_is_the_eager_step_on_the_same_batches(algo, overrides):
+def eager_step(algo, batch, when) -> dict[str, float]:
+    """The eager path's step: a pretrainer's `step` (`when` None), an online `update` at env step
+    `when`, or an offline stage's phase `when`."""
+    if when is None:
+        return algo.step(batch)
+    if isinstance(when, int):
+        return algo.update(batch, when)
+    return to_floats(algo.update_tensors(batch, when))
+
+
+OFFLINE_CASES = [*(pytest.param(algo, overrides, None, id=f"{algo}{overrides or ''}") for algo, overrides in (
+                     ("bc", {}), ("bc-det", {}), ("td3bc", {}), ("td3bc", {"policy_delay": 3}), ("iql", {}), ("cql", {}),
+                     ("cql", {"cql_importance_sampling": False}))),
+                 pytest.param("o2td3", {}, "reevaluate", id="o2td3-A"), pytest.param("o2td3", {}, "align", id="o2td3-B")]
+
+
+@pytest.mark.parametrize("algo, overrides, phase", OFFLINE_CASES)
+def test_updates_on_d_off_alone_are_the_eager_steps_on_the_same_batches(algo, overrides, phase):
+    # A pretrainer as `o2o pretrain` runs it on a GPU, and O2TD3's stages A and B as the learner does.
     data = normalised(200, seed=2)
-    graphed, eager = pretrainer(algo, **overrides), pretrainer(algo, **overrides)
-    updater = GraphedUpdater(graphed, OBS, ACT, capacity=0, device=CPU)
-    replay = DeviceReplay(OBS, ACT, capacity=0, device=CPU)
-    updater.set_offline(data)
-    replay.set_offline(data)
-    before = state(graphed)
+    graphed, eager = ((td3(O2TD3) if algo == "o2td3" else pretrainer(algo, **overrides)) for _ in range(2))
+    updater, replay = GraphedUpdater(graphed, OBS, ACT, capacity=0, device=CPU), DeviceReplay(OBS, ACT, 0, CPU)
+    for mirror in (updater, replay):  # D_off alone
+        mirror.set_offline(data)
+    before = policy_params(graphed)
 
     torch.manual_seed(7)
-    metrics = updater.run_phase(7, graphed.prepare(0), offline_ratio=1.0)
+    metrics = updater.run_phase(7, graphed.prepare(0) if phase is None else phase, offline_ratio=1.0)
     torch.manual_seed(7)
-    history = [eager.step(replay.sample(B, B)) for _ in range(7)]
+    history = [eager_step(eager, replay.sample(B, B), phase) for _ in range(7)]
 
     assert_same(state(graphed), state(eager))
     assert_means(metrics, history)
-    assert not any(torch.equal(a, b) for a, b in zip(policy_params(graphed), before))  # it learned at all
+    moved = any(not torch.equal(a, b) for a, b in zip(policy_params(graphed), before))
+    assert moved == (phase != "reevaluate")  # stage A moves the critic alone
 
 
 @pytest.mark.parametrize("cls, delay", [(TD3, 2), (O2TD3, 2), (O2TD3, 3)])
@@ -140,25 +156,8 @@ def test_td3_takes_its_actor_and_target_steps_every_delay_th_update(path, delay)
     assert moved == [(k + 1) % delay == 0 for k in range(7)]  # after the k+1-th critic step, as ever
 
 
-@pytest.mark.parametrize("phase", ["reevaluate", "align"])
-def test_o2td3_offline_stage_phases_run_as_their_eager_steps(phase):
-    offline = normalised(300, seed=2)
-    graphed, eager = td3(O2TD3), td3(O2TD3)
-    assert {stage.name: stage.phase for stage in graphed.offline_stages()} == {"reevaluate": "reevaluate", "align": "align"}
-    updater = GraphedUpdater(graphed, OBS, ACT, capacity=64, device=CPU)
-    replay = DeviceReplay(OBS, ACT, capacity=64, device=CPU)
-    updater.set_offline(offline)
-    replay.set_offline(offline)
-    before = policy_params(graphed)
-
-    torch.manual_seed(7)
-    metrics = updater.run_phase(5, phase, offline_ratio=1.0)
-    torch.manual_seed(7)
-    history = [to_floats(eager.update_tensors(replay.sample(B, B), phase)) for _ in range(5)]
-
-    assert_same(state(graphed), state(eager))
-    assert_means(metrics, history)
-    assert any(not torch.equal(a, b) for a, b in zip(policy_params(graphed), before)) == (phase == "align")
+def test_o2td3_offline_stages_are_update_phases():
+    assert {stage.name: stage.phase for stage in td3(O2TD3).offline_stages()} == {"reevaluate": "reevaluate", "align": "align"}
 
 
 # ---------------------------------------------------------------- o2o pretrain's choice
@@ -180,16 +179,6 @@ def on_cuda_cases() -> list:
               pytest.param(lambda: td3(O2TD3, device=gpu), "reevaluate", id="o2td3-A"),
               pytest.param(lambda: td3(O2TD3, device=gpu), "align", id="o2td3-B")]
     return cases
-
-
-def eager_step(algo, batch, when) -> None:
-    """The eager path's step: a pretrainer's `step`, an online `update`, or a stage's phase."""
-    if when is None:
-        algo.step(batch)
-    elif isinstance(when, int):
-        algo.update(batch, when)
-    else:
-        algo.update_tensors(batch, when)
 
 
 @cuda

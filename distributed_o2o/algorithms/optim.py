@@ -1,5 +1,6 @@
 """Optimisation helpers shared by every family (SAC, TD3, PPO, the O2O constraint): optimiser
-steps, the capturable Adam, freezing a module inside a loss, metric tensors to floats."""
+steps, the capturable Adam, freezing a module inside a loss, metric tensors to floats, a cosine
+LR schedule stepped on the device."""
 
 from __future__ import annotations
 
