@@ -3,9 +3,14 @@
     python bench/graphed_learner.py --device cuda [--settings sac2,sac10,o2sac] [--updates 3000]
         [--variants baseline,eager,graph,graph_compile] [--steps-per-graph 16] [--out results.json]
 
-Per setting (Hopper sizes: obs 11, act 3, 2x256 MLPs, batch 256), in one process:
-- `baseline`: `baseline_sac.PlainSAC` (no project code) on batches already on the device;
-- `eager`: the algorithm's own `update` (what the eager learner runs) on the same batches;
+Settings: the SAC family (sac2, sac10, o2sac), the TD3 family (td3: the TD3 core; o2td3: its
+stage C) and the offline pretrainers as `o2o pretrain` runs them (bc, td3bc, iql, cql: D_off
+alone, offline ratio 1). Per setting (Hopper sizes: obs 11, act 3, 2x256 MLPs, batch 256; CQL's
+critic 3x256 as its config), in one process:
+- `baseline`: `baseline_sac.PlainSAC` (no project code) on batches already on the device (SAC
+  family only; elsewhere `eager`, the eager path as it was, is the baseline);
+- `eager`: the algorithm's own `update` (what the eager learner runs; a pretrainer's `step`,
+  what `o2o pretrain` runs on a CPU) on the same batches;
 - `graph`: `GraphedUpdater.run` (device replay mirror, several updates per CUDA graph);
 - `graph_compile`: the same after `torch.compile` of the losses, Polyak and optimiser steps;
 - `graph_compile_tf32`: the same with TF32 matrix products (the config's default);
@@ -35,9 +40,13 @@ import torch
 from baseline_sac import PlainSAC  # bench/ is on sys.path when a benchmark runs as a script
 from synthetic import ACT_DIM, OBS_DIM, log, random_transitions
 from distributed_o2o.algorithms.base import Batch, OfflineData
-from distributed_o2o.algorithms.policies import TanhGaussianPolicy
+from distributed_o2o.algorithms.offline import PRETRAINERS
+from distributed_o2o.algorithms.offline.bc import Pretrainer
+from distributed_o2o.algorithms.policies import FAMILIES
 from distributed_o2o.algorithms.registry import algorithm_class
-from distributed_o2o.config import finetune_config
+from distributed_o2o.algorithms.sac import SACCore
+from distributed_o2o.algorithms.td3 import TD3
+from distributed_o2o.config import PretrainConfig, finetune_config
 from distributed_o2o.runtime.graphed import GraphedUpdater
 
 HIDDEN, BATCH = 256, 256
@@ -46,21 +55,44 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "sac2": ("sac", {"num_critics": 2, "num_min_critics": 2}),
     "sac10": ("sac", {"num_critics": 10, "num_min_critics": 2}),  # the RLPD/WSRL/PORL ensemble
     "o2sac": ("o2sac", {"reevaluate_steps": 1, "align_steps": 1}),  # 2 critics, λ, π_ref log-probs
+    "td3": ("td3", {}),  # the TD3 core (O2TD3's learner without its penalty and λ), 2 critics
+    "o2td3": ("o2td3", {"reevaluate_steps": 1, "align_steps": 1}),  # stage C: λ, π_ref, policy delay 2
+    "bc": ("pretrain", {"algo": "bc"}),
+    "td3bc": ("pretrain", {"algo": "td3bc"}),
+    "iql": ("pretrain", {"algo": "iql"}),
+    "cql": ("pretrain", {"algo": "cql"}),
 }
 
 
 def build(name: str, device: torch.device, offline: dict[str, np.ndarray], seed: int):
-    """The algorithm as the learner builds it; O2SAC past its offline stages and hand-over."""
+    """The algorithm as the learner (or `o2o pretrain`) builds it; O2SAC and O2TD3 past their
+    offline stages and hand-over."""
     algo_name, overrides = SETTINGS[name]
-    config = finetune_config(algo_name, None, {**overrides, "hidden": [HIDDEN, HIDDEN], "batch_size": BATCH,
-                                               "random_start_steps": 0, "learning_starts": 0})
     torch.manual_seed(seed)
-    algo = algorithm_class(algo_name)(config, OBS_DIM, ACT_DIM, device, policy=TanhGaussianPolicy(OBS_DIM, ACT_DIM, config.hidden).to(device))
+    if algo_name == "pretrain":
+        config = PretrainConfig(**overrides, hidden=[HIDDEN, HIDDEN], batch_size=BATCH)
+        return PRETRAINERS[config.algo](config, OBS_DIM, ACT_DIM, device)
+    cls = TD3 if algo_name == "td3" else algorithm_class(algo_name)
+    fields = {**overrides, "hidden": [HIDDEN, HIDDEN], "batch_size": BATCH, "learning_starts": 0}
+    if issubclass(cls, SACCore):
+        fields["random_start_steps"] = 0
+    config = finetune_config("o2td3" if cls is TD3 else algo_name, None, fields)  # the TD3 core reads TD3Config's fields
+    algo = cls(config, OBS_DIM, ACT_DIM, device, policy=FAMILIES[cls.policy_family](OBS_DIM, ACT_DIM, config.hidden).to(device))
     algo.set_offline_data(OfflineData(offline, device))
     for stage in algo.offline_stages():
         stage.step()
     algo.handover(lambda policy: 0.0)
     return algo
+
+
+def offline_ratio(algo) -> float:
+    """A pretrainer samples D_off alone."""
+    return 1.0 if isinstance(algo, Pretrainer) else algo.offline_ratio(ENV_STEP)
+
+
+def eager_update(algo):
+    """The eager path's step on a batch: `update`, or a pretrainer's `step`."""
+    return algo.step if isinstance(algo, Pretrainer) else (lambda batch: algo.update(batch, ENV_STEP))
 
 
 def synced(device: torch.device) -> float:
@@ -108,7 +140,7 @@ def time_stages(name: str, args, device: torch.device, offline: dict[str, np.nda
                              args.steps_per_graph, compile=True, tf32=True)
     updater.set_offline(offline)
     result = {}
-    for stage in algo.offline_stages():
+    for stage in [] if isinstance(algo, Pretrainer) else algo.offline_stages():
         if stage.phase is None:
             continue
         result[f"stage_{stage.name}_eager"] = round(time_eager(lambda _: stage.step(), [None], args.eager_updates, device), 1)
@@ -123,7 +155,8 @@ def time_stages(name: str, args, device: torch.device, offline: dict[str, np.nda
 def measure(name: str, args, device: torch.device) -> dict:
     rng = np.random.default_rng(args.seed)
     offline, online = random_transitions(rng, 20_000), random_transitions(rng, 100_000)
-    ratio = build(name, device, offline, args.seed).offline_ratio(ENV_STEP)
+    first = build(name, device, offline, args.seed)
+    ratio, sac_family = offline_ratio(first), isinstance(first, SACCore)
     num_offline_rows = int(round(BATCH * ratio))
     pool = []
     for _ in range(64):  # eager batches, mixed like the graphed ones
@@ -142,6 +175,8 @@ def measure(name: str, args, device: torch.device) -> dict:
     for variant in args.variants:
         log(f"{name}: {variant}")
         try:
+            if variant == "baseline" and not sac_family:
+                continue  # no plain version of the others: `eager` (their path as it was) is the baseline
             if variant == "baseline":
                 algo = build(name, device, offline, args.seed)
                 plain = PlainSAC(OBS_DIM, ACT_DIM, device, num_critics=algo.config.num_critics, num_min=algo.num_min_critics,
@@ -151,7 +186,7 @@ def measure(name: str, args, device: torch.device) -> dict:
                                              pool, args.eager_updates, device)
             elif variant == "eager":
                 algo = build(name, device, offline, args.seed)
-                result[variant] = time_eager(lambda b: algo.update(b, ENV_STEP), pool, args.eager_updates, device)
+                result[variant] = time_eager(eager_update(algo), pool, args.eager_updates, device)
             elif variant == "graph":
                 result[variant] = time_graphed(graphed(False, args.steps_per_graph), args.updates, ratio, device)
             elif variant in ("graph_compile", "graph_compile_tf32"):

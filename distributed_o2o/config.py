@@ -38,8 +38,24 @@ Rate = Annotated[float, Field(gt=0.0)]  # learning rates
 Discount = Annotated[float, Field(gt=0.0, le=1.0)]  # gamma, and tau (target-network step)
 
 
+class LearnerBackendFields(StrictModel):
+    """How updates run on a GPU: fields of fine-tuning and pretraining alike."""
+
+    # "graph": updates sampled from a GPU mirror of the replay (or of D_off) and captured
+    # `graph_steps` at a time in CUDA graphs (distributed_o2o/runtime/graphed.py); needs CUDA and
+    # a capturable update (SAC and TD3 families, the offline pretrainers).
+    # "auto": graph on CUDA where the update is capturable, else eager (CPU always runs eager).
+    learner_backend: Literal["auto", "eager", "graph"] = "auto"
+    graph_steps: int = Field(16, gt=0)
+    # torch.compile the losses and optimiser steps before capture (fuses their small kernels;
+    # compiling costs well under a minute once per run).
+    graph_compile: bool = True
+    # TF32 matrix products in the captured updates (what JAX uses for float32 on these GPUs).
+    graph_tf32: bool = True
+
+
 # ---------------------------------------------------------------- offline pretraining
-class PretrainConfig(StrictModel):
+class PretrainConfig(LearnerBackendFields):
     """Offline pretrainers (CORL / O2O-code defaults; the papers run 1M steps)."""
 
     algo: Literal["bc", "bc-det", "td3bc", "iql", "cql"] = "bc"
@@ -88,7 +104,7 @@ RunMode = Literal["ray", "local"]
 DEFAULT_MODE: RunMode = "ray"
 
 
-class FinetuneConfig(StrictModel):
+class FinetuneConfig(LearnerBackendFields):
     """Fields every online method has."""
 
     algo: str
@@ -114,16 +130,6 @@ class FinetuneConfig(StrictModel):
     tau: Discount = 0.005
     log_every: int = Field(1000, gt=0)
     replay_capacity: int = Field(1_000_000, gt=0)
-    # "graph": SAC-family updates sampled from a GPU mirror of the replay and captured
-    # `graph_steps` at a time in CUDA graphs (distributed_o2o/runtime/graphed.py); needs CUDA.
-    # "auto": graph on CUDA for the SAC family, else eager (CPU always runs eager).
-    learner_backend: Literal["auto", "eager", "graph"] = "auto"
-    graph_steps: int = Field(16, gt=0)
-    # torch.compile the losses and optimiser steps before capture (fuses their small kernels;
-    # compiling costs well under a minute once per run).
-    graph_compile: bool = True
-    # TF32 matrix products in the captured updates (what JAX uses for float32 on these GPUs).
-    graph_tf32: bool = True
     # -- runtime (how the run is spread over processes; see docs/design.md, "Runtime")
     num_rollout_workers: int = Field(1, gt=0)
     # Envs each rollout worker steps as one vector (batched inference); `num_envs` is accepted too.

@@ -45,6 +45,11 @@ def perturb(module: torch.nn.Module, scale: float = 0.5, seed: int = 3) -> None:
             p.add_(scale * torch.randn(p.shape, generator=g))
 
 
+def stage_step(algo: O2TD3, name: str) -> dict[str, float]:
+    """One eager step of the offline stage `name` (a batch of D_off)."""
+    return next(stage for stage in algo.offline_stages() if stage.name == name).step()
+
+
 def same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -114,7 +119,7 @@ def test_alignment_distance_is_normalised_and_capped():
 def test_reevaluation_moves_critic_targets_only():
     algo = make_algo()
     policy, critic_target = copy.deepcopy(algo.policy), copy.deepcopy(algo.critic_target)
-    metrics = algo.reevaluate_step()
+    metrics = stage_step(algo, "reevaluate")
     assert set(metrics) == {"critic_loss", "q_mean"}
     assert same_params(algo.policy, policy) and same_params(algo.policy_offline, policy)
     assert not same_params(algo.critic_target, critic_target)
@@ -123,11 +128,11 @@ def test_reevaluation_moves_critic_targets_only():
 def test_alignment_keeps_targets_and_offline_policy_frozen():
     algo = make_algo()
     for _ in range(3):
-        algo.reevaluate_step()
+        stage_step(algo, "reevaluate")
     frozen = {name: copy.deepcopy(getattr(algo, name)) for name in ("critic_target", "policy_target", "policy_offline")}
     policy, critic = copy.deepcopy(algo.policy), copy.deepcopy(algo.critic)
     for _ in range(3):
-        metrics = algo.align_step()
+        metrics = stage_step(algo, "align")
     assert all(np.isfinite(v) for v in metrics.values())
     assert all(same_params(getattr(algo, name), module) for name, module in frozen.items())
     assert not same_params(algo.policy, policy) and not same_params(algo.critic, critic)
@@ -195,8 +200,8 @@ def test_schedule_and_acting():
 def test_state_dict_round_trip_reproduces_next_update():
     algo = make_algo(policy_delay=2)
     perturb(algo.policy)
-    algo.reevaluate_step()
-    algo.align_step()
+    stage_step(algo, "reevaluate")
+    stage_step(algo, "align")
     for i in range(3):
         algo.update(random_batch(16, seed=i), env_step=5000)
     algo.on_evaluation(3.0, env_step=5000)

@@ -16,14 +16,14 @@ Every min over critics is over all K members (the spec's min_j).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from functools import partial
 
 import torch
 
 from distributed_o2o.algorithms.base import Batch, OfflineStage
+from distributed_o2o.algorithms.capturable import phase_stage
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy
 from distributed_o2o.algorithms.o2o import ConstrainedFineTuning
-from distributed_o2o.algorithms.optim import optimizer_step, to_floats
+from distributed_o2o.algorithms.optim import optimizer_step
 from distributed_o2o.algorithms.policies import Policy
 from distributed_o2o.algorithms.sac import SACCore, soft_td_target
 
@@ -103,12 +103,9 @@ class O2SAC(ConstrainedFineTuning, SACCore):
             return self.alignment_step(batch)
         return super().update_tensors(batch, phase)
 
-    def offline_step(self, phase: str) -> dict[str, float]:
-        return to_floats(self.update_tensors(self.offline_data.sample(self.config.batch_size), phase))
-
     def offline_stages(self) -> list[OfflineStage]:
-        return [OfflineStage(phase, steps, partial(self.offline_step, phase), phase=phase)
-                for phase, steps in (("reevaluate", self.config.reevaluate_steps), ("align", self.config.align_steps))]
+        return [phase_stage(self, "reevaluate", self.config.reevaluate_steps),
+                phase_stage(self, "align", self.config.align_steps)]
 
     def handover(self, evaluate: Callable[[Policy], float]) -> dict[str, float]:
         score_offline, score_aligned = float(evaluate(self.policy_off)), float(evaluate(self.policy))

@@ -8,19 +8,24 @@ Hand-over: π_ref = the better of π_off and aligned π_θ; online starts from a
    targets copied from the aligned networks.
 C. Constrained fine-tuning: TD3 with a per-sample divergence penalty λ·D in the critic target
    and the actor loss; λ adapts so that D tracks the annealed threshold ε_t.
+
+A and B are update phases ("reevaluate", "align") of `update_tensors`, like stage C's, so
+the graphed learner runs all three.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
+from torch import nn
 
 from distributed_o2o.algorithms.base import Batch, OfflineStage
+from distributed_o2o.algorithms.capturable import phase_stage
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy
 from distributed_o2o.algorithms.o2o import LagrangeMultiplier, ReferencePolicy
-from distributed_o2o.algorithms.optim import optimizer_step, to_floats
+from distributed_o2o.algorithms.optim import optimizer_step
 from distributed_o2o.algorithms.policies import Policy
 from distributed_o2o.algorithms.td3 import TD3, ensemble_mse
 
@@ -52,6 +57,7 @@ class O2TD3(TD3):
     """Needs an `O2TD3Config`. The offline critic is never inherited: `critic` is ignored."""
 
     name = "o2td3"
+    compiled = (*TD3.compiled, "reevaluation_target", "alignment_critic_loss", "q1_actor_loss")
 
     def __init__(self, config, obs_dim: int, act_dim: int, device: torch.device,
                  policy: Policy | None = None, critic: CriticEnsemble | None = None):
@@ -63,22 +69,21 @@ class O2TD3(TD3):
 
     # -- offline stages
     def offline_stages(self) -> list[OfflineStage]:
-        return [OfflineStage("reevaluate", self.config.reevaluate_steps, self.reevaluate_step),
-                OfflineStage("align", self.config.align_steps, self.align_step)]
+        return [phase_stage(self, "reevaluate", self.config.reevaluate_steps),
+                phase_stage(self, "align", self.config.align_steps)]
 
     def reevaluation_target(self, batch: Batch) -> torch.Tensor:
         """Stage A: y = r + γ(1−d) min_j Q̄_j(s', clip(π_off(s') + clip(ε, ±c), ±1))."""
         return self.td_target(batch, self.policy_offline)
 
-    def reevaluate_step(self) -> dict[str, float]:
-        batch = self.offline_data.sample(self.config.batch_size)
+    def reevaluation_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Stage A on a batch of D_off: a critic step toward π_off's value, then the critic's Polyak."""
         metrics = self.critic_step(batch, self.reevaluation_target(batch))
         self.update_targets(actor=False)
-        return to_floats(metrics)
+        return metrics
 
-    def align_step(self) -> dict[str, float]:
-        """Stage B: one critic and one actor step; the targets stay at their post-A values."""
-        obs = self.offline_data.sample(self.config.batch_size).obs
+    def alignment_critic_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Q_i(s, ã) toward the aligned target T_i, Q_i(s, π_off(s)) toward q* (both summed over i)."""
         batch_size = obs.shape[0]
         with torch.no_grad():
             offline_action = self.policy_offline.mode(obs)
@@ -90,11 +95,25 @@ class O2TD3(TD3):
             target = alignment_target(q_star, target_noisy, delta, self.config.align_beta)
         q_offline, q_noisy = self.critic(both_obs, both_actions).split(batch_size, dim=1)
         critic_loss = ensemble_mse(q_noisy, target) + ensemble_mse(q_offline, q_star)
+        return critic_loss, {"critic_loss": critic_loss.detach(), "q_star": q_star.mean(), "distance": delta.mean()}
+
+    def alignment_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Stage B on a batch of D_off: one critic and one (unconstrained) actor step; the
+        targets stay at their post-A values."""
+        critic_loss, metrics = self.alignment_critic_loss(batch.obs)
         optimizer_step(self.critic_opt, critic_loss, self.critic.parameters())
-        actor_loss = -self.policy_q1(obs)[1].mean()  # unconstrained: −E Q_1(s, π_θ(s))
+        actor_loss, actor_metrics = self.q1_actor_loss(batch.obs)
         optimizer_step(self.actor_opt, actor_loss, self.policy.parameters())
-        return to_floats({"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
-                        "q_star": q_star.mean(), "distance": delta.mean()})
+        return {"critic_loss": metrics["critic_loss"], **actor_metrics, "q_star": metrics["q_star"],
+                "distance": metrics["distance"]}
+
+    def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
+        """The step of `phase`: A ("reevaluate"), B ("align") or, for the phases of the delay, C."""
+        if phase == "reevaluate":
+            return self.reevaluation_step(batch)
+        if phase == "align":
+            return self.alignment_step(batch)
+        return super().update_tensors(batch, phase)
 
     def handover(self, evaluate: Callable[[Policy], float]) -> dict[str, float]:
         """π_ref = the better of π_off and aligned π_θ (π_off on a tie); online starts from π_θ."""
@@ -118,7 +137,11 @@ class O2TD3(TD3):
         """λ·D(s') per sample, D between π_ref and the current π_θ on the next states."""
         return self.lagrange.value * action_divergence(self.reference.policy.mode(next_obs), self.policy.mode(next_obs))
 
-    def actor_loss(self, obs: torch.Tensor, env_step: int) -> tuple[torch.Tensor, dict]:
+    def prepare(self, env_step: int) -> Hashable:
+        self.lagrange.write_threshold(env_step)
+        return super().prepare(env_step)
+
+    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The constrained fine-tuning loss −Q_1(s,π_θ(s))/mean|Q_1| + λ·mean D, plus λ's loss on
         this batch's per-sample D (λ and π_θ step in one backward, as in the SAC family)."""
         action, q1 = self.policy_q1(obs)
@@ -127,12 +150,15 @@ class O2TD3(TD3):
         divergence = action_divergence(reference_action, action)
         lam = self.lagrange.value
         loss = -q1.mean() / q1.abs().mean().detach() + lam * divergence.mean()
-        threshold = self.lagrange.write_threshold(env_step)
         return loss + self.lagrange.loss(divergence), {"actor_loss": loss.detach(), "lambda": lam,
-                                                       "divergence": divergence.detach().mean(), "threshold": threshold}
+                                                       "divergence": divergence.detach().mean(),
+                                                       "threshold": self.lagrange.threshold}
 
     def actor_optimizers(self) -> list[torch.optim.Optimizer]:
         return [*super().actor_optimizers(), self.lagrange.optimizer]
+
+    def actor_modules(self) -> list[nn.Module]:
+        return [self.lagrange]
 
     def on_evaluation(self, score: float, env_step: int) -> None:
         self.reference.offer(self.policy, score)

@@ -1,8 +1,10 @@
 """Optimisation helpers shared by every family (SAC, TD3, PPO, the O2O constraint): optimiser
-steps, the capturable Adam, freezing a module inside a loss, metric tensors to floats."""
+steps, the capturable Adam, freezing a module inside a loss, metric tensors to floats, a cosine
+LR schedule stepped on the device."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -58,3 +60,39 @@ def to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
     values = stack_scalars(tensors.values()).tolist() if tensors else []
     floats = dict(zip(tensors, values))
     return {k: floats[k] if k in floats else float(v) for k, v in metrics.items()}
+
+
+class CosineLR:
+    """torch's CosineAnnealingLR(optimizer, steps) (to 0), stepped inside an update with no host
+    sync. On the CPU torch's scheduler steps the float LR, as ever; on CUDA the LR is a device
+    tensor written from a device step count by the schedule's closed form, so a captured update
+    advances it too (same LRs as torch's recursive form, to float32 rounding)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, device: torch.device):
+        self.steps, self.groups = steps, optimizer.param_groups
+        self.scheduler = None
+        if torch.device(device).type != "cuda":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+            return
+        self.count = torch.zeros((), device=device)
+        self.base = [float(group["lr"]) for group in self.groups]
+        for group in self.groups:  # Adam (fused or capturable) reads a tensor LR on the device
+            group["lr"] = torch.tensor(group["lr"], device=device)
+
+    def step(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+            return
+        self.count.add_(1)
+        factor = (1.0 + torch.cos(self.count * (math.pi / self.steps))) / 2.0
+        for group, base in zip(self.groups, self.base):
+            group["lr"].copy_(base * factor)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {"count": float(self.count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+        else:
+            self.count.fill_(state["count"])

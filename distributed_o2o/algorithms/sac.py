@@ -1,10 +1,9 @@
 """The one SAC core shared by every SAC-family method (SAC, naive, RLPD, WSRL, PORL, O2SAC).
 
 `SACCore.update` = one critic step + one policy step (actor, α and any constraint multiplier
-share one backward) + one Polyak step. It is split so that a CUDA graph can capture it:
-`prepare(env_step)` does everything that depends on the env step on the host (device scalars,
-the phase), and `update_tensors(batch, phase)` is free of host-device syncs (no `.item()`, no
-branching on tensor values; metrics stay device tensors). `update` = both, then floats.
+share one backward) + one Polyak step. It is split so that a CUDA graph can capture it
+(`Capturable`, algorithms/capturable.py): `prepare(env_step)` on the host, then
+`update_tensors(batch, phase)` free of host-device syncs. `update` = both, then floats.
 Methods change it through small hooks rather than copies:
 - `penalty(obs, actions, log_prob)`: a per-sample cost subtracted from the soft value in the
   critic target and added to the actor loss (O2SAC's λ·divergence); None for plain SAC.
@@ -13,8 +12,8 @@ Methods change it through small hooks rather than copies:
 - `constraint_loss(...)`: a loss on the actor step's detached sample, stepped with the
   optimisers of `constraint_optimizers()` (O2SAC's λ).
 - `initial_alpha()`: where α starts (O2SAC starts from α0).
-`compiled` names the pure loss functions that `compile_losses` hands to `torch.compile` (the
-graphed learner fuses them before capture; the eager path never compiles).
+`compiled` names the pure loss functions and the Polyak step that `compile_losses` hands to
+`torch.compile` (the graphed learner fuses them before capture; the eager path never compiles).
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch
+from distributed_o2o.algorithms.capturable import Capturable
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
 from distributed_o2o.algorithms.optim import adam, frozen, optimizer_params, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import Policy, TanhGaussianPolicy
@@ -54,7 +54,7 @@ def soft_td_target(batch: Batch, target_critic: CriticEnsemble, policy: Policy, 
     return batch.rewards + gamma * (1.0 - batch.terminals) * value
 
 
-class SACCore(Algorithm):
+class SACCore(Capturable, Algorithm):
     """SAC with a LayerNorm critic ensemble, Polyak targets and auto-tuned α.
 
     Acting: uniform actions for `random_start_steps`, then samples of the policy. Updates:
@@ -113,7 +113,7 @@ class SACCore(Algorithm):
         return {}
 
     # ------------------------------------------------------------------ steps
-    compiled: tuple[str, ...] = ("sample_policy", "td_target", "critic_loss", "policy_loss", "actor_only_loss")
+    compiled = ("sample_policy", "td_target", "critic_loss", "policy_loss", "actor_only_loss", "update_target")
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -190,12 +190,6 @@ class SACCore(Algorithm):
     def update_target(self) -> None:
         polyak_update(self.target_critic, self.critic, self.config.tau)
 
-    def prepare(self, env_step: int) -> Hashable:
-        """Host side, before `update_tensors`: writes what depends on the env step into device
-        scalars and returns the phase (updates of one phase run the same kernels, so one
-        captured graph serves them all)."""
-        return None
-
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
         """One gradient step with no host-device sync; metrics as device tensors."""
         sample = next_sample = None
@@ -210,19 +204,6 @@ class SACCore(Algorithm):
 
     def update(self, batch: Batch, env_step: int) -> dict[str, float]:
         return to_floats(self.update_tensors(batch, self.prepare(env_step)))
-
-    def compile_losses(self) -> None:
-        """Replace the loss functions named in `compiled` and the Polyak step by
-        `torch.compile`d versions: their many small kernels fused (the graphed learner
-        captures them afterwards)."""
-        for name in (*self.compiled, "update_target"):
-            setattr(self, name, torch.compile(getattr(self, name)))
-
-    def compile_optimizers(self) -> None:
-        """`torch.compile` every optimiser step (inductor fuses Adam's foreach implementation
-        into a few wide kernels; see `graphed.prepare_optimizers`)."""
-        for opt in self.optimizers():
-            opt.step = torch.compile(opt.step)
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer, *self.constraint_optimizers()]

@@ -2,20 +2,25 @@
 
 Deterministic actor, K critics in one batched call (min over all K), Polyak targets for both
 actor and critic, target policy smoothing, and actor + target updates every `policy_delay`
-critic steps. Subclasses change the method through hooks and keep the rest:
-`target_penalty` (subtracted from the bootstrapped value), `actor_loss` and the
-`actor_optimizers` its backward steps.
+critic steps (`policy_delay.PolicyDelay`: decided on the device where the update is captured).
+Subclasses change the method through hooks and keep the rest: `target_penalty` (subtracted
+from the bootstrapped value), `actor_loss` and the `actor_optimizers` its backward steps.
+The update is `Capturable` (algorithms/capturable.py): the graphed learner runs it on CUDA.
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable
 
 import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch
+from distributed_o2o.algorithms.capturable import Capturable
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
-from distributed_o2o.algorithms.optim import optimizer_params, optimizer_step, to_floats
+from distributed_o2o.algorithms.optim import adam, optimizer_params, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import DeterministicPolicy, Policy
+from distributed_o2o.algorithms.policy_delay import MASKED, PolicyDelay
 
 
 def ensemble_mse(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -23,10 +28,11 @@ def ensemble_mse(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (q_values - target).pow(2).mean(dim=-1).sum()
 
 
-class TD3(Algorithm):
+class TD3(Capturable, Algorithm):
     """The TD3 learner. Needs a `TD3Config`; subclasses add the acting schedule and stages."""
 
     policy_family = "deterministic"
+    compiled = ("bootstrap_target", "critic_loss", "actor_loss", "update_targets")
 
     def __init__(self, config, obs_dim: int, act_dim: int, device: torch.device,
                  policy: Policy | None = None, critic: CriticEnsemble | None = None):
@@ -40,25 +46,29 @@ class TD3(Algorithm):
         self.critic = critic.to(device)
         self.policy_target = frozen_copy(self.policy)
         self.critic_target = frozen_copy(self.critic)
-        self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.critic_updates = 0
+        self.actor_opt = adam(self.policy.parameters(), config.actor_lr, device)
+        self.critic_opt = adam(self.critic.parameters(), config.critic_lr, device)
+        self.delay = PolicyDelay(config.policy_delay, device)
 
     # -- hooks
     def target_penalty(self, next_obs: torch.Tensor) -> torch.Tensor | None:
         """Per-sample amount subtracted from min_j Q̄_j(s', ã') in the critic target (none in TD3)."""
         return None
 
-    def actor_loss(self, obs: torch.Tensor, env_step: int) -> tuple[torch.Tensor, dict]:
-        """−E Q_1(s, π(s)); returns the loss and metrics (tensors or floats)."""
-        loss = -self.policy_q1(obs)[1].mean()
-        return loss, {"actor_loss": loss.detach()}
+    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """−E Q_1(s, π(s)); returns the loss and metric tensors."""
+        return self.q1_actor_loss(obs)
 
     def actor_optimizers(self) -> list[torch.optim.Optimizer]:
         """What the actor loss's backward steps (a subclass adds its multiplier's)."""
         return [self.actor_opt]
 
     # -- shared pieces
+    def q1_actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """−E Q_1(s, π(s)): TD3's actor loss (O2TD3's in stage B)."""
+        loss = -self.policy_q1(obs)[1].mean()
+        return loss, {"actor_loss": loss.detach()}
+
     def policy_q1(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """π(s) and Q_1(s, π(s)), differentiable in the policy: what every actor loss maximises."""
         action = self.policy.mode(obs)
@@ -86,11 +96,23 @@ class TD3(Algorithm):
         """The online critic target: smoothing on the target actor, minus the subclass's penalty."""
         return self.td_target(batch, self.policy_target, self.target_penalty(batch.next_obs))
 
-    def critic_step(self, batch: Batch, target: torch.Tensor) -> dict:
+    def critic_loss(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         q_values = self.critic(batch.obs, batch.actions)
         loss = ensemble_mse(q_values, target)
+        return loss, {"critic_loss": loss.detach(), "q_mean": q_values.detach().mean()}
+
+    def critic_step(self, batch: Batch, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss, metrics = self.critic_loss(batch, target)
         optimizer_step(self.critic_opt, loss, self.critic.parameters())
-        return {"critic_loss": loss.detach(), "q_mean": q_values.detach().mean()}
+        return metrics
+
+    def actor_step(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The delayed step: the actor (and what `actor_optimizers` adds), then both targets."""
+        loss, metrics = self.actor_loss(obs)
+        optimizers = self.actor_optimizers()
+        optimizer_step(optimizers, loss, optimizer_params(optimizers))
+        self.update_targets()
+        return metrics
 
     def update_targets(self, critic: bool = True, actor: bool = True) -> None:
         if critic:
@@ -105,16 +127,32 @@ class TD3(Algorithm):
     def acting_policy(self) -> Policy:
         return self.policy
 
-    def update(self, batch: Batch, env_step: int) -> dict[str, float]:
+    def prepare(self, env_step: int) -> Hashable:
+        """The captured update's phase: the policy delay decided on the device."""
+        return MASKED
+
+    def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
+        """A critic step, then the actor step as the delay's `phase` says (policy_delay.py)."""
         metrics = self.critic_step(batch, self.bootstrap_target(batch))
-        self.critic_updates += 1
-        if self.critic_updates % self.config.policy_delay == 0:
-            loss, actor_metrics = self.actor_loss(batch.obs, env_step)
-            optimizers = self.actor_optimizers()
-            optimizer_step(optimizers, loss, optimizer_params(optimizers))
-            metrics.update(actor_metrics)
-            self.update_targets()
-        return to_floats(metrics)
+        delayed = [self.policy, self.policy_target, self.critic_target, *self.actor_modules()]
+        metrics.update(self.delay.after_critic_step(phase, lambda: self.actor_step(batch.obs), delayed,
+                                                    self.actor_optimizers()))
+        return metrics
+
+    def update(self, batch: Batch, env_step: int) -> dict[str, float]:
+        self.prepare(env_step)
+        return to_floats(self.update_tensors(batch, self.delay.eager_phase()))
+
+    def actor_modules(self) -> list[nn.Module]:
+        """Modules besides the policy whose parameters the actor step trains (a multiplier)."""
+        return []
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.critic_opt, *self.actor_optimizers()]
+
+    def compile_losses(self) -> None:
+        super().compile_losses()
+        self.delay.compile()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic}
@@ -127,10 +165,10 @@ class TD3(Algorithm):
             "critic_target": self.critic_target.state_dict(),
             "actor_opt": self.actor_opt.state_dict(),
             "critic_opt": self.critic_opt.state_dict(),
-            "critic_updates": self.critic_updates,
+            "critic_updates": self.delay.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         for name in ("policy", "critic", "policy_target", "critic_target", "actor_opt", "critic_opt"):
             getattr(self, name).load_state_dict(state[name])
-        self.critic_updates = state["critic_updates"]
+        self.delay.load_state_dict(state["critic_updates"])

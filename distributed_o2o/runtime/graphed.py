@@ -1,4 +1,4 @@
-"""The graphed learner path: SAC-family updates at the speed of the GPU, not of the host.
+"""The graphed learner path: updates at the speed of the GPU, not of the host.
 
 Eager PyTorch on small MLPs is bound by the host: an update is a few hundred tiny kernels, each
 a Python dispatch and a launch (~130 updates/s on an H100). This path takes the host out:
@@ -12,7 +12,9 @@ a Python dispatch and a launch (~130 updates/s on an H100). This path takes the 
   metrics are read back once per `run`. Optionally its matrix products use TF32 (captured
   into its graphs; the process's own setting is left as it was).
 The update itself is the algorithm's own `update_tensors` (the code `update` runs), with Adam
-capturable on CUDA. On CPU `run` executes the same steps eagerly, without graphs.
+capturable on CUDA. On CPU `run` executes the same steps eagerly, without graphs. Any
+`Capturable` (algorithms/capturable.py) runs here: the SAC family, the TD3 family and the
+offline pretrainers (`o2o pretrain` samples D_off alone: offline ratio 1).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import numpy as np
 import torch
 
 from distributed_o2o.algorithms.base import Algorithm, Batch
+from distributed_o2o.algorithms.capturable import Capturable
 from distributed_o2o.algorithms.optim import stack_scalars
-from distributed_o2o.algorithms.sac import SACCore
 from distributed_o2o.errors import UserError
 
 # Updates of each (phase, offline rows) that run eagerly before capture: lazy initialisation
@@ -118,7 +120,7 @@ class GraphedUpdater:
     """`run(num_updates, env_step, offline_ratio)`: that many updates of `algorithm`, on batches
     of its `batch_size` drawn from the device mirror; returns the mean of each metric."""
 
-    def __init__(self, algorithm: SACCore, obs_dim: int, act_dim: int, capacity: int, device: torch.device,
+    def __init__(self, algorithm: Capturable, obs_dim: int, act_dim: int, capacity: int, device: torch.device,
                  steps_per_graph: int = 16, compile: bool = True, tf32: bool = False):
         self.algorithm = algorithm
         self.device = torch.device(device)
@@ -245,29 +247,32 @@ class GraphedUpdater:
         return dict(zip(self.names[key], means))
 
 
-def graphed_updater(config, algorithm: Algorithm, obs_dim: int, act_dim: int,
-                    device: torch.device) -> GraphedUpdater | None:
+def graphed_updater(config, algorithm: Algorithm | Capturable, obs_dim: int, act_dim: int, device: torch.device,
+                    capacity: int | None = None) -> GraphedUpdater | None:
     """The graphed path where `config.learner_backend` picks it (None: the eager learner).
 
-    "auto" picks it on CUDA for the SAC family; "graph" insists and fails without CUDA or for
-    another family; "eager" never picks it.
+    "auto" picks it on CUDA for a `Capturable` algorithm; "graph" insists and fails without
+    CUDA or for another; "eager" never picks it. `capacity`: online rows of the device mirror
+    (default `config.replay_capacity`; 0 where only D_off is sampled).
     """
     on_gpu = torch.device(device).type == "cuda"
     check_learner_backend(config, type(algorithm), on_gpu)
     if config.learner_backend == "eager" or not graph_supported(type(algorithm), on_gpu):
         return None
-    return GraphedUpdater(algorithm, obs_dim, act_dim, config.replay_capacity, device, config.graph_steps,
-                          config.graph_compile, config.graph_tf32)
+    capacity = config.replay_capacity if capacity is None else capacity
+    return GraphedUpdater(algorithm, obs_dim, act_dim, capacity, device, config.graph_steps, config.graph_compile,
+                          config.graph_tf32)
 
 
 def graph_supported(algorithm_cls: type, on_gpu: bool) -> bool:
-    """The graphed path runs SAC-family updates on CUDA."""
-    return on_gpu and issubclass(algorithm_cls, SACCore)
+    """The graphed path runs `Capturable` updates on CUDA."""
+    return on_gpu and issubclass(algorithm_cls, Capturable)
 
 
 def check_learner_backend(config, algorithm_cls: type, on_gpu: bool) -> None:
     """Refuse `learner_backend: graph` where the graphed path cannot run (the Ray runtime asks
     before it starts the learner actor, from the GPU its plan gives the learner)."""
     if config.learner_backend == "graph" and not graph_supported(algorithm_cls, on_gpu):
-        raise UserError(f"learner_backend 'graph' needs a CUDA device and a SAC-family algorithm (got '{config.algo}' "
+        raise UserError(f"learner_backend 'graph' needs a CUDA device and an algorithm with a capturable update (SAC "
+                        f"or TD3 family, or an offline pretrainer; got '{config.algo}' "
                         f"{'on a GPU' if on_gpu else 'without a GPU'}); use 'auto' or 'eager'")

@@ -4,7 +4,7 @@ Everything that crosses a transport (batches, weights, metrics) is numpy or plai
 the same class runs in-process (local mode) or as a Ray actor. The learner pulls its batches
 from the replay shards itself (`update_from_replay`): many batches per call, one gather per
 shard; the Ray subclass keeps the next pull in flight while it updates. On the graphed path
-(`runtime/graphed.py`: SAC family on CUDA) the learner instead mirrors the shards on its device,
+(`runtime/graphed.py`: on CUDA, for a capturable update) the learner instead mirrors the shards on its device,
 pulling the rows each shard took in since the last call, and samples there.
 """
 

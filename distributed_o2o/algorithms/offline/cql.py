@@ -9,13 +9,15 @@ their densities). The actor and α are SAC's, with target entropy −|A|.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 
 import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import Batch
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
-from distributed_o2o.algorithms.offline.bc import Pretrainer, scalars
+from distributed_o2o.algorithms.offline.bc import Pretrainer
+from distributed_o2o.algorithms.optim import adam, optimizer_step
 from distributed_o2o.algorithms.policies import TanhGaussianPolicy
 
 
@@ -34,15 +36,17 @@ def cql_penalty(q_data: torch.Tensor, q_ood: torch.Tensor, log_density: torch.Te
 
 
 class CQLPretrainer(Pretrainer):
+    compiled = ("critic_loss", "actor_loss", "update_target")
+
     def __init__(self, config, obs_dim, act_dim, device):
         super().__init__(config, obs_dim, act_dim, device)
         self.policy = TanhGaussianPolicy(obs_dim, act_dim, config.hidden).to(device)
         self.critic = CriticEnsemble(obs_dim, act_dim, num_critics=2, hidden=config.cql_q_hidden, layer_norm=False).to(device)
         self.critic_target = frozen_copy(self.critic)
-        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.cql_policy_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.cql_q_lr)
+        self.policy_optimizer = adam(self.policy.parameters(), config.cql_policy_lr, device)
+        self.critic_optimizer = adam(self.critic.parameters(), config.cql_q_lr, device)
         self.log_alpha = torch.zeros((), device=device, requires_grad=config.cql_autotune_alpha)  # α starts at 1
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.cql_policy_lr) if config.cql_autotune_alpha else None
+        self.alpha_optimizer = adam([self.log_alpha], config.cql_policy_lr, device) if config.cql_autotune_alpha else None
         self.target_entropy = -float(act_dim)
 
     def _q_at(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -62,7 +66,8 @@ class CQLPretrainer(Pretrainer):
         log_density = torch.cat([uniform_log_density, *(lp for _, lp in sampled)], dim=1)
         return actions, log_density
 
-    def step(self, batch: Batch) -> dict[str, float]:
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Σ_i TD error + cql_alpha · penalty_i."""
         c = self.config
         with torch.no_grad():
             next_actions, _ = self.policy.sample(batch.next_obs)
@@ -72,26 +77,35 @@ class CQLPretrainer(Pretrainer):
         q = self.critic(batch.obs, batch.actions)
         td_loss = (q - target).pow(2).mean(dim=1)
         penalty = cql_penalty(q, self._q_at(batch.obs, ood_actions), log_density if c.cql_importance_sampling else None)
-        critic_loss = (td_loss + c.cql_alpha * penalty).sum()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+        loss = (td_loss + c.cql_alpha * penalty).sum()
+        return loss, {"critic_loss": loss.detach(), "td_loss": td_loss.detach().sum(), "cql_penalty": penalty.detach().mean(),
+                      "q_mean": q.detach().mean()}
 
-        actions, log_prob = self.policy.sample(batch.obs)
+    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SAC's actor loss at the current α; also the sample's log-probabilities (detached) and α."""
+        actions, log_prob = self.policy.sample(obs)
         alpha = self.log_alpha.exp().detach()
-        actor_loss = (alpha * log_prob - self.critic(batch.obs, actions).min(dim=0).values).mean()
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.policy_optimizer.step()
-        if self.alpha_optimizer is not None:
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optimizer.step()
+        loss = (alpha * log_prob - self.critic(obs, actions).min(dim=0).values).mean()
+        return loss, log_prob.detach(), alpha
 
-        polyak_update(self.critic_target, self.critic, c.tau)
-        return scalars({"critic_loss": critic_loss, "td_loss": td_loss.sum(), "cql_penalty": penalty.mean(),
-                        "actor_loss": actor_loss, "alpha": alpha, "q_mean": q.mean()})
+    def update_target(self) -> None:
+        polyak_update(self.critic_target, self.critic, self.config.tau)
+
+    def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
+        critic_loss, metrics = self.critic_loss(batch)
+        optimizer_step(self.critic_optimizer, critic_loss, self.critic.parameters())
+        actor_loss, log_prob, alpha = self.actor_loss(batch.obs)
+        optimizer_step(self.policy_optimizer, actor_loss, self.policy.parameters())
+        if self.alpha_optimizer is not None:
+            alpha_loss = -(self.log_alpha * (log_prob + self.target_entropy)).mean()
+            optimizer_step(self.alpha_optimizer, alpha_loss, [self.log_alpha])
+        self.update_target()
+        return {"critic_loss": metrics["critic_loss"], "td_loss": metrics["td_loss"], "cql_penalty": metrics["cql_penalty"],
+                "actor_loss": actor_loss.detach(), "alpha": alpha, "q_mean": metrics["q_mean"]}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        alpha = [] if self.alpha_optimizer is None else [self.alpha_optimizer]
+        return [self.critic_optimizer, self.policy_optimizer, *alpha]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic}

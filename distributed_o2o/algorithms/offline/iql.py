@@ -8,14 +8,16 @@ r + γ(1−d)V(s'); the policy maximises exp(β(Q̄ − V))-weighted log π(a|s)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import Batch
+from distributed_o2o.algorithms.capturable import Capturable
 from distributed_o2o.algorithms.networks import CriticEnsemble, ValueNetwork, frozen_copy, polyak_update
-from distributed_o2o.algorithms.offline.bc import Pretrainer, scalars
+from distributed_o2o.algorithms.offline.bc import Pretrainer
+from distributed_o2o.algorithms.optim import CosineLR, adam, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import GaussianPolicy
 
 
@@ -47,53 +49,64 @@ def iql_networks(obs_dim: int, act_dim: int, hidden: Sequence[int], policy: Gaus
     return policy, critic, value
 
 
-class IQLUpdate:
-    """IQL's networks, Polyak target critic and optimisers, and one gradient step.
+class IQLUpdate(Capturable):
+    """IQL's networks, Polyak target critic and optimisers, and one gradient step (`Capturable`).
 
     `config` supplies gamma, tau, lr, iql_expectile, iql_beta, iql_adv_clip (PretrainConfig and
     IQLFinetuneConfig both do). `schedule_steps`: cosine-anneal the actor LR over that many steps.
     """
 
+    compiled = ("value_loss", "critic_loss", "actor_loss", "update_target")
+
     def __init__(self, config, policy: GaussianPolicy, critic: CriticEnsemble, value: ValueNetwork,
                  schedule_steps: int | None = None):
         self.config, self.policy, self.critic, self.value = config, policy, critic, value
+        device = next(policy.parameters()).device
         self.critic_target = frozen_copy(critic)
-        self.policy_optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-        self.critic_optimizer = torch.optim.Adam(critic.parameters(), lr=config.lr)
-        self.value_optimizer = torch.optim.Adam(value.parameters(), lr=config.lr)
-        self.policy_schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(self.policy_optimizer, schedule_steps)
-                                if schedule_steps else None)
+        self.policy_optimizer = adam(policy.parameters(), config.lr, device)
+        self.critic_optimizer = adam(critic.parameters(), config.lr, device)
+        self.value_optimizer = adam(value.parameters(), config.lr, device)
+        self.policy_schedule = CosineLR(self.policy_optimizer, schedule_steps, device) if schedule_steps else None
 
-    def step(self, batch: Batch) -> dict[str, float]:
-        c = self.config
+    def value_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The expectile loss of V(s) toward min_j Q̄_j(s, a); also the advantage and V(s') (both
+        from V before its step)."""
         with torch.no_grad():
             target_q = self.critic_target(batch.obs, batch.actions).min(dim=0).values
             next_v = self.value(batch.next_obs)
-
         advantage = target_q - self.value(batch.obs)
-        value_loss = expectile_loss(advantage, c.iql_expectile)
-        self.value_optimizer.zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.value_optimizer.step()
+        return expectile_loss(advantage, self.config.iql_expectile), advantage.detach(), next_v
 
+    def critic_loss(self, batch: Batch, next_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.critic(batch.obs, batch.actions)
-        target = batch.rewards + c.gamma * (1.0 - batch.terminals) * next_v
-        critic_loss = (q - target).pow(2).mean()  # mean over critics of their MSEs, as in CORL
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+        target = batch.rewards + self.config.gamma * (1.0 - batch.terminals) * next_v
+        return (q - target).pow(2).mean(), q.detach().mean()  # mean over critics of their MSEs, as in CORL
 
-        weights = advantage_weights(advantage.detach(), c.iql_beta, c.iql_adv_clip)
-        actor_loss = -(weights * self.policy.log_prob(batch.obs, batch.actions)).mean()
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.policy_optimizer.step()
+    def actor_loss(self, batch: Batch, advantage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = advantage_weights(advantage, self.config.iql_beta, self.config.iql_adv_clip)
+        return -(weights * self.policy.log_prob(batch.obs, batch.actions)).mean(), weights.mean()
+
+    def update_target(self) -> None:
+        polyak_update(self.critic_target, self.critic, self.config.tau)
+
+    def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
+        value_loss, advantage, next_v = self.value_loss(batch)
+        optimizer_step(self.value_optimizer, value_loss, self.value.parameters())
+        critic_loss, q_mean = self.critic_loss(batch, next_v)
+        optimizer_step(self.critic_optimizer, critic_loss, self.critic.parameters())
+        actor_loss, weight_mean = self.actor_loss(batch, advantage)
+        optimizer_step(self.policy_optimizer, actor_loss, self.policy.parameters())
         if self.policy_schedule is not None:
             self.policy_schedule.step()
+        self.update_target()
+        return {"value_loss": value_loss.detach(), "critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+                "q_mean": q_mean, "adv_weight_mean": weight_mean}
 
-        polyak_update(self.critic_target, self.critic, c.tau)
-        return scalars({"value_loss": value_loss, "critic_loss": critic_loss, "actor_loss": actor_loss,
-                        "q_mean": q.mean(), "adv_weight_mean": weights.mean()})
+    def step(self, batch: Batch) -> dict[str, float]:
+        return to_floats(self.update_tensors(batch, self.prepare(0)))
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.value_optimizer, self.critic_optimizer, self.policy_optimizer]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic, "value": self.value}
@@ -128,8 +141,14 @@ class IQLPretrainer(Pretrainer):
         schedule_steps = config.steps if config.iql_cosine_actor_schedule else None
         self.update = IQLUpdate(config, *networks, schedule_steps=schedule_steps)
 
-    def step(self, batch: Batch) -> dict[str, float]:
-        return self.update.step(batch)
+    def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
+        return self.update.update_tensors(batch, phase)
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return self.update.optimizers()
+
+    def compile_losses(self) -> None:
+        self.update.compile_losses()
 
     def modules(self) -> dict[str, nn.Module]:
         return self.update.modules()

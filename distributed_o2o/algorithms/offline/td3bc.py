@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 
 import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import Batch
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
-from distributed_o2o.algorithms.offline.bc import Pretrainer, scalars
+from distributed_o2o.algorithms.offline.bc import Pretrainer
+from distributed_o2o.algorithms.optim import adam, optimizer_step
 from distributed_o2o.algorithms.policies import DeterministicPolicy
+from distributed_o2o.algorithms.policy_delay import MASKED, PolicyDelay
 
 
 def td3bc_actor_loss(q: torch.Tensor, policy_actions: torch.Tensor, data_actions: torch.Tensor,
@@ -23,17 +26,19 @@ def td3bc_actor_loss(q: torch.Tensor, policy_actions: torch.Tensor, data_actions
 
 
 class TD3BCPretrainer(Pretrainer):
+    compiled = ("critic_loss", "actor_loss", "update_targets")
+
     def __init__(self, config, obs_dim, act_dim, device):
         super().__init__(config, obs_dim, act_dim, device)
         self.policy = DeterministicPolicy(obs_dim, act_dim, config.hidden).to(device)
         self.critic = CriticEnsemble(obs_dim, act_dim, num_critics=2, hidden=config.hidden, layer_norm=False).to(device)
         self.policy_target = frozen_copy(self.policy)
         self.critic_target = frozen_copy(self.critic)
-        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
-        self.num_steps = 0
+        self.policy_optimizer = adam(self.policy.parameters(), config.lr, device)
+        self.critic_optimizer = adam(self.critic.parameters(), config.lr, device)
+        self.delay = PolicyDelay(config.policy_delay, device)  # the actor step every policy_delay-th step
 
-    def step(self, batch: Batch) -> dict[str, float]:
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
         with torch.no_grad():
             noise = (torch.randn_like(batch.actions) * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
@@ -41,23 +46,44 @@ class TD3BCPretrainer(Pretrainer):
             next_q = self.critic_target(batch.next_obs, next_actions).min(dim=0).values
             target = batch.rewards + c.gamma * (1.0 - batch.terminals) * next_q
         q = self.critic(batch.obs, batch.actions)
-        critic_loss = (q - target).pow(2).mean(dim=1).sum()  # sum of the critics' MSEs, as in CORL
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
-        metrics = {"critic_loss": critic_loss, "q_mean": q.mean()}
+        loss = (q - target).pow(2).mean(dim=1).sum()  # sum of the critics' MSEs, as in CORL
+        return loss, {"critic_loss": loss.detach(), "q_mean": q.detach().mean()}
 
-        self.num_steps += 1
-        if self.num_steps % c.policy_delay == 0:
-            pi = self.policy.mode(batch.obs)
-            actor_loss, lam = td3bc_actor_loss(self.critic(batch.obs, pi)[0], pi, batch.actions, c.td3bc_alpha)
-            self.policy_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.policy_optimizer.step()
-            polyak_update(self.critic_target, self.critic, c.tau)
-            polyak_update(self.policy_target, self.policy, c.tau)
-            metrics |= {"actor_loss": actor_loss, "lambda": lam}
-        return scalars(metrics)
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pi = self.policy.mode(batch.obs)
+        loss, lam = td3bc_actor_loss(self.critic(batch.obs, pi)[0], pi, batch.actions, self.config.td3bc_alpha)
+        return loss, {"actor_loss": loss.detach(), "lambda": lam}
+
+    def update_targets(self) -> None:
+        polyak_update(self.critic_target, self.critic, self.config.tau)
+        polyak_update(self.policy_target, self.policy, self.config.tau)
+
+    def actor_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        loss, metrics = self.actor_loss(batch)
+        optimizer_step(self.policy_optimizer, loss, self.policy.parameters())
+        self.update_targets()
+        return metrics
+
+    def prepare(self, step: int) -> Hashable:
+        return MASKED  # the captured step: the delay decided on the device
+
+    def eager_phase(self) -> Hashable:
+        return self.delay.eager_phase()
+
+    def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
+        loss, metrics = self.critic_loss(batch)
+        optimizer_step(self.critic_optimizer, loss, self.critic.parameters())
+        metrics.update(self.delay.after_critic_step(phase, lambda: self.actor_step(batch),
+                                                    [self.policy, self.policy_target, self.critic_target],
+                                                    [self.policy_optimizer]))
+        return metrics
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.critic_optimizer, self.policy_optimizer]
+
+    def compile_losses(self) -> None:
+        super().compile_losses()
+        self.delay.compile()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic}

@@ -1,4 +1,9 @@
-"""The offline pretraining loop: dataset in, checkpoint (policy, critic, value) out."""
+"""The offline pretraining loop: dataset in, checkpoint (policy, critic, value) out.
+
+On a GPU the steps run on the graphed learner path (runtime/graphed.py: D_off mirrored on the
+device, `graph_steps` steps per CUDA graph, compiled) unless `learner_backend` is "eager"; on
+a CPU they run eagerly, one `Pretrainer.step` at a time.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from distributed_o2o.data.scores import reference_scores
 from distributed_o2o.errors import UserError
 from distributed_o2o.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLog
 from distributed_o2o.progress import progress_bar
+from distributed_o2o.runtime.graphed import graphed_updater
 from distributed_o2o.runtime.learner import pick_device
 from distributed_o2o.runtime.run_dir import Rate
 
@@ -93,13 +99,28 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
     pretrainer = PRETRAINERS[config.algo](config, dataset.obs_dim, dataset.act_dim, device)
     if config.normalize_obs:
         set_obs_stats(pretrainer.networks(), dataset.observations, config.obs_norm_eps)
-    data = OfflineData({name: getattr(dataset, name) for name in _COLUMNS}, device)
+    arrays = {name: getattr(dataset, name) for name in _COLUMNS}
+    graphed = graphed_updater(config, pretrainer, dataset.obs_dim, dataset.act_dim, device, capacity=0)
+    if graphed is not None:
+        graphed.set_offline(arrays)
+    else:
+        data = OfflineData(arrays, device)
 
     interval: dict[str, list[float]] = defaultdict(list)  # the pretrainer's scalars since the last log line
 
     def train_step() -> None:
         for key, value in pretrainer.step(data.sample(config.batch_size)).items():
             interval[key].append(value)
+
+    def train(steps: int) -> dict[str, float]:
+        """`steps` more steps; the means of the scalars since the last call."""
+        if graphed is not None:
+            return graphed.run_phase(steps, pretrainer.prepare(0), offline_ratio=1.0)
+        for _ in range(steps):
+            train_step()
+        means = {key: float(np.mean(values)) for key, values in interval.items()}
+        interval.clear()
+        return means
 
     columns = (TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[metrics]}"))
@@ -116,18 +137,18 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
                           f"{default_threads}; `--set threads=N` fixes it)", soft_wrap=True)
         with progress_bar(console, progress, columns=columns) as bar:
             task = bar.add_task(f"{config.algo} pretraining", total=config.steps, completed=done, metrics="")
-            for step in range(done + 1, config.steps + 1):
-                train_step()
-                if step % config.log_every == 0 or step == config.steps:
-                    means = {key: float(np.mean(values)) for key, values in interval.items()}
-                    interval.clear()
-                    line = {"step": step, **means, "steps_per_s": round(rate(step), 2),
-                            "wall_time_s": round(time.perf_counter() - start, 2)}
-                    log.append_metrics(line)
-                    log.scalars(step, {key: value for key, value in line.items() if key != "step"}, "pretrain")
-                    log.flush()
-                    losses = {key: value for key, value in means.items() if key.endswith("loss")}
-                    bar.update(task, completed=step, metrics=" ".join(f"{key}={value:.3g}" for key, value in losses.items()))
+            step = done
+            while step < config.steps:  # up to each log line at a time
+                count = min(config.log_every - step % config.log_every, config.steps - step)
+                means = train(count)
+                step += count
+                line = {"step": step, **means, "steps_per_s": round(rate(step), 2),
+                        "wall_time_s": round(time.perf_counter() - start, 2)}
+                log.append_metrics(line)
+                log.scalars(step, {key: value for key, value in line.items() if key != "step"}, "pretrain")
+                log.flush()
+                losses = {key: value for key, value in means.items() if key.endswith("loss")}
+                bar.update(task, completed=step, metrics=" ".join(f"{key}={value:.3g}" for key, value in losses.items()))
     finally:
         torch.set_num_threads(default_threads)
         log.close()
@@ -136,7 +157,7 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
     ref_min, ref_max = reference_scores(dataset.env_id, (dataset.ref_min_score, dataset.ref_max_score))
     save_checkpoint(out_dir, pretrainer.modules(), env_id=dataset.env_id, algo=config.algo, config=config.model_dump(),
                     extra={"steps": config.steps, "dataset": config.dataset, "ref_min_score": ref_min, "ref_max_score": ref_max,
-                           "torch_threads": threads, "wall_time_s": round(time.perf_counter() - start, 2),
+                           "torch_threads": threads, "graphed": graphed is not None, "wall_time_s": round(time.perf_counter() - start, 2),
                            "final_losses": losses})
     return Path(out_dir)
 

@@ -1,0 +1,60 @@
+"""What the graphed learner (runtime/graphed.py) needs of an algorithm: an update it can capture.
+
+A `Capturable` splits one gradient step in two:
+- `prepare(step)`, on the host: writes what depends on the step (env step, or a pretrainer's
+  step) into device scalars and returns the phase (updates of one phase run the same kernels,
+  so one captured graph serves them all);
+- `update_tensors(batch, phase)`: the step itself with no host-device sync (no `.item()`, no
+  branching on tensor values); metrics stay device tensors.
+`compiled` names the methods `compile_losses` hands to `torch.compile` (pure loss functions,
+Polyak steps); `optimizers()` lists every optimiser the step uses (made capturable, compiled).
+The config has a `batch_size`. The SAC family, the TD3 family and the offline pretrainers are
+Capturable; the eager paths run the same `update_tensors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import torch
+
+from distributed_o2o.algorithms.base import Batch, OfflineStage
+from distributed_o2o.algorithms.optim import to_floats
+
+
+class Capturable:
+    """Mixin of an update split into `prepare` (host) and `update_tensors` (device)."""
+
+    compiled: tuple[str, ...] = ()
+
+    def prepare(self, step: int) -> Hashable:
+        return None
+
+    def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def compile_losses(self) -> None:
+        """Replace the methods named in `compiled` by `torch.compile`d versions: their many small
+        kernels fused (the graphed learner captures them afterwards)."""
+        for name in self.compiled:
+            setattr(self, name, torch.compile(getattr(self, name)))
+
+    def compile_optimizers(self) -> None:
+        """`torch.compile` every optimiser step (inductor fuses Adam's foreach implementation
+        into a few wide kernels; see `graphed.prepare_optimizers`)."""
+        for opt in self.optimizers():
+            opt.step = torch.compile(opt.step)
+
+
+def phase_stage(algorithm, phase: str, steps: int) -> OfflineStage:
+    """An offline stage named `phase` whose step is `update_tensors(batch of D_off, phase)`, so
+    the graphed learner can run it in its graphs (`OfflineStage.phase`)."""
+
+    def step() -> dict[str, float]:
+        batch = algorithm.offline_data.sample(algorithm.config.batch_size)
+        return to_floats(algorithm.update_tensors(batch, phase))
+
+    return OfflineStage(phase, steps, step, phase=phase)
