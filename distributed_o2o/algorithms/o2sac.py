@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable
 from functools import partial
 
 import torch
+from torch import nn
 
 from distributed_o2o.algorithms.base import Batch, OfflineStage
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy
@@ -125,6 +126,9 @@ class O2SAC(ConstrainedFineTuning, SACCore):
         return super().prepare(env_step)
 
     # ------------------------------------------------------------------ state
+    def learner_modules(self) -> dict[str, nn.Module]:
+        return {**super().learner_modules(), "policy_off": self.policy_off}
+
     def snapshot(self) -> dict:
         return {**super().snapshot(), "policy_off": self.policy_off.state_dict(), **self.constraint_snapshot()}
 

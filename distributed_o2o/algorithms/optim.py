@@ -13,11 +13,12 @@ from torch import nn
 def optimizer_step(optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], loss: torch.Tensor,
                    params: Iterable[torch.Tensor]) -> None:
     """Backpropagate `loss` into `params` only (the critic takes no gradient from the actor
-    loss), then step the optimiser(s)."""
+    loss), then step the optimiser(s). A population's loss is one per agent: their sum, whose
+    gradient in each agent's parameters is that agent's own."""
     optimizers = list(optimizer) if isinstance(optimizer, Sequence) else [optimizer]
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    loss.backward(inputs=list(params))
+    (loss.sum() if loss.dim() else loss).backward(inputs=list(params))
     for opt in optimizers:
         opt.step()
 
