@@ -48,9 +48,9 @@ def optimizer_params(optimizers: Iterable[torch.optim.Optimizer]) -> list[torch.
     return [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
 
 
-def stack_scalars(values: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Scalar metric tensors as one detached float vector, in their order."""
-    return torch.stack([v.detach().float().reshape(()) for v in values])
+def stack_scalars(values: Iterable[torch.Tensor], shape: Sequence[int] = ()) -> torch.Tensor:
+    """Metric tensors of `shape` (scalars by default) stacked as one detached float tensor, in their order."""
+    return torch.stack([v.detach().float().reshape(shape) for v in values])
 
 
 def to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:

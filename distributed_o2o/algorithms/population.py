@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from distributed_o2o.algorithms.base import Batch
+from distributed_o2o.algorithms.optim import stack_scalars
 from distributed_o2o.algorithms.sac import SACCore
 from distributed_o2o.errors import UserError
 
@@ -256,5 +257,5 @@ def per_agent_floats(metrics: dict[str, torch.Tensor]) -> list[dict[str, float]]
     """(K,) metric tensors as K dicts of floats, with one host sync."""
     if not metrics:
         return []
-    values = torch.stack([v.detach().float() for v in metrics.values()]).T.tolist()
+    values = stack_scalars(metrics.values(), next(iter(metrics.values())).shape).T.tolist()
     return [dict(zip(metrics, row)) for row in values]
