@@ -19,7 +19,8 @@ from distributed_o2o.algorithms.baselines import SAC
 from distributed_o2o.algorithms.o2sac import O2SAC
 from distributed_o2o.algorithms.policies import TanhGaussianPolicy
 from distributed_o2o.algorithms.optim import to_floats
-from distributed_o2o.algorithms.population import Population, per_agent_floats, require_population_support
+from distributed_o2o.algorithms.population import (Population, agent_batch, per_agent_floats,
+                                                   require_population_support)
 from distributed_o2o.algorithms.porl import PORL
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.config import O2SACConfig, PORLConfig, SACConfig
@@ -58,10 +59,6 @@ def batches(seed: int) -> Batch:
     return Batch(torch.randn(K, B, OBS, generator=g), torch.empty(K, B, ACT).uniform_(-1, 1, generator=g),
                  torch.randn(K, B, generator=g), torch.randn(K, B, OBS, generator=g),
                  (torch.empty(K, B).uniform_(generator=g) < 0.1).float())
-
-
-def agent_batch(batch: Batch, k: int) -> Batch:
-    return Batch(batch.obs[k], batch.actions[k], batch.rewards[k], batch.next_obs[k], batch.terminals[k])
 
 
 def tensors(state) -> list[torch.Tensor]:

@@ -183,8 +183,7 @@ class Population:
 
     def offline_batch(self, batch_size: int) -> Batch:
         """A batch of D_off per agent, each drawn with its agent's own generator."""
-        batches = [agent.offline_data.sample(batch_size) for agent in self.agents]
-        return Batch(*(torch.stack(fields) for fields in zip(*(_batch_fields(b) for b in batches))))
+        return stack_batches([agent.offline_data.sample(batch_size) for agent in self.agents])
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -251,6 +250,16 @@ def _module_name(agent: SACCore, module: nn.Module | None) -> str | None:
 
 def _batch_fields(batch: Batch) -> tuple[torch.Tensor, ...]:
     return batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminals
+
+
+def stack_batches(batches: list[Batch]) -> Batch:
+    """One batch per agent as a population's batch, (K, B, ...)."""
+    return Batch(*(torch.stack(fields) for fields in zip(*(_batch_fields(b) for b in batches))))
+
+
+def agent_batch(batch: Batch, agent: int) -> Batch:
+    """Agent `agent`'s slice of a population's batch."""
+    return Batch(*(field[agent] for field in _batch_fields(batch)))
 
 
 def per_agent_floats(metrics: dict[str, torch.Tensor]) -> list[dict[str, float]]:
