@@ -208,3 +208,13 @@ def test_graphed_population_run_is_the_population_update_on_the_same_batches():
                                                      tensors(eager.agent_state_dict(k)), strict=True))
         assert {name: values[k] for name, values in metrics.items()} == pytest.approx(
             {name: np.mean([m[k][name] for m in history]) for name in metrics}, rel=1e-6)
+
+
+def test_act_gives_each_agent_its_own_policys_actions():
+    population = Population([build_sac(seed) for seed in range(K)])
+    obs = torch.randn(K, 5, OBS)
+    assert population.act(obs).shape == (K, 5, ACT)
+    modes = population.act(obs, deterministic=True)
+    for k in range(K):
+        torch.testing.assert_close(modes[k], population.agents[k].policy.mode(obs[k]))
+    assert not torch.allclose(modes[0], modes[1])

@@ -216,12 +216,13 @@ class Population:
         return self.agents[agent].modules()
 
     def agent_state_dict(self, agent: int) -> dict:
-        """Agent `agent`'s resume state, in the single-agent format."""
+        """Agent `agent`'s resume state, in the single-agent format (`SACCore.state_dict`'s copy,
+        each tensor its own: a deep copy of a view would copy all K agents' storage)."""
         for t_opt, t_param, a_opt, a_param in _optimizer_pairs(self.template, self.agents[agent]):
             state = t_opt.state.get(t_param)
             if state:
                 a_opt.state[a_param] = {key: value if key == "step" else value[agent] for key, value in state.items()}
-        return self.agents[agent].state_dict()
+        return _own_copy(self.agents[agent].snapshot())
 
     def load_agent_states(self, states: list[dict]) -> None:
         """Every agent's resume state at once (the agents' optimiser steps must agree)."""
@@ -246,6 +247,17 @@ def _module_name(agent: SACCore, module: nn.Module | None) -> str | None:
     if module is None:
         return None
     return next(name for name, m in agent.learner_modules().items() if m is module)
+
+
+def _own_copy(node):
+    """A deep copy of a state in which every tensor owns its storage."""
+    if isinstance(node, torch.Tensor):
+        return node.detach().clone()
+    if isinstance(node, dict):
+        return {key: _own_copy(value) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_own_copy(value) for value in node)
+    return copy.deepcopy(node)
 
 
 def _batch_fields(batch: Batch) -> tuple[torch.Tensor, ...]:
