@@ -24,6 +24,7 @@ from functools import partial
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_map_only
 
 from distributed_o2o.algorithms.base import Batch
 from distributed_o2o.algorithms.optim import stack_scalars
@@ -95,7 +96,6 @@ class Population:
         self._stack_tensors()
         self._stack_optimizer_states()
         self.state = _Modules(self.template.learner_modules())
-        self._inside = False
         for name in self.template.compiled:
             setattr(self.template, name, self._per_agent(getattr(self.template, name)))
 
@@ -146,8 +146,6 @@ class Population:
         the leading agent dimension; noise is drawn per agent."""
 
         def batched(*args):
-            if self._inside:  # called from another per-agent function: already one agent's
-                return fn(*args)
             is_batch = [isinstance(arg, Batch) for arg in args]
             flat = tuple(_batch_fields(arg) if b else arg for arg, b in zip(args, is_batch))
             tensors = {**dict(self.state.named_parameters()), **dict(self.state.named_buffers())}
@@ -158,11 +156,7 @@ class Population:
 
     def _one_agent(self, fn: Callable, is_batch: list[bool], tensors: dict[str, torch.Tensor], flat: tuple):
         args = tuple(Batch(*arg) if b else arg for arg, b in zip(flat, is_batch))
-        self._inside = True
-        try:
-            return functional_call(self.state, tensors, (fn, *args))
-        finally:
-            self._inside = False
+        return functional_call(self.state, tensors, (fn, *args))
 
     # ------------------------------------------------------------------ updates
     def prepare(self, env_step: int) -> Hashable:
@@ -222,7 +216,8 @@ class Population:
             state = t_opt.state.get(t_param)
             if state:
                 a_opt.state[a_param] = {key: value if key == "step" else value[agent] for key, value in state.items()}
-        return _own_copy(self.agents[agent].snapshot())
+        # The snapshot's other leaves are immutable or built afresh by each state_dict() call.
+        return tree_map_only(torch.Tensor, lambda t: t.detach().clone(), self.agents[agent].snapshot())
 
     def load_agent_states(self, states: list[dict]) -> None:
         """Every agent's resume state at once (the agents' optimiser steps must agree)."""
@@ -247,17 +242,6 @@ def _module_name(agent: SACCore, module: nn.Module | None) -> str | None:
     if module is None:
         return None
     return next(name for name, m in agent.learner_modules().items() if m is module)
-
-
-def _own_copy(node):
-    """A deep copy of a state in which every tensor owns its storage."""
-    if isinstance(node, torch.Tensor):
-        return node.detach().clone()
-    if isinstance(node, dict):
-        return {key: _own_copy(value) for key, value in node.items()}
-    if isinstance(node, (list, tuple)):
-        return type(node)(_own_copy(value) for value in node)
-    return copy.deepcopy(node)
 
 
 def _batch_fields(batch: Batch) -> tuple[torch.Tensor, ...]:

@@ -14,7 +14,8 @@ Methods change it through small hooks rather than copies:
   optimisers of `constraint_optimizers()` (O2SAC's λ).
 - `initial_alpha()`: where α starts (O2SAC starts from α0).
 `compiled` names the pure loss functions that `compile_losses` hands to `torch.compile` (the
-graphed learner fuses them before capture; the eager path never compiles).
+graphed learner fuses them before capture; the eager path never compiles) and that a population
+maps over its agents (`algorithms/population.py`), so none of them calls another.
 """
 
 from __future__ import annotations
