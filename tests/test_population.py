@@ -82,7 +82,7 @@ def two_steps(env_step: int, phase: str | None = None):
     return [(env_step, phase)] * 2
 
 
-# (build, [(env step, phase or None for the env step's own)], whether the hand-over comes before the last two)
+# (build, [(env step, or "handover"; an update phase, or None for the env step's own)])
 CASES = {
     "sac": (build_sac, two_steps(10_000)),
     "porl_presample_then_sac_constrained": (build_porl, two_steps(50) + two_steps(500)),
