@@ -1,7 +1,7 @@
 """Updates/s of the graphed learner path against the eager learner and a plain eager SAC.
 
     python bench/graphed_learner.py --device cuda [--settings sac2,sac10,o2sac] [--updates 3000]
-        [--variants baseline,eager,graph,graph_compile] [--steps-per-graph 16] [--out results.json]
+        [--variants baseline,eager,graph,graph_compile] [--steps-per-graph 16] [--population 5] [--out results.json]
 
 Settings: the SAC family (sac2, sac10, o2sac), the TD3 family (td3: the TD3 core; o2td3: its
 stage C) and the offline pretrainers as `o2o pretrain` runs them (bc, td3bc, iql, cql: D_off
@@ -18,7 +18,12 @@ critic 3x256 as its config), in one process:
   (`stage.step`, the eager learner's path) and as `GraphedUpdater.run_phase` on D_off (compiled,
   TF32): `stage_<name>_eager` and `stage_<name>_graph` updates/s;
 - `profile`: the kernels of the last compiled variant's replays (torch.profiler), a table per
-  setting under `--profile-dir`: kernels per update and where the GPU time goes.
+  setting under `--profile-dir`: kernels per update and where the GPU time goes;
+- `population`: a `Population` of `--population` K agents (seeds seed..seed+K-1) in one graphed
+  learner, compiled, TF32 (as `graph_compile_tf32`, its K=1 counterpart): population updates/s and
+  agent-updates/s (K times that), each agent sampling its own ring of the mirror;
+- `population_eager`: the same population's eager `update` against its K agents' own `update`
+  one after another on the same batches (agent-updates/s of both, and their ratio).
 Every variant starts from its own fresh algorithm (same seed). The graphed variants sample
 from a 100k-transition mirror (and D_off at the algorithm's offline ratio). Prints one JSON
 object; progress goes to stderr. A measurement, never a test: nothing is asserted.
@@ -43,6 +48,7 @@ from distributed_o2o.algorithms.base import Batch, OfflineData
 from distributed_o2o.algorithms.offline import PRETRAINERS
 from distributed_o2o.algorithms.offline.bc import Pretrainer
 from distributed_o2o.algorithms.policies import FAMILIES
+from distributed_o2o.algorithms.population import Population, stack_batches
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.algorithms.sac import SACCore
 from distributed_o2o.algorithms.td3 import TD3
@@ -93,6 +99,24 @@ def offline_ratio(algo) -> float:
 def eager_update(algo):
     """The eager path's step on a batch: `update`, or a pretrainer's `step`."""
     return algo.step if isinstance(algo, Pretrainer) else (lambda batch: algo.update(batch, ENV_STEP))
+def time_population_eager(name: str, args, device: torch.device, offline: dict[str, np.ndarray],
+                          pool: list[Batch]) -> dict[str, float]:
+    """Agent-updates/s of a population's batched eager update and of its agents' own updates in turn."""
+    k = args.population
+    agents = [build(name, device, offline, args.seed + i) for i in range(k)]
+    population = Population([build(name, device, offline, args.seed + i) for i in range(k)])
+    per_agent = [[pool[(j + i) % len(pool)] for i in range(k)] for j in range(len(pool))]
+    batched = time_eager(lambda b: population.update(b, ENV_STEP), [stack_batches(b) for b in per_agent],
+                         args.eager_updates, device)
+
+    def in_turn(batches: list[Batch]) -> None:
+        for agent, batch in zip(agents, batches):
+            agent.update(batch, ENV_STEP)
+
+    separate = time_eager(in_turn, per_agent, max(1, args.eager_updates // k), device)
+    return {"population_eager_agent_updates_per_s": round(k * batched, 1),
+            "separate_eager_agent_updates_per_s": round(k * separate, 1),
+            "population_eager_speedup": round(batched / separate, 2)}
 
 
 def synced(device: torch.device) -> float:
@@ -203,6 +227,20 @@ def measure(name: str, args, device: torch.device) -> dict:
                 updater = graphed(False, args.steps_per_graph, tf32=True)
                 updater.algorithm.compile_losses()
                 result[variant] = time_graphed(updater, args.updates, ratio, device)
+            elif variant == "population":
+                k = args.population
+                population = Population([build(name, device, offline, args.seed + i) for i in range(k)])
+                updater = GraphedUpdater(population, OBS_DIM, ACT_DIM, 200_000, device, args.steps_per_graph, True, True)
+                updater.set_offline(offline)
+                for i in range(k):
+                    updater.add(online, agent=i)
+                rate = time_graphed(updater, args.updates, ratio, device)
+                result.update({"population_size": k, "population_updates_per_s": round(rate, 1),
+                               "population_agent_updates_per_s": round(k * rate, 1)})
+                log(f"{name}: population of {k}: {rate:.1f} updates/s, {k * rate:.1f} agent-updates/s")
+            elif variant == "population_eager":
+                result.update(time_population_eager(name, args, device, offline, pool))
+                log(f"{name}: population_eager {result}")
             elif variant == "stages":
                 result.update(time_stages(name, args, device, offline))
             elif variant == "profile":
@@ -224,6 +262,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=3000, help="timed updates of each graphed variant")
     parser.add_argument("--eager-updates", type=int, default=300, help="timed updates of baseline and eager")
     parser.add_argument("--steps-per-graph", type=int, default=16)
+    parser.add_argument("--population", type=int, default=5, help="agents of the population variants")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile-dir", default=None)
@@ -241,7 +280,8 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "batch_size": BATCH, "hidden": [HIDDEN, HIDDEN], "steps_per_graph": args.steps_per_graph, "settings": {},
+        "batch_size": BATCH, "hidden": [HIDDEN, HIDDEN], "steps_per_graph": args.steps_per_graph,
+        "population": args.population, "settings": {},
     }
     for name in [s.strip() for s in args.settings.split(",") if s.strip()]:
         report["settings"][name] = measure(name, args, device)

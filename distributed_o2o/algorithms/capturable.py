@@ -6,8 +6,9 @@ A `Capturable` splits one gradient step in two:
   so one captured graph serves them all);
 - `update_tensors(batch, phase)`: the step itself with no host-device sync (no `.item()`, no
   branching on tensor values); metrics stay device tensors.
-`compiled` names the methods `compile_losses` hands to `torch.compile` (pure loss functions,
-Polyak steps); `optimizers()` lists every optimiser the step uses (made capturable, compiled).
+`compiled` names the pure loss functions `compile_losses` hands to `torch.compile` (and that a
+population maps over its agents, so none of them calls another), `compiled_steps` the in-place
+steps it compiles as well (Polyak); `optimizers()` lists every optimiser the step uses (made capturable, compiled).
 The config has a `batch_size`. The SAC family, the TD3 family and the offline pretrainers are
 Capturable; the eager paths run the same `update_tensors`.
 """
@@ -26,6 +27,7 @@ class Capturable:
     """Mixin of an update split into `prepare` (host) and `update_tensors` (device)."""
 
     compiled: tuple[str, ...] = ()
+    compiled_steps: tuple[str, ...] = ()
 
     def prepare(self, step: int) -> Hashable:
         return None
@@ -37,9 +39,9 @@ class Capturable:
         raise NotImplementedError
 
     def compile_losses(self) -> None:
-        """Replace the methods named in `compiled` by `torch.compile`d versions: their many small
-        kernels fused (the graphed learner captures them afterwards)."""
-        for name in self.compiled:
+        """Replace the methods named in `compiled` and `compiled_steps` by `torch.compile`d
+        versions: their many small kernels fused (the graphed learner captures them afterwards)."""
+        for name in (*self.compiled, *self.compiled_steps):
             setattr(self, name, torch.compile(getattr(self, name)))
 
     def compile_optimizers(self) -> None:

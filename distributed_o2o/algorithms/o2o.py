@@ -146,6 +146,11 @@ class ConstrainedFineTuning:
             divergence = self.divergence(obs, actions, log_prob)
         return self.lagrange.loss(divergence), {"divergence": divergence.mean(), "threshold": self.lagrange.threshold}
 
+    def learner_modules(self) -> dict[str, nn.Module]:
+        if self.lagrange is None:
+            return super().learner_modules()
+        return {**super().learner_modules(), "policy_ref": self.reference.best_copy, "lagrange": self.lagrange}
+
     def constraint_optimizers(self) -> list[torch.optim.Optimizer]:
         # Listed from the start (not only once π_ref exists): a captured update needs every
         # optimiser's state prepared before the first capture.

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 
 import torch
+from torch import nn
 
 from distributed_o2o.algorithms.base import Batch, OfflineStage
 from distributed_o2o.algorithms.capturable import phase_stage
@@ -122,6 +123,9 @@ class O2SAC(ConstrainedFineTuning, SACCore):
         return super().prepare(env_step)
 
     # ------------------------------------------------------------------ state
+    def learner_modules(self) -> dict[str, nn.Module]:
+        return {**super().learner_modules(), "policy_off": self.policy_off}
+
     def snapshot(self) -> dict:
         return {**super().snapshot(), "policy_off": self.policy_off.state_dict(), **self.constraint_snapshot()}
 

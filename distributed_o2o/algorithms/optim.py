@@ -15,11 +15,12 @@ from torch import nn
 def optimizer_step(optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], loss: torch.Tensor,
                    params: Iterable[torch.Tensor]) -> None:
     """Backpropagate `loss` into `params` only (the critic takes no gradient from the actor
-    loss), then step the optimiser(s)."""
+    loss), then step the optimiser(s). A population's loss is one per agent: their sum, whose
+    gradient in each agent's parameters is that agent's own."""
     optimizers = list(optimizer) if isinstance(optimizer, Sequence) else [optimizer]
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    loss.backward(inputs=list(params))
+    (loss.sum() if loss.dim() else loss).backward(inputs=list(params))
     for opt in optimizers:
         opt.step()
 
@@ -49,9 +50,9 @@ def optimizer_params(optimizers: Iterable[torch.optim.Optimizer]) -> list[torch.
     return [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
 
 
-def stack_scalars(values: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Scalar metric tensors as one detached float vector, in their order."""
-    return torch.stack([v.detach().float().reshape(()) for v in values])
+def stack_scalars(values: Iterable[torch.Tensor], shape: Sequence[int] = ()) -> torch.Tensor:
+    """Metric tensors of `shape` (scalars by default) stacked as one detached float tensor, in their order."""
+    return torch.stack([v.detach().float().reshape(shape) for v in values])
 
 
 def to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:

@@ -12,8 +12,10 @@ Methods change it through small hooks rather than copies:
 - `constraint_loss(...)`: a loss on the actor step's detached sample, stepped with the
   optimisers of `constraint_optimizers()` (O2SAC's λ).
 - `initial_alpha()`: where α starts (O2SAC starts from α0).
-`compiled` names the pure loss functions and the Polyak step that `compile_losses` hands to
-`torch.compile` (the graphed learner fuses them before capture; the eager path never compiles).
+`compiled` names the pure loss functions that `compile_losses` hands to `torch.compile` (the
+graphed learner fuses them before capture; the eager path never compiles) and that a population
+maps over its agents (`algorithms/population.py`), so none of them calls another;
+`compiled_steps` the Polyak step, compiled as well.
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ def soft_td_target(batch: Batch, target_critic: CriticEnsemble, policy: Policy, 
     return batch.rewards + gamma * (1.0 - batch.terminals) * value
 
 
+class Temperature(nn.Module):
+    """log α, the entropy temperature's logarithm, as a module parameter (as the networks')."""
+
+    def __init__(self, alpha: float, device: torch.device):
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha), device=device))
+
+
 class SACCore(Capturable, Algorithm):
     """SAC with a LayerNorm critic ensemble, Polyak targets and auto-tuned α.
 
@@ -82,7 +92,7 @@ class SACCore(Capturable, Algorithm):
         # π̄, the deployed policy when `policy_average_tau` is set (π keeps acting and learning).
         self.policy_average = None if config.policy_average_tau is None else frozen_copy(self.policy)
         self.num_min_critics = config.num_min_critics
-        self.log_alpha = torch.tensor(math.log(self.initial_alpha()), device=device, requires_grad=True)
+        self.temperature = Temperature(self.initial_alpha(), device)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
         self.actor_optimizer = adam(self.policy.parameters(), config.actor_lr, device)
         self.critic_optimizer = adam(self.critic.parameters(), config.critic_lr, device)
@@ -113,7 +123,12 @@ class SACCore(Capturable, Algorithm):
         return {}
 
     # ------------------------------------------------------------------ steps
-    compiled = ("sample_policy", "td_target", "critic_loss", "policy_loss", "actor_only_loss", "update_target")
+    compiled = ("sample_policy", "td_target", "critic_loss", "policy_loss", "actor_only_loss")
+    compiled_steps = ("update_target",)
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        return self.temperature.log_alpha
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -204,6 +219,13 @@ class SACCore(Capturable, Algorithm):
 
     def update(self, batch: Batch, env_step: int) -> dict[str, float]:
         return to_floats(self.update_tensors(batch, self.prepare(env_step)))
+
+    def learner_modules(self) -> dict[str, nn.Module]:
+        """Every module whose tensors an update reads or writes (a population stacks them per
+        agent); subclasses add theirs."""
+        average = {} if self.policy_average is None else {"policy_average": self.policy_average}
+        return {"policy": self.policy, "critic": self.critic, "target_critic": self.target_critic,
+                "temperature": self.temperature, **average}
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer, *self.constraint_optimizers()]

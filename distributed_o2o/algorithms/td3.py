@@ -32,7 +32,8 @@ class TD3(Capturable, Algorithm):
     """The TD3 learner. Needs a `TD3Config`; subclasses add the acting schedule and stages."""
 
     policy_family = "deterministic"
-    compiled = ("bootstrap_target", "critic_loss", "actor_loss", "update_targets")
+    compiled = ("bootstrap_target", "critic_loss", "actor_loss")
+    compiled_steps = ("update_targets",)
 
     def __init__(self, config, obs_dim: int, act_dim: int, device: torch.device,
                  policy: Policy | None = None, critic: CriticEnsemble | None = None):

@@ -29,6 +29,7 @@ import torch
 from distributed_o2o.algorithms.base import Algorithm, Batch
 from distributed_o2o.algorithms.capturable import Capturable
 from distributed_o2o.algorithms.optim import stack_scalars
+from distributed_o2o.algorithms.population import Population
 from distributed_o2o.errors import UserError
 
 # Updates of each (phase, offline rows) that run eagerly before capture: lazy initialisation
@@ -38,15 +39,34 @@ _INDEX_HIGH = 2**62  # indices are randint(0, 2^62) mod size: uniform to within 
 
 
 class DeviceReplay:
-    """Transitions as rows [obs | action | reward | next_obs | terminal] of one device tensor."""
+    """Transitions as rows [obs | action | reward | next_obs | terminal] of one device tensor.
 
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device):
+    A population's replay (`num_agents` K) keeps one online ring of `capacity` rows per agent
+    after the D_off rows they share, and draws (K, batch) rows: agent k's online rows from its
+    own ring only, its D_off rows with its own indices.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device, num_agents: int | None = None):
         self.obs_dim, self.act_dim, self.capacity, self.device = obs_dim, act_dim, capacity, device
-        self.storage = torch.zeros((capacity, 2 * obs_dim + act_dim + 2), device=device)
+        self.num_agents = num_agents
+        rings = num_agents or 1
+        self.storage = torch.zeros((rings * capacity, 2 * obs_dim + act_dim + 2), device=device)
         self.num_offline = 0
-        self.count = 0  # online rows held
-        self.cursor = 0  # next online row to write
-        self.size = torch.zeros((), dtype=torch.int64, device=device)  # `count`, for the graphs
+        self.counts = [0] * rings  # online rows held, per ring
+        self.cursors = [0] * rings  # next row to write, per ring
+        # `counts`, for the graphs: one per agent, as a column that broadcasts over its indices.
+        self.size = torch.zeros(() if num_agents is None else (num_agents, 1), dtype=torch.int64, device=device)
+        self.ring_starts = None if num_agents is None else torch.arange(0, rings * capacity, capacity, device=device)[:, None]
+
+    @property
+    def count(self) -> int:
+        """Online rows held (by the agent holding fewest)."""
+        return min(self.counts)
+
+    @property
+    def agent_dims(self) -> tuple[int, ...]:
+        """The leading dimensions of a batch: (K,) for a population, none for one agent."""
+        return () if self.num_agents is None else (self.num_agents,)
 
     def _rows(self, arrays: dict[str, np.ndarray]) -> torch.Tensor:
         columns = [np.asarray(arrays[k], np.float32).reshape(len(arrays["rewards"]), -1)
@@ -61,21 +81,27 @@ class DeviceReplay:
         self.storage = torch.cat([self._rows(arrays), self.storage[self.num_offline:]])
         self.num_offline = len(arrays["rewards"])
 
-    def add(self, chunk: dict[str, np.ndarray]) -> None:
-        """Append online transitions (FIFO ring: the oldest are overwritten when full)."""
+    def add(self, chunk: dict[str, np.ndarray], agent: int | None = None) -> None:
+        """Append online transitions (FIFO ring: the oldest are overwritten when full), to
+        `agent`'s ring in a population."""
+        if (agent is None) != (self.num_agents is None):
+            raise ValueError("a population's replay adds to one agent's ring; a single agent's has no agents")
+        k = agent or 0
         rows = self._rows(chunk)[-self.capacity:]
-        n = len(rows)
-        online = self.storage[self.num_offline:]
-        first = min(n, self.capacity - self.cursor)
-        online[self.cursor:self.cursor + first] = rows[:first]
+        n, cursor = len(rows), self.cursors[k]
+        start = self.num_offline + k * self.capacity
+        online = self.storage[start:start + self.capacity]
+        first = min(n, self.capacity - cursor)
+        online[cursor:cursor + first] = rows[:first]
         online[:n - first] = rows[first:]
-        self.cursor = (self.cursor + n) % self.capacity
-        self.count = min(self.count + n, self.capacity)
-        self.size.fill_(self.count)
+        self.cursors[k] = (cursor + n) % self.capacity
+        self.counts[k] = min(self.counts[k] + n, self.capacity)
+        (self.size if agent is None else self.size[agent]).fill_(self.counts[k])
 
     def clear(self) -> None:
         """Forget the online rows (D_off and the storage, which graphs address, stay)."""
-        self.count = self.cursor = 0
+        self.counts = [0] * len(self.counts)
+        self.cursors = [0] * len(self.cursors)
         self.size.fill_(0)
 
     def sample(self, batch_size: int, num_offline_rows: int) -> Batch:
@@ -84,18 +110,19 @@ class DeviceReplay:
         parts = []
         num_online = batch_size - num_offline_rows
         if num_online:
-            online = torch.randint(0, _INDEX_HIGH, (num_online,), device=self.device).remainder_(self.size)
-            parts.append(online.add_(self.num_offline))
+            online = torch.randint(0, _INDEX_HIGH, (*self.agent_dims, num_online), device=self.device).remainder_(self.size)
+            online.add_(self.num_offline)
+            parts.append(online if self.ring_starts is None else online.add_(self.ring_starts))
         if num_offline_rows:
-            parts.append(torch.randint(0, self.num_offline, (num_offline_rows,), device=self.device))
-        rows = self.storage[parts[0] if len(parts) == 1 else torch.cat(parts)]
+            parts.append(torch.randint(0, self.num_offline, (*self.agent_dims, num_offline_rows), device=self.device))
+        rows = self.storage[parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)]
         o, a = self.obs_dim, self.act_dim
-        return Batch(rows[:, :o], rows[:, o:o + a], rows[:, o + a], rows[:, o + a + 1:2 * o + a + 1], rows[:, -1])
+        return Batch(rows[..., :o], rows[..., o:o + a], rows[..., o + a], rows[..., o + a + 1:2 * o + a + 1], rows[..., -1])
 
 
 def accumulate(sums: torch.Tensor, values: list[torch.Tensor]) -> None:
-    """sums += the scalar metrics `values`, in their order."""
-    sums.add_(stack_scalars(values))
+    """sums += the metrics `values`, in their order (scalars, or one per agent in a population)."""
+    sums.add_(stack_scalars(values, sums.shape[1:]))
 
 
 def prepare_optimizers(optimizers: list[torch.optim.Optimizer], foreach: bool) -> None:
@@ -118,13 +145,18 @@ def prepare_optimizers(optimizers: list[torch.optim.Optimizer], foreach: bool) -
 
 class GraphedUpdater:
     """`run(num_updates, env_step, offline_ratio)`: that many updates of `algorithm`, on batches
-    of its `batch_size` drawn from the device mirror; returns the mean of each metric."""
+    of its `batch_size` drawn from the device mirror; returns the mean of each metric.
 
-    def __init__(self, algorithm: Capturable, obs_dim: int, act_dim: int, capacity: int, device: torch.device,
-                 steps_per_graph: int = 16, compile: bool = True, tf32: bool = False):
+    A `Population` algorithm updates all its agents at once, each on batches of its own ring
+    (`add(chunk, agent)`); each metric's mean is then a list, one per agent. `capacity` is per agent.
+    """
+
+    def __init__(self, algorithm: Capturable | Population, obs_dim: int, act_dim: int, capacity: int,
+                 device: torch.device, steps_per_graph: int = 16, compile: bool = True, tf32: bool = False):
         self.algorithm = algorithm
         self.device = torch.device(device)
-        self.replay = DeviceReplay(obs_dim, act_dim, capacity, self.device)
+        num_agents = algorithm.num_agents if isinstance(algorithm, Population) else None
+        self.replay = DeviceReplay(obs_dim, act_dim, capacity, self.device, num_agents)
         self.batch_size = algorithm.config.batch_size
         self.steps_per_graph = steps_per_graph
         self.use_graphs = self.device.type == "cuda"
@@ -144,8 +176,8 @@ class GraphedUpdater:
         self.signature: tuple = ()
         self.side_stream = torch.cuda.Stream(self.device) if self.use_graphs else None
 
-    def add(self, chunk: dict[str, np.ndarray]) -> None:
-        self.replay.add(chunk)
+    def add(self, chunk: dict[str, np.ndarray], agent: int | None = None) -> None:
+        self.replay.add(chunk, agent)
 
     def set_offline(self, arrays: dict[str, np.ndarray]) -> None:
         self.replay.set_offline(arrays)
@@ -159,7 +191,7 @@ class GraphedUpdater:
         metrics = self.algorithm.update_tensors(self.sample(self.batch_size, num_offline_rows), phase)
         if key not in self.sums:
             self.names[key] = list(metrics)
-            self.sums[key] = torch.zeros(len(metrics), device=self.device)
+            self.sums[key] = torch.zeros((len(metrics), *self.replay.agent_dims), device=self.device)
         self.accumulate(self.sums[key], [metrics[name] for name in self.names[key]])
 
     @contextmanager
@@ -217,12 +249,12 @@ class GraphedUpdater:
         return graphs
 
     # ------------------------------------------------------------------ the runtime's call
-    def run(self, num_updates: int, env_step: int, offline_ratio: float) -> dict[str, float]:
+    def run(self, num_updates: int, env_step: int, offline_ratio: float) -> dict[str, float | list[float]]:
         if num_updates <= 0:
             return {}
         return self.run_phase(num_updates, self.algorithm.prepare(env_step), offline_ratio)
 
-    def run_phase(self, num_updates: int, phase: Hashable, offline_ratio: float) -> dict[str, float]:
+    def run_phase(self, num_updates: int, phase: Hashable, offline_ratio: float) -> dict[str, float | list[float]]:
         """`num_updates` updates of `phase` (an online phase from `prepare`, or an offline stage's)."""
         num_offline_rows = int(round(self.batch_size * offline_ratio)) if self.replay.num_offline else 0
         if num_offline_rows < self.batch_size and self.replay.count == 0:

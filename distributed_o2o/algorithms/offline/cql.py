@@ -36,7 +36,8 @@ def cql_penalty(q_data: torch.Tensor, q_ood: torch.Tensor, log_density: torch.Te
 
 
 class CQLPretrainer(Pretrainer):
-    compiled = ("critic_loss", "actor_loss", "update_target")
+    compiled = ("critic_loss", "actor_loss")
+    compiled_steps = ("update_target",)
 
     def __init__(self, config, obs_dim, act_dim, device):
         super().__init__(config, obs_dim, act_dim, device)

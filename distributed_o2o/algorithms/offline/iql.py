@@ -56,7 +56,8 @@ class IQLUpdate(Capturable):
     IQLFinetuneConfig both do). `schedule_steps`: cosine-anneal the actor LR over that many steps.
     """
 
-    compiled = ("value_loss", "critic_loss", "actor_loss", "update_target")
+    compiled = ("value_loss", "critic_loss", "actor_loss")
+    compiled_steps = ("update_target",)
 
     def __init__(self, config, policy: GaussianPolicy, critic: CriticEnsemble, value: ValueNetwork,
                  schedule_steps: int | None = None):

@@ -26,7 +26,8 @@ def td3bc_actor_loss(q: torch.Tensor, policy_actions: torch.Tensor, data_actions
 
 
 class TD3BCPretrainer(Pretrainer):
-    compiled = ("critic_loss", "actor_loss", "update_targets")
+    compiled = ("critic_loss", "actor_loss")
+    compiled_steps = ("update_targets",)
 
     def __init__(self, config, obs_dim, act_dim, device):
         super().__init__(config, obs_dim, act_dim, device)
