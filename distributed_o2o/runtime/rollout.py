@@ -57,22 +57,23 @@ class RolloutWorker:
         self.envs = make_vector_env(env_id, num_envs, env_kwargs)
         self.num_envs = num_envs
         self.streams = worker_index * num_envs + np.arange(num_envs, dtype=np.int32)
-        self._start_streams(self.base_seed)
+        self.obs, self.rng, self.episode_return = self._start_streams(self.base_seed)
         self.policy = build_policy(policy_arch)
         self.policy.requires_grad_(False)
         self.inbox = WeightsInbox(self.policy)
         self.spec = ActingSpec(uniform=True)
 
-    def _start_streams(self, seed: int) -> None:
-        """Reset env i from `seed + i`, the action noise and torch from `seed`; episodes start anew."""
-        self.obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
-        self.rng = np.random.default_rng(seed)
+    def _start_streams(self, seed: int) -> tuple[np.ndarray, np.random.Generator, np.ndarray]:
+        """Reset env i from `seed + i`, the action noise and torch from `seed`; episodes start
+        anew. Returns the first observations, the noise generator and the episodes' returns."""
+        obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
+        rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
-        self.episode_return = np.zeros(self.num_envs)
+        return obs, rng, np.zeros(self.num_envs)
 
     def reseed(self, env_step: int) -> None:
         """A resumed run's streams, from the seed and the env step it resumes at (streams.py)."""
-        self._start_streams(stream_seed(self.base_seed, env_step))
+        self.obs, self.rng, self.episode_return = self._start_streams(stream_seed(self.base_seed, env_step))
 
     def set_weights(self, version: int, state_dict: dict | None, spec: ActingSpec) -> None:
         """Act with these weights (None: keep them) and this spec from the next collect on."""
