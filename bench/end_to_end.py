@@ -29,8 +29,10 @@ import ray
 
 from distributed_o2o.config import finetune_config, parse_overrides
 from distributed_o2o.envs import env_spaces
-from distributed_o2o.runtime.finetune import MAX_UPDATES_PER_CALL, run_finetune
-from distributed_o2o.runtime.ray_runtime import LearnerActor, actor_class, learner_threads
+from distributed_o2o.runtime.components import MAX_UPDATES_PER_CALL
+from distributed_o2o.runtime.finetune import run_finetune
+from distributed_o2o.runtime.ray_cluster import learner_threads
+from distributed_o2o.runtime.ray_runtime import LearnerActor, actor_class
 from distributed_o2o.runtime.replay import ReplayService
 from replay import transitions  # bench/ is on sys.path when this file runs as a script
 from rollout import ints, log, machine, start_ray

@@ -80,7 +80,7 @@ def test_pretrain_finetune_evaluate_from_python(tmp_path, capsys):
 
 def test_references_fall_back_to_the_zoo_for_its_envs():
     from distributed_o2o.config import finetune_config
-    from distributed_o2o.runtime.finetune import load_inputs
+    from distributed_o2o.runtime.components import load_inputs
     from distributed_o2o.zoo import zoo_entry
 
     inputs = load_inputs(finetune_config("sac", None, {"env": "Hopper-v5"}))  # SAC from scratch: no dataset, no policy

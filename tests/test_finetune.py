@@ -101,7 +101,7 @@ def test_methods_start_from_the_checkpoint_modules_they_name(tmp_path, weak_bc):
     """IQL fine-tuning continues the offline critic AND value network; naive takes the critic."""
     from distributed_o2o.algorithms.offline import run_pretraining
     from distributed_o2o.data import load_dataset
-    from distributed_o2o.runtime.finetune import load_inputs
+    from distributed_o2o.runtime.components import load_inputs
 
     iql_dir = run_pretraining(PretrainConfig(algo="iql", steps=20, hidden=[32, 32]),
                               load_dataset(weak_bc["dataset"], ENV), tmp_path / "iql", progress=False)

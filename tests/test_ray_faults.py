@@ -19,7 +19,8 @@ from ray.cluster_utils import Cluster
 
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import finetune_config
-from distributed_o2o.runtime.finetune import run_finetune, run_id
+from distributed_o2o.runtime.finetune import run_finetune
+from distributed_o2o.runtime.ray_cluster import run_id
 from distributed_o2o.runtime.resume_state import ResumeStore
 
 ENV = "Pendulum-v1"

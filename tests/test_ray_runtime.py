@@ -18,9 +18,10 @@ import torch
 from distributed_o2o.config import finetune_config
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime import learner as learner_module
-from distributed_o2o.runtime.finetune import resume_finetune, run_finetune, run_id
+from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
 from distributed_o2o.runtime.graphed import GraphedUpdater
-from distributed_o2o.runtime.ray_runtime import LearnerActor, RayTransport, plan_resources
+from distributed_o2o.runtime.ray_cluster import plan_resources, run_id
+from distributed_o2o.runtime.ray_runtime import LearnerActor, RayTransport
 from distributed_o2o.runtime.replay import RateLimiter, ReplayService, check_rate_limits, shard_offline, split_rows
 from distributed_o2o.runtime.rollout import RolloutWorker
 from distributed_o2o.runtime.transport import Done, LocalTransport

@@ -11,8 +11,7 @@ import psutil
 import pytest
 import ray
 
-from distributed_o2o.runtime.finetune import run_id
-from distributed_o2o.runtime.ray_runtime import NAMESPACE, init_ray
+from distributed_o2o.runtime.ray_cluster import NAMESPACE, init_ray, run_id
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
@@ -60,7 +59,7 @@ def test_o2o_status_lists_the_actors_of_the_run_alone(local_instance, tmp_path):
 
 
 def test_o2o_status_finds_a_run_s_own_instance_by_the_address_it_recorded(local_instance, tmp_path):
-    from distributed_o2o.runtime.ray_runtime import record_address
+    from distributed_o2o.runtime.ray_cluster import record_address
 
     run = tmp_path / "run"
     run.mkdir()

@@ -29,13 +29,14 @@ def test_storage_is_columnar_and_compact():
     assert table.nbytes() <= 1.2 * raw
 
 
-def test_offline_ratio_mixes_batches():
+def test_batches_mix_online_and_offline_rows_as_asked():
     offline = _chunk(1000, 50)
     replay = ReplayService(2, 1, 100, offline=offline, seed=0)
     replay.add(_chunk(0, 50))
-    batch = replay.sample(200, offline_ratio=0.25)
-    assert (batch["rewards"] >= 1000).sum() == 50
-    assert (replay.sample(64, 0.0)["rewards"] < 1000).all()
+    batches = replay.sample_many(3, 150, 50)
+    assert batches["rewards"].shape[:2] == (3, 200)
+    assert ((batches["rewards"] >= 1000).sum(axis=1) == 50).all()
+    assert (replay.sample_many(2, 64)["rewards"] < 1000).all()
 
 
 def test_save_and_load_keep_every_transition(tmp_path):

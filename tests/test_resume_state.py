@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import finetune_config
 from distributed_o2o.runtime import driver as driver_module
+from distributed_o2o.runtime.resume_state import ResumeState
 from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
 
 ENV = "Pendulum-v1"
@@ -34,11 +35,11 @@ def _arm_kill(monkeypatch, at: int) -> dict:
     """Kill the run at the `at`-th fsync of the save at KILLED_SAVE. A file being flushed loses
     its second half (the part that had not reached the disk)."""
     seen = {"armed": False, "count": 0}
-    original_fsync, original_save = os.fsync, driver_module.Driver._save_replay
+    original_fsync, original_begin = os.fsync, ResumeState.begin
 
-    def save_replay(self):
+    def begin(self):
         seen["armed"] = self.counters.env_steps == KILLED_SAVE
-        return original_save(self)
+        return original_begin(self)
 
     def fsync(fd):
         if seen["armed"]:
@@ -51,7 +52,7 @@ def _arm_kill(monkeypatch, at: int) -> dict:
                 raise Killed(f"killed at fsync {at}")
         return original_fsync(fd)
 
-    monkeypatch.setattr(driver_module.Driver, "_save_replay", save_replay)
+    monkeypatch.setattr(ResumeState, "begin", begin)
     monkeypatch.setattr(os, "fsync", fsync)
     return seen
 

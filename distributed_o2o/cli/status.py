@@ -22,7 +22,7 @@ def status(
     """List a run's Ray actors (learner, replay, rollout, evaluator) that are alive or restarting.
 
     Connects to the cluster as a driver (token auth applies; no dashboard needed)."""
-    from distributed_o2o.runtime.ray_runtime import recorded_address, run_actors
+    from distributed_o2o.runtime.ray_cluster import recorded_address, run_actors
 
     address = address or recorded_address(run) or "auto"
     names = run_actors(run, address)

@@ -7,14 +7,19 @@ the right pair on each `OfflineDataset`, so callers normally pass `dataset=`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from distributed_o2o.errors import UserError
 
-if TYPE_CHECKING:
-    from distributed_o2o.data.dataset import OfflineDataset
+
+class RecordsReferences(Protocol):
+    """What normalising by a dataset reads of it (an `OfflineDataset`; dataset.py imports this
+    module, so it is named by what it offers, not imported)."""
+
+    ref_min_score: float | None
+    ref_max_score: float | None
 
 # (R_min, R_max) keyed by the lowercase env prefix of a D4RL dataset name.
 D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
@@ -53,7 +58,7 @@ def normalized_score(
     env_id: str | None = None,
     ref_min: float | None = None,
     ref_max: float | None = None,
-    dataset: OfflineDataset | None = None,
+    dataset: RecordsReferences | None = None,
 ) -> float | np.ndarray | None:
     """Normalise episode returns; give exactly one source of references.
 

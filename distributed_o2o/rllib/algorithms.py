@@ -92,7 +92,7 @@ class O2OAlgorithm(Algorithm):
     def default_resource_request(cls, config) -> PlacementGroupFactory:
         config = cls.get_default_config().update_from_dict(config) if isinstance(config, dict) else config
         if config.o2o_mode == "ray":
-            # The trial itself (the driver), then what its actors ask for (runtime/ray_runtime.py's
+            # The trial itself (the driver), then what its actors ask for (runtime/ray_cluster.py's
             # plan: at most one CPU for the learner and each rollout actor; replay and evaluator none).
             workers = max(1, config.num_env_runners)
             return PlacementGroupFactory([{"CPU": 1}, {"CPU": 1, "GPU": config.num_gpus_per_learner}] + [{"CPU": 1}] * workers)

@@ -20,6 +20,7 @@ import torch
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch, OfflineData, Rollout
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.errors import UserError
+from distributed_o2o.runtime.broadcast import policy_weights
 from distributed_o2o.runtime.graphed import graphed_updater
 from distributed_o2o.runtime.replay import split_rows
 from distributed_o2o.runtime.streams import stream_seed
@@ -224,15 +225,15 @@ class Learner:
         return self.algorithm.acting_policy().arch()
 
     def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
-        state = {k: v.detach().to("cpu", copy=True) for k, v in self.algorithm.acting_policy().state_dict().items()}
-        return self.version, state
+        """The acting policy's weights, published with their version (broadcast.py)."""
+        return self.version, policy_weights(self.algorithm.acting_policy())
 
     def deployed_weights(self) -> dict[str, torch.Tensor] | None:
         """The deployed policy's weights where it is not the acting policy (else None)."""
         policy = self.algorithm.deployed_policy()
         if policy is self.algorithm.acting_policy():
             return None
-        return {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
+        return policy_weights(policy)
 
     def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
         return self.algorithm.modules()

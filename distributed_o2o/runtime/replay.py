@@ -130,15 +130,6 @@ class ReplayService:
     def offline_size(self) -> int:
         return 0 if self.offline is None else len(self.offline)
 
-    def sample(self, batch_size: int, offline_ratio: float = 0.0) -> dict[str, np.ndarray]:
-        """`round(batch_size * offline_ratio)` rows of D_off, the rest from the online table."""
-        n_off = int(round(batch_size * offline_ratio)) if self.offline is not None else 0
-        if len(self.online) == 0:
-            n_off = batch_size if self.offline is not None else 0
-            if n_off == 0:
-                raise RuntimeError("sampling an empty replay: collect transitions before updating")
-        return {name: column[0] for name, column in self.sample_many(1, batch_size - n_off, n_off).items()}
-
     def sample_many(self, count: int, n_online: int, n_offline: int = 0) -> dict[str, np.ndarray]:
         """`count` batches at once, stacked: arrays (count, n_online + n_offline, ...), online rows
         first; one gather per column whatever `count` is."""

@@ -10,21 +10,29 @@ A save is written completely into `incoming/`, every file flushed to disk, then 
 final name: a kill at any point leaves the previous complete save, or the new one. Every part
 carries the save id and the manifest the checksum of every file, so a restore recognises a
 damaged or mixed save and falls back to the one before (the two newest are kept).
+
+    ResumeStore   the files: writing `incoming/`, the switch (commit), the newest good save
+    ResumeState   the run's side: when a save is due, its two phases (the replay shards write
+                  their files while the evaluator plays; the learner state and the counters
+                  follow, then the switch), and the restore of components and counters
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from distributed_o2o.checkpoint import DamagedState, load_state
+from distributed_o2o.checkpoint import DamagedState, load_state, save_state
 from distributed_o2o.durable import sha256, sync_dir, sync_file
+from distributed_o2o.errors import UserError
 
 MANIFEST = "manifest.json"
 INCOMING = "incoming"
@@ -120,3 +128,54 @@ def verify(path: Path) -> Save:
         raise DamagedState(f"its replay files hold {inserted} transitions, its manifest counts {save.stored}")
     return save
 
+
+
+class ResumeState:
+    """The run's resume saves: `counters` (the driver's, restored in place) and the state of
+    the learner and the replay shards, reached through the components' transport."""
+
+    def __init__(self, resume_dir: str | Path, components: Any, counters: Any, every: int | None, online_steps: int):
+        self.store = ResumeStore(resume_dir)
+        self.t, self.c, self.counters = components.transport, components, counters
+        self.every, self.online_steps = every, online_steps
+        self.saved_step: int | None = None  # env step of the save on disk
+
+    def due(self, initial: bool) -> bool:
+        """A save at this point: the first, every `resume_every` env steps (each point without
+        it), and at the end of the budget."""
+        step, every = self.counters.env_steps, self.every
+        return initial or every is None or step >= self.online_steps or step // every > (self.saved_step or 0) // every
+
+    def begin(self) -> list:
+        """Phase one: the replay shards write their files into the new save; their futures."""
+        incoming, save_id = self.store.begin()
+        shards = len(self.c.replays)
+        names = ["replay.npz"] if shards == 1 else [f"replay-{j}.npz" for j in range(shards)]
+        return [self.t.submit(shard, "save", str(incoming / name), save_id) for shard, name in zip(self.c.replays, names)]
+
+    def commit(self, wall_time: float, on_policy: bool) -> None:
+        """Phase two, once the shards' files are written: the learner state and the counters,
+        then the switch. The replay's inserted counts add up to the stored transitions."""
+        counters = {**vars(self.counters), "wall_time": wall_time}
+        save_state(self.store.incoming / "state", {"learner": self.t.call(self.c.learner, "state"), "counters": counters},
+                   self.store.save_id)
+        step = self.counters.env_steps
+        self.store.commit(step, stored=0 if on_policy else step)
+        self.saved_step = step
+
+    def restore(self) -> None:
+        """The learner, the replay shards and the counters from the newest good save; every
+        component's random streams reseeded for the env step it resumes at."""
+        save = self.store.latest(warn=lambda line: print(line, file=sys.stderr))
+        if save is None:
+            raise UserError(f"every resume state in {self.store.dir} is damaged: the run cannot be continued; start it "
+                            "again in another --out")
+        state = save.load_state()
+        self.t.call(self.c.learner, "load", state["learner"])
+        shards = self.c.replays
+        self.t.call_all([(shards[k % len(shards)], "load", (str(path),)) for k, path in enumerate(save.replay_files())])
+        self.counters.restore(state["counters"])
+        # Learner first: in local mode the workers' torch seed is the one the shared generator keeps, as at the start.
+        step = self.counters.env_steps
+        self.t.call_all([(component, "reseed", (step,)) for component in (self.c.learner, *shards, *self.c.workers)])
+        self.saved_step = save.env_steps

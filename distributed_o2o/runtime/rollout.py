@@ -1,4 +1,5 @@
-"""A rollout worker: a vectorised set of envs acting with the latest broadcast policy."""
+"""A rollout worker: a vectorised set of envs acting with the latest broadcast policy
+(broadcast.py: how the weights reach it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from distributed_o2o.algorithms.base import ActingSpec
 from distributed_o2o.algorithms.policies import build_policy
 from distributed_o2o.envs import make_vector_env
 from distributed_o2o.errors import UserError
+from distributed_o2o.runtime.broadcast import WeightsInbox
 from distributed_o2o.runtime.streams import stream_seed
 
 
@@ -55,41 +57,33 @@ class RolloutWorker:
         self.envs = make_vector_env(env_id, num_envs, env_kwargs)
         self.num_envs = num_envs
         self.streams = worker_index * num_envs + np.arange(num_envs, dtype=np.int32)
-        self._start_streams(self.base_seed)
+        self.obs, self.rng, self.episode_return = self._start_streams(self.base_seed)
         self.policy = build_policy(policy_arch)
         self.policy.requires_grad_(False)
-        self.version = -1
-        self.offered: tuple[int, dict] | None = None  # newer weights, taken up between vector steps
+        self.inbox = WeightsInbox(self.policy)
         self.spec = ActingSpec(uniform=True)
 
-    def _start_streams(self, seed: int) -> None:
-        """Reset env i from `seed + i`, the action noise and torch from `seed`; episodes start anew."""
-        self.obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
-        self.rng = np.random.default_rng(seed)
+    def _start_streams(self, seed: int) -> tuple[np.ndarray, np.random.Generator, np.ndarray]:
+        """Reset env i from `seed + i`, the action noise and torch from `seed`; episodes start
+        anew. Returns the first observations, the noise generator and the episodes' returns."""
+        obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
+        rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
-        self.episode_return = np.zeros(self.num_envs)
+        return obs, rng, np.zeros(self.num_envs)
 
     def reseed(self, env_step: int) -> None:
         """A resumed run's streams, from the seed and the env step it resumes at (streams.py)."""
-        self._start_streams(stream_seed(self.base_seed, env_step))
+        self.obs, self.rng, self.episode_return = self._start_streams(stream_seed(self.base_seed, env_step))
 
     def set_weights(self, version: int, state_dict: dict | None, spec: ActingSpec) -> None:
         """Act with these weights (None: keep them) and this spec from the next collect on."""
-        if state_dict is not None:
-            self.policy.load_state_dict(state_dict)
-            self.version = version
+        self.inbox.set(version, state_dict)
         self.spec = spec
 
     def offer_weights(self, version: int, state_dict: dict) -> None:
         """Newer weights, taken up at the next vector step, also by a `collect` already running
         (the Ray actor receives this call on a thread of its own, so it never waits for a chunk)."""
-        self.offered = (version, state_dict)
-
-    def _take_offered(self) -> None:
-        offered = self.offered  # one read: the slot may be replaced meanwhile
-        if offered is not None and offered[0] > self.version:
-            self.policy.load_state_dict(offered[1])
-            self.version = offered[0]
+        self.inbox.offer(version, state_dict)
 
     def _actions(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(actions sent to the env, actions stored)."""
@@ -116,8 +110,8 @@ class RolloutWorker:
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
         returns, versions = [], []
         for _ in range(steps):
-            self._take_offered()
-            versions.append(self.version)
+            self.inbox.take_offered()
+            versions.append(self.inbox.version)
             action, stored = self._actions(self.obs)
             next_obs, reward, terminated, truncated, info = self.envs.step(action)
             if not np.all(np.isfinite(reward)):

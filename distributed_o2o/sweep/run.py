@@ -88,7 +88,7 @@ def _connect(address: str | None, ray_init: dict[str, Any]) -> bool:
     """Join the cluster at `address` (or start a local instance); True when this started it."""
     import ray
 
-    from distributed_o2o.runtime.ray_runtime import init_ray
+    from distributed_o2o.runtime.ray_cluster import init_ray
 
     if ray.is_initialized():
         return False
