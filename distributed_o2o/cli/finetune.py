@@ -41,6 +41,9 @@ def finetune(
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config field (repeatable; nested: "
                                                                           "constraint.eps_end=0.5)."),
     seed: Optional[int] = typer.Option(None, metavar="N", help="Seed of networks, envs and replay sampling (default: 0)."),
+    seeds: Optional[str] = typer.Option(None, metavar="N,N,...", help="A population run: one agent per seed, trained by "
+                                                                      "one learner (SAC family); OUT/seed_<n>/ holds each "
+                                                                      "seed's run."),
     resume: Optional[str] = typer.Option(None, metavar="DIR", help="Continue the run in this directory from its last "
                                                                    "checkpoint (runtime options and --online-steps may "
                                                                    "change, nothing else)."),
@@ -57,6 +60,7 @@ def finetune(
                                   "seed": seed, "num_rollout_workers": num_rollout_workers, "envs_per_worker": envs_per_worker,
                                   "replay_shards": replay_shards, "learner_backend": learner_backend}.items() if v is not None}
     try:
+        population = _population_seeds(seeds, seed, resume)
         if resume is not None:
             if out is not None:
                 raise UserError(f"--resume continues '{resume}' in place: drop --out")
@@ -66,10 +70,24 @@ def finetune(
             if out is None:
                 raise UserError("no run directory given: pass --out DIR")
             cfg = finetune_config(algo, config, explicit, sets=set_)
-            summary = run_finetune(cfg, out, mode, progress=not quiet, address=address)
+            summary = run_finetune(cfg, out, mode, progress=not quiet, address=address, seeds=population)
     except (RunAborted, ComponentFailed) as exc:  # an actor died: one line, not a traceback
         raise _Stopped(str(exc)) from None
-    print_summary(summary)
+    for run in summary.get("runs", [summary]):
+        print_summary(run)
+
+
+def _population_seeds(seeds: str | None, seed: int | None, resume: str | None) -> list[int] | None:
+    from distributed_o2o.errors import UserError
+    from distributed_o2o.runtime.population_run import parse_seeds
+
+    if seeds is None:
+        return None
+    if seed is not None:
+        raise UserError("--seeds and --seed both given: a population run takes its seeds from --seeds alone; drop --seed")
+    if resume is not None:
+        raise UserError("--seeds starts a new population run: drop it with --resume")
+    return parse_seeds(seeds)
 
 
 class _Stopped(typer.TyperException):
@@ -85,7 +103,7 @@ def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{summary['algo']} on {summary['env']}")
+    table = Table(title=f"{summary['algo']} on {summary['env']}, seed {summary['seed']}")
     for column in ("", "env steps", "return", "normalised score"):
         table.add_column(column)
     for label in ("initial", "final", "best"):

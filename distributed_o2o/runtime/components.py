@@ -25,6 +25,7 @@ from distributed_o2o.envs import env_spaces
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.learner import Learner
+from distributed_o2o.runtime.population import PopulationLearner, PopulationReplay, PopulationRollout
 from distributed_o2o.runtime.replay import ReplayService, shard_offline
 from distributed_o2o.runtime.rollout import RolloutWorker
 from distributed_o2o.runtime.transport import LocalTransport
@@ -48,6 +49,9 @@ class Components:
     collects_per_worker: int  # collect calls queued per worker, so it never waits for the driver
     max_updates_per_call: int  # updates the learner runs per call at most
     shard_capacity: int
+    # A population run's seeds, one agent each (None: one agent, `config.seed`); `evaluator` is
+    # then one evaluator per agent.
+    seeds: list[int] | None = None
     # Normalised-score references ({"ref_min_score", "ref_max_score"}), recorded in checkpoints.
     references: dict = field(default_factory=dict)
 
@@ -133,48 +137,63 @@ class Builder(Protocol):
 
 
 # ---------------------------------------------------------------------- one factory per box
-def make_learner(builder: Builder, config: FinetuneConfig, inputs: RunInputs) -> Any:
-    return builder.create("learner", 0, config, inputs.obs_dim, inputs.act_dim, policy=inputs.policy,
-                          pretrained=inputs.pretrained, offline=inputs.offline)
+# With `seeds` (a population run) each box holds every agent's share: its role is then
+# "population-<role>" and its seed argument the agents' seeds (population.py).
+def make_learner(builder: Builder, config: FinetuneConfig, inputs: RunInputs, seeds: list[int] | None = None) -> Any:
+    population = {} if seeds is None else {"seeds": seeds}
+    return builder.create(_role("learner", seeds), 0, config, inputs.obs_dim, inputs.act_dim, policy=inputs.policy,
+                          pretrained=inputs.pretrained, offline=inputs.offline, **population)
 
 
-def make_rollout_workers(builder: Builder, config: FinetuneConfig, policy_arch: dict) -> list[Any]:
-    return [builder.create("rollout", i, config.env, config.envs_per_worker, config.seed, policy_arch, config.env_kwargs, i)
+def make_rollout_workers(builder: Builder, config: FinetuneConfig, policy_arch: dict, seeds: list[int] | None = None) -> list[Any]:
+    seed = config.seed if seeds is None else seeds
+    return [builder.create(_role("rollout", seeds), i, config.env, config.envs_per_worker, seed, policy_arch, config.env_kwargs, i)
             for i in range(config.num_rollout_workers)]
 
 
-def make_replays(builder: Builder, config: FinetuneConfig, inputs: RunInputs) -> list[Any]:
+def make_replays(builder: Builder, config: FinetuneConfig, inputs: RunInputs, seeds: list[int] | None = None) -> list[Any]:
     capacity = inputs.shard_capacity(config)
-    return [builder.create("replay", j, inputs.obs_dim, inputs.act_dim, capacity, part, config.seed + j)
+    return [builder.create(_role("replay", seeds), j, inputs.obs_dim, inputs.act_dim, capacity, part,
+                           config.seed + j if seeds is None else [seed + j for seed in seeds])
             for j, part in enumerate(shard_offline(inputs.replay_offline, config.replay_shards))]
 
 
-def make_evaluator(builder: Builder, config: FinetuneConfig, inputs: RunInputs) -> Any:
-    return builder.create("evaluator", 0, config.env, config.eval_episodes, config.seed + 10_000, config.env_kwargs,
+def make_evaluator(builder: Builder, config: FinetuneConfig, inputs: RunInputs, index: int = 0) -> Any:
+    return builder.create("evaluator", index, config.env, config.eval_episodes, config.seed + 10_000, config.env_kwargs,
                           inputs.ref_min, inputs.ref_max)
 
 
-def build_components(builder: Builder, config: FinetuneConfig, inputs: RunInputs) -> Components:
+def _role(role: str, seeds: list[int] | None) -> str:
+    return role if seeds is None else f"population-{role}"
+
+
+def build_components(builder: Builder, config: FinetuneConfig, inputs: RunInputs, seeds: list[int] | None = None) -> Components:
     """Every box, in this order: the learner first (in local mode the rollout workers' torch
-    seed is then the one the shared generator keeps), the workers with its policy's shape."""
+    seed is then the one the shared generator keeps), the workers with its policy's shape.
+    A population (`seeds`) has one evaluator per agent, each seeded as the agent's own run's."""
     transport = builder.transport
-    learner = make_learner(builder, config, inputs)
-    workers = make_rollout_workers(builder, config, transport.call(learner, "policy_arch"))
-    replays = make_replays(builder, config, inputs)
-    evaluator = make_evaluator(builder, config, inputs)
+    learner = make_learner(builder, config, inputs, seeds)
+    workers = make_rollout_workers(builder, config, transport.call(learner, "policy_arch"), seeds)
+    replays = make_replays(builder, config, inputs, seeds)
+    if seeds is None:
+        evaluator = make_evaluator(builder, config, inputs)
+    else:
+        evaluator = [make_evaluator(builder, config.model_copy(update={"seed": seed}), inputs, k) for k, seed in enumerate(seeds)]
     builder.ready()
     transport.call(learner, "attach_replay", replays)
     return Components(transport, learner, workers, replays, evaluator, envs_per_worker=config.envs_per_worker,
                       chunk_transitions=builder.chunk_transitions, collects_per_worker=builder.collects_per_worker,
                       max_updates_per_call=MAX_UPDATES_PER_CALL, shard_capacity=inputs.shard_capacity(config),
-                      references=inputs.references)
+                      seeds=seeds, references=inputs.references)
 
 
 class LocalBuilder:
     """Every box a plain object in this process (the pdb-able debug mode). One vector step per
     collect, updates right after it: the order of a single-process loop."""
 
-    CLASSES = {"learner": Learner, "rollout": RolloutWorker, "replay": ReplayService, "evaluator": Evaluator}
+    CLASSES = {"learner": Learner, "rollout": RolloutWorker, "replay": ReplayService, "evaluator": Evaluator,
+               "population-learner": PopulationLearner, "population-rollout": PopulationRollout,
+               "population-replay": PopulationReplay}
 
     def __init__(self, config: FinetuneConfig):
         self.transport = LocalTransport()
@@ -188,5 +207,5 @@ class LocalBuilder:
         pass
 
 
-def build_local_components(config: FinetuneConfig, inputs: RunInputs) -> Components:
-    return build_components(LocalBuilder(config), config, inputs)
+def build_local_components(config: FinetuneConfig, inputs: RunInputs, seeds: list[int] | None = None) -> Components:
+    return build_components(LocalBuilder(config), config, inputs, seeds)

@@ -37,16 +37,24 @@ class RunAborted(RuntimeError):
 
 
 @dataclass
-class Counters:
-    env_steps: int = 0
-    updates: int = 0
+class AgentRecords:
+    """What is one agent's own in a run (a population keeps one per agent)."""
+
     eval_env_steps: int = 0  # extra interaction spent on evaluation episodes, reported separately
-    owed_updates: float = 0.0  # earned by inserted transitions, not yet started
     best_return: float = -math.inf
-    wall_time: float = 0.0
-    rollout_failures: int = 0  # rollout worker deaths (what they had in flight was never counted nor stored)
     initial: dict | None = None
     handover: dict = field(default_factory=dict)
+
+
+@dataclass
+class Counters(AgentRecords):
+    """A run's counters (a single agent's records with them: the resume state saves them)."""
+
+    env_steps: int = 0
+    updates: int = 0
+    owed_updates: float = 0.0  # earned by inserted transitions, not yet started
+    wall_time: float = 0.0
+    rollout_failures: int = 0  # rollout worker deaths (what they had in flight was never counted nor stored)
 
     def restore(self, saved: dict) -> None:
         """Take the saved values (in place: the online loop and the resume state share these)."""
@@ -55,21 +63,53 @@ class Counters:
             setattr(self, f.name, getattr(restored, f.name))
 
 
+@dataclass
+class Seat:
+    """One agent's place in a run: its config (its seed), run directory, evaluator and records.
+    `agent` is the argument that names it in the learner's per-agent calls: () for a single
+    agent, (k,) for agent k of a population."""
+
+    config: Any
+    run_dir: RunDir
+    evaluator: Any
+    records: AgentRecords
+    agent: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f" (seed {self.config.seed})" if self.agent else ""
+
+    def pick(self, value: Any) -> Any:
+        """This agent's share of a value the learner returns for all its agents."""
+        return value[self.agent[0]] if self.agent else value
+
+
 class Driver:
+    """Drives one run. A population run (`components.seeds`) has one sub-run per seed, each in
+    `run_dir / seed_<n>` and written as a separate run with that seed writes it."""
+
     def __init__(self, config, run_dir: RunDir, components: Components, progress: bool = True):
         self.config, self.run_dir, self.c = config, run_dir, components
         self.t = components.transport
         self.counters = Counters()
         self.console = Console(stderr=True, quiet=not progress)
         self.progress = progress
-        self.config_dict = config.model_dump()
+        if components.seeds is None:
+            self.seats = [Seat(config, run_dir, components.evaluator, self.counters)]
+        else:
+            self.seats = [Seat(config.model_copy(update={"seed": seed}), RunDir(run_dir.path / f"seed_{seed}"),
+                               evaluator, AgentRecords(), (k,))
+                          for k, (seed, evaluator) in enumerate(zip(components.seeds, components.evaluator, strict=True))]
         self.last_eval: dict[str, Any] | None = None
         self.on_policy = False
         self.segment_start = time.perf_counter()
         self.eval_rate = Rate()  # updates/s between evaluations (of this segment after a resume)
         self.broadcast = Broadcast(self.t, components.learner, components.workers, config.broadcast_every)
-        self.online = OnlineLoop(config, components, self.counters, self.broadcast, run_dir, self.console, progress)
-        self.resume = ResumeState(run_dir.resume_dir, components, self.counters, config.resume_every, config.online_steps)
+        self.online = OnlineLoop(config, components, self.counters, self.broadcast, [s.run_dir for s in self.seats],
+                                 self.console, progress)
+        # A population run is not resumable yet: it saves no resume state.
+        self.resume = (ResumeState(run_dir.resume_dir, components, self.counters, config.resume_every, config.online_steps)
+                       if components.seeds is None else None)
 
     # ------------------------------------------------------------------ entry
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -92,7 +132,8 @@ class Driver:
             self._restore()
         self.online.plan(self.on_policy)  # refuses a configuration that would stall, before any work
         # On a resume too: an extended budget or new runtime fields hold for later resumes.
-        self.run_dir.write_config(self.config_dict)
+        for seat in self.seats:
+            seat.run_dir.write_config(seat.config.model_dump())
         if not resume:
             self._offline_stages()
             self._handover()
@@ -107,6 +148,8 @@ class Driver:
                 f"{self._how_to_continue()}")
 
     def _how_to_continue(self) -> str:
+        if self.resume is None:
+            return "a population run cannot be resumed yet: start it again in another --out"
         if self.resume.saved_step is None:
             return f"`o2o finetune --resume {self.run_dir.path}` starts it again, reusing the cached offline stages"
         return (f"`o2o finetune --resume {self.run_dir.path}` continues from the last checkpoint (env step "
@@ -114,20 +157,18 @@ class Driver:
 
     # ------------------------------------------------------------------ offline stages, hand-over
     def _offline_stages(self) -> None:
+        """Each stage, or its cached result (every agent's, for a population: each sub-run
+        caches its agent's, as a separate run would)."""
         # Runtime fields (workers, shards, limiter...) do not change what a stage computes.
-        key = RunDir.stage_key({k: v for k, v in self.config_dict.items() if k not in RUNTIME_FIELDS})
+        keys = [RunDir.stage_key({k: v for k, v in seat.config.model_dump().items() if k not in RUNTIME_FIELDS})
+                for seat in self.seats]
         for name, steps in self.t.call(self.c.learner, "stage_plan"):
-            cache = self.run_dir.stage_file(name)
-            if cache.with_suffix(".json").exists():
-                try:
-                    cached = load_state(cache)
-                except DamagedState as exc:
-                    self.console.print(f"[yellow]stage {name}: the cached result is damaged ({exc}); computing it again")
-                    cached = {}
-                if cached.get("stage_key") == key:
-                    self.console.print(f"[green]stage {name}: reusing the cached result in {cache.parent}")
-                    self.t.call(self.c.learner, "load", cached["learner"])
-                    continue
+            cached = [self._cached_stage(seat.run_dir.stage_file(name), name, key) for seat, key in zip(self.seats, keys)]
+            if all(state is not None for state in cached):
+                self.console.print(f"[green]stage {name}: reusing the cached result in "
+                                   f"{self.seats[0].run_dir.stage_file(name).parent}")
+                self.t.call(self.c.learner, "load", cached if self.c.seeds is not None else cached[0])
+                continue
             chunk = max(1, min(1000, steps // 100 or 1))
             with progress_bar(self.console, self.progress) as bar:
                 task = bar.add_task(f"stage {name}", total=steps)
@@ -136,16 +177,31 @@ class Driver:
                     n = min(chunk, steps - done)
                     metrics = self.t.call(self.c.learner, "run_stage", name, n)
                     done += n
-                    self.run_dir.scalars(done, metrics, f"stage_{name}")
-                    bar.update(task, completed=done, description=f"stage {name} {_brief(metrics)}")
-            save_state(cache, {"stage_key": key, "learner": self.t.call(self.c.learner, "state")})
+                    for seat in self.seats:
+                        seat.run_dir.scalars(done, seat.pick(metrics), f"stage_{name}")
+                    bar.update(task, completed=done, description=f"stage {name} {_brief(self.seats[0].pick(metrics))}")
+            for seat, key in zip(self.seats, keys):
+                save_state(seat.run_dir.stage_file(name),
+                           {"stage_key": key, "learner": self.t.call(self.c.learner, "state", *seat.agent)})
+
+    def _cached_stage(self, cache, name: str, key: str) -> dict | None:
+        """The learner state cached for stage `name` under `key`, else None."""
+        if not cache.with_suffix(".json").exists():
+            return None
+        try:
+            cached = load_state(cache)
+        except DamagedState as exc:
+            self.console.print(f"[yellow]stage {name}: the cached result is damaged ({exc}); computing it again")
+            return None
+        return cached["learner"] if cached.get("stage_key") == key else None
 
     def _handover(self) -> None:
         metrics, spent = self.t.call(self.c.learner, "handover", self.c.evaluator)
-        self.counters.eval_env_steps += spent
-        self.counters.handover = metrics
-        if metrics:
-            self.console.print(f"hand-over: {_brief(metrics)}")
+        for seat in self.seats:
+            seat.records.eval_env_steps += seat.pick(spent)
+            seat.records.handover = seat.pick(metrics)
+            if seat.records.handover:
+                self.console.print(f"hand-over{seat.label}: {_brief(seat.records.handover)}")
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate_if_due(self, final: bool = False) -> None:
@@ -160,7 +216,7 @@ class Driver:
         """Evaluate, checkpoint and (when due) save the resume state, at a point where nothing is
         in flight (the replay files are written while the evaluator plays its episodes)."""
         self.online.settle_syncs()
-        due = self.resume.due(initial)
+        due = self.resume is not None and self.resume.due(initial)
         saves = self.resume.begin() if due else []
         self._evaluate(initial)
         for future in saves:
@@ -170,35 +226,43 @@ class Driver:
             self.resume.commit(self._wall_time(), self.on_policy)
 
     def _evaluate(self, initial: bool = False) -> None:
-        """The deployed policy's mode scores the run; the acting policy's samples (what the agent
-        collects) and, where another policy is deployed, its mode are logged beside it."""
-        c = self.counters
-        acting = self.broadcast.publish_now()
+        """Every agent's evaluation, each on its own evaluator."""
+        self.broadcast.publish_now()
         arch = self.t.call(self.c.learner, "policy_arch")
-        deployed = self.t.call(self.c.learner, "deployed_weights")
+        updates_per_s = round(self.eval_rate(self.counters.updates), 2)
+        for seat in self.seats:
+            self.last_eval = self._evaluate_agent(seat, arch, updates_per_s, initial)
+
+    def _evaluate_agent(self, seat: Seat, arch: dict, updates_per_s: float, initial: bool) -> dict[str, Any]:
+        """The deployed policy's mode scores the agent; the acting policy's samples (what the agent
+        collects) and, where another policy is deployed, its mode are logged beside it."""
+        c, mine, learner = self.counters, seat.records, self.c.learner
+        acting = self.t.call(learner, "acting_weights", *seat.agent)
+        deployed = self.t.call(learner, "deployed_weights", *seat.agent)
         runs = {"": (deployed or acting, True), "stochastic_": (acting, False)}
         if deployed is not None:
             runs["online_"] = (acting, True)
-        records = {prefix: self.t.call(self.c.evaluator, "evaluate", arch, weights, deterministic, c.env_steps)
+        records = {prefix: self.t.call(seat.evaluator, "evaluate", arch, weights, deterministic, c.env_steps)
                    for prefix, (weights, deterministic) in runs.items()}
-        c.eval_env_steps += sum(r.pop("env_steps") for r in records.values())
+        mine.eval_env_steps += sum(r.pop("env_steps") for r in records.values())
         record = records[""]
-        self.t.call(self.c.learner, "on_evaluation", record["return_mean"], c.env_steps)
-        line = {"env_steps": c.env_steps, "updates": c.updates, "eval_env_steps": c.eval_env_steps,
+        self.t.call(learner, "on_evaluation", record["return_mean"], c.env_steps, *seat.agent)
+        line = {"env_steps": c.env_steps, "updates": c.updates, "eval_env_steps": mine.eval_env_steps,
                 "return_mean": record["return_mean"], "return_std": record["return_std"],
                 "normalized_score": record["normalized_score"], "episodes": record["episodes"],
                 **{f"{prefix}return_mean": r["return_mean"] for prefix, r in records.items() if prefix},
-                "wall_time_s": round(self._wall_time(), 1), "updates_per_s": round(self.eval_rate(c.updates), 2)}
-        self.run_dir.append_metrics(line)
-        self.run_dir.scalars(c.env_steps, {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "env_steps"}, "eval")
-        self.run_dir.flush()
+                "wall_time_s": round(self._wall_time(), 1), "updates_per_s": updates_per_s}
+        run_dir = seat.run_dir
+        run_dir.append_metrics(line)
+        run_dir.scalars(c.env_steps, {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "env_steps"}, "eval")
+        run_dir.flush()
         if initial:
-            c.initial = line
-        c.best_return = max(c.best_return, record["return_mean"])
-        save_checkpoint(self.run_dir.checkpoint_dir(c.env_steps), self.t.call(self.c.learner, "checkpoint_modules"),
-                        env_id=self.config.env, algo=self.config.algo, config=self.config_dict,
+            mine.initial = line
+        mine.best_return = max(mine.best_return, record["return_mean"])
+        save_checkpoint(run_dir.checkpoint_dir(c.env_steps), self.t.call(learner, "checkpoint_modules", *seat.agent),
+                        env_id=seat.config.env, algo=seat.config.algo, config=seat.config.model_dump(),
                         extra={"env_steps": c.env_steps, "updates": c.updates, "eval": line, **self.c.references})
-        self.last_eval = line
+        return line
 
     def _bar_text(self) -> str:
         return "online" if self.last_eval is None else f"online  eval return {self.last_eval['return_mean']:.1f}"
@@ -221,20 +285,28 @@ class Driver:
         return self.counters.wall_time + time.perf_counter() - self.segment_start
 
     def _finish(self) -> dict[str, Any]:
-        """The summary, written into the run directory, which is closed."""
-        c = self.counters
-        records = self.run_dir.read_metrics()
+        """The summaries, written into the run directories, which are closed: the run's, or for a
+        population {"seeds", "runs": each sub-run's}."""
+        summaries = [self._finish_agent(seat) for seat in self.seats]
+        self.run_dir.close()
+        if self.c.seeds is None:
+            return summaries[0]
+        return {"seeds": self.c.seeds, "run_dir": str(self.run_dir.path), "runs": summaries}
+
+    def _finish_agent(self, seat: Seat) -> dict[str, Any]:
+        c, mine, run_dir = self.counters, seat.records, seat.run_dir
+        records = run_dir.read_metrics()
         best = max(records, key=lambda r: r["return_mean"]) if records else None
         wall_time = self._wall_time()
-        summary = {"algo": self.config.algo, "env": self.config.env, "seed": self.config.seed, "initial": c.initial,
+        summary = {"algo": seat.config.algo, "env": seat.config.env, "seed": seat.config.seed, "initial": mine.initial,
                    "final": records[-1] if records else None, "best": best,
-                   "best_checkpoint": str(self.run_dir.checkpoint_dir(best["env_steps"])) if best else None,
+                   "best_checkpoint": str(run_dir.checkpoint_dir(best["env_steps"])) if best else None,
                    "env_steps": c.env_steps, "updates": c.updates, "updates_per_s": c.updates / max(wall_time, 1e-9),
-                   "eval_env_steps": c.eval_env_steps, "rollout_failures": c.rollout_failures, "handover": c.handover,
+                   "eval_env_steps": mine.eval_env_steps, "rollout_failures": c.rollout_failures, "handover": mine.handover,
                    "handover_env_step": self.t.call(self.c.learner, "handover_step"),
-                   "wall_time_s": wall_time, "run_dir": str(self.run_dir.path), **provenance()}
-        self.run_dir.write_summary(summary)
-        self.run_dir.close()
+                   "wall_time_s": wall_time, "run_dir": str(run_dir.path), **provenance()}
+        run_dir.write_summary(summary)
+        run_dir.close()
         return summary
 
 

@@ -22,6 +22,8 @@ from distributed_o2o.runtime.components import Components, RunInputs, build_loca
 from distributed_o2o.runtime.cpu_check import cpu_note
 from distributed_o2o.runtime.driver import Driver
 from distributed_o2o.runtime.graphed import check_learner_backend
+from distributed_o2o.runtime.population_run import (check_population, check_population_memory, refuse_population_resume,
+                                                    write_population_file)
 from distributed_o2o.runtime.resume_state import ResumeStore
 from distributed_o2o.runtime.run_lock import run_lock
 from distributed_o2o.runtime.run_dir import RunDir
@@ -33,24 +35,27 @@ RESUMABLE_CHANGES = RUNTIME_FIELDS | {"online_steps"}
 
 
 @contextmanager
-def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, address: str | None, announce: bool = False) -> Iterator[Components]:
+def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, address: str | None, announce: bool = False,
+                seeds: list[int] | None = None) -> Iterator[Components]:
     if mode not in MODES:
         raise UserError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
     if mode == "local" and address is not None:
         raise UserError("--address joins a Ray cluster: it needs --mode ray")
     inputs = load_inputs(config)  # every input is checked before any note or work
+    if seeds is not None:
+        check_population_memory(config, inputs, len(seeds), learner_here=address is None)
     on_this_cpu = address is None and config.device != "cuda" and not torch.cuda.is_available()
     if on_this_cpu:  # the learner will run here, without a GPU
         check_learner_backend(config, algorithm_class(config.algo), on_gpu=False)
         if announce:
             _note_cpu_duration(config, inputs)
     if mode == "local":
-        yield build_local_components(config, inputs)
+        yield build_local_components(config, inputs, seeds)
         return
     from distributed_o2o.runtime.ray_cluster import record_address
     from distributed_o2o.runtime.ray_runtime import ray_components
 
-    with ray_components(config, inputs, run_dir.path, address) as components:
+    with ray_components(config, inputs, run_dir.path, address, seeds) as components:
         record_address(run_dir.path)
         yield components
 
@@ -63,7 +68,11 @@ def _note_cpu_duration(config: FinetuneConfig, inputs: RunInputs) -> None:
 
 
 def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local", progress: bool = True,
-                 address: str | None = None) -> dict[str, Any]:
+                 address: str | None = None, seeds: list[int] | None = None) -> dict[str, Any]:
+    """One run of `config`; with `seeds`, a population run: one agent per seed trained by one
+    learner, agent k in `out_dir/seed_<seeds[k]>` as a run with `seed: seeds[k]` (population.py)."""
+    if seeds is not None:
+        check_population(config, seeds)
     check_writable(out_dir, "the run")
     run_dir = RunDir(out_dir)
     with run_lock(run_dir.path, _warn):
@@ -71,7 +80,9 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local
         if earlier:
             raise UserError(f"'{out_dir}' already holds a run ({', '.join(earlier)}): continue it with --resume {out_dir}, "
                             "or pass another --out")
-        return _drive(config, run_dir, mode, progress, address, resume=False)
+        if seeds is not None:
+            write_population_file(run_dir.path, config, seeds)
+        return _drive(config, run_dir, mode, progress, address, resume=False, seeds=seeds)
 
 
 def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = True, address: str | None = None,
@@ -81,6 +92,7 @@ def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = 
     (extending the run); any other field given must keep its saved value. A run that stopped
     before its first save starts again from its config, reusing its cached offline stages."""
     check_writable(run_path, "the run")
+    refuse_population_resume(run_path)
     run_dir = RunDir(run_path)
     with run_lock(run_dir.path, _warn):
         if not run_dir.config_file.exists():
@@ -115,8 +127,9 @@ def _resumed_config(run_dir: RunDir, changes: dict[str, Any]) -> FinetuneConfig:
     return config
 
 
-def _drive(config: FinetuneConfig, run_dir: RunDir, mode: str, progress: bool, address: str | None, resume: bool) -> dict[str, Any]:
-    with _components(config, mode, run_dir, address, announce=not resume) as components:
+def _drive(config: FinetuneConfig, run_dir: RunDir, mode: str, progress: bool, address: str | None, resume: bool,
+           seeds: list[int] | None = None) -> dict[str, Any]:
+    with _components(config, mode, run_dir, address, announce=not resume, seeds=seeds) as components:
         return Driver(config, run_dir, components, progress).run(resume=resume)
 
 

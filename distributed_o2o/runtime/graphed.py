@@ -279,17 +279,19 @@ class GraphedUpdater:
         return dict(zip(self.names[key], means))
 
 
-def graphed_updater(config, algorithm: Algorithm | Capturable, obs_dim: int, act_dim: int, device: torch.device,
-                    capacity: int | None = None) -> GraphedUpdater | None:
+def graphed_updater(config, algorithm: Algorithm | Capturable | Population, obs_dim: int, act_dim: int,
+                    device: torch.device, capacity: int | None = None, algorithm_cls: type | None = None) -> GraphedUpdater | None:
     """The graphed path where `config.learner_backend` picks it (None: the eager learner).
 
     "auto" picks it on CUDA for a `Capturable` algorithm; "graph" insists and fails without
     CUDA or for another; "eager" never picks it. `capacity`: online rows of the device mirror
-    (default `config.replay_capacity`; 0 where only D_off is sampled).
+    (default `config.replay_capacity`; 0 where only D_off is sampled; per agent for a population).
+    `algorithm_cls`: the agents' class, for a population.
     """
     on_gpu = torch.device(device).type == "cuda"
-    check_learner_backend(config, type(algorithm), on_gpu)
-    if config.learner_backend == "eager" or not graph_supported(type(algorithm), on_gpu):
+    algorithm_cls = algorithm_cls or type(algorithm)
+    check_learner_backend(config, algorithm_cls, on_gpu)
+    if config.learner_backend == "eager" or not graph_supported(algorithm_cls, on_gpu):
         return None
     capacity = config.replay_capacity if capacity is None else capacity
     return GraphedUpdater(algorithm, obs_dim, act_dim, capacity, device, config.graph_steps, config.graph_compile,

@@ -10,6 +10,7 @@ pulling the rows each shard took in since the last call, and samples there.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import defaultdict
 from typing import Any
@@ -48,25 +49,37 @@ def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     return {key: total / len(history) for key, total in sums.items()}
 
 
+def build_agent(config, seed: int, obs_dim: int, act_dim: int, device: torch.device, policy=None,
+                pretrained: dict | None = None, offline: OfflineData | None = None) -> Algorithm:
+    """One agent of `config`'s method as a run with `seed` builds it: networks initialised from
+    the seed, D_off (`offline`, whose tensors it shares) sampled with its own generator."""
+    torch.manual_seed(seed)
+    if policy is not None:
+        policy = policy.to(device)
+    modules = {name: module.to(device) for name, module in (pretrained or {}).items()}
+    algorithm = algorithm_class(config.algo)(config, obs_dim, act_dim, device, policy=policy, **modules)
+    if offline is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        algorithm.set_offline_data(copy.copy(offline))
+        algorithm.offline_data.generator = generator
+    return algorithm
+
+
 class Learner:
     def __init__(self, config, obs_dim: int, act_dim: int, policy=None, pretrained: dict | None = None,
                  offline: dict[str, np.ndarray] | None = None):
         self.seed = config.seed
-        torch.manual_seed(config.seed)
         self.device = pick_device(config.device)
-        cls = algorithm_class(config.algo)
-        if policy is not None:
-            policy = policy.to(self.device)
-        modules = {name: module.to(self.device) for name, module in (pretrained or {}).items()}
-        self.algorithm: Algorithm = cls(config, obs_dim, act_dim, self.device, policy=policy, **modules)
-        self.offline_generator: torch.Generator | None = None
-        if offline is not None:
-            self.offline_generator = torch.Generator(device=self.device)
-            self.offline_generator.manual_seed(config.seed)
-            self.algorithm.set_offline_data(OfflineData(offline, self.device, self.offline_generator))
+        data = None if offline is None else OfflineData(offline, self.device)
+        self.algorithm: Algorithm = build_agent(config, config.seed, obs_dim, act_dim, self.device, policy, pretrained, data)
+        self.offline_generator: torch.Generator | None = None if data is None else self.algorithm.offline_data.generator
         # The graphed path (None: eager). Its device mirror of the replay holds D_off and the rows
         # pulled from the shards; `cursors[j]`: rows of shard j ever inserted that it has seen.
         self.graphed = graphed_updater(config, self.algorithm, obs_dim, act_dim, self.device)
+        self._init_runtime(config, offline)
+
+    def _init_runtime(self, config, offline: dict[str, np.ndarray] | None) -> None:
         if self.graphed is not None and offline is not None:
             self.graphed.set_offline(offline)
         self.cursors: list[int] = []
@@ -83,7 +96,7 @@ class Learner:
         """`metrics` if they and the acting policy's weights are finite; else stop the run (no
         checkpoint or resume state is written after this point, so the last ones stay good)."""
         bad = sorted(key for key, value in metrics.items() if not math.isfinite(value))
-        weights = torch.stack([p.detach().sum() for p in self.algorithm.acting_policy().parameters()])
+        weights = torch.stack([p.detach().sum() for policy in self._acting_policies() for p in policy.parameters()])
         if not bad and bool(torch.isfinite(weights).all()):
             self.last_finite = metrics
             return metrics
@@ -91,6 +104,9 @@ class Learner:
         last = " ".join(f"{k}={v:.3g}" for k, v in list(self.last_finite.items())[:6]) or "none yet"
         raise LearnerDiverged(f"the learner diverged at {where}: {what} became non-finite (last finite metrics: {last}); "
                               "lower the learning rates or check the data (the checkpoints written before it are kept)")
+
+    def _acting_policies(self) -> list[torch.nn.Module]:
+        return [self.algorithm.acting_policy()]
 
     def _ask(self, component: Any, method: str, *args: Any) -> Any:
         """Call another component (the replay shards, the evaluator); Ray overrides this."""
@@ -188,9 +204,12 @@ class Learner:
         a shard's rows after a resume, when the cursors start again from 0)."""
         replies = self._ask_all([(shard, "rows_since", (cursor,)) for shard, cursor in zip(self.shards, self.cursors)])
         for j, (cursor, rows) in enumerate(replies):
-            if len(rows["rewards"]):
-                self.graphed.add(rows)
+            self._mirror(rows)
             self.cursors[j] = cursor
+
+    def _mirror(self, rows: dict[str, np.ndarray]) -> None:
+        if len(rows["rewards"]):
+            self.graphed.add(rows)
 
     def _sample(self, count: int, plan: list[tuple[int, int]]) -> dict[str, np.ndarray]:
         """`count` stacked batches; `plan` holds (online rows, offline rows) per shard."""
@@ -226,7 +245,10 @@ class Learner:
 
     def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
         """The acting policy's weights, published with their version (broadcast.py)."""
-        return self.version, policy_weights(self.algorithm.acting_policy())
+        return self.version, self.acting_weights()
+
+    def acting_weights(self) -> dict[str, torch.Tensor]:
+        return policy_weights(self.algorithm.acting_policy())
 
     def deployed_weights(self) -> dict[str, torch.Tensor] | None:
         """The deployed policy's weights where it is not the acting policy (else None)."""

@@ -55,11 +55,12 @@ class _Flight:
 
 
 class OnlineLoop:
-    def __init__(self, config, components: Components, counters, broadcast: Broadcast, run_dir: RunDir,
+    def __init__(self, config, components: Components, counters, broadcast: Broadcast, run_dirs: list[RunDir],
                  console: Console, progress: bool):
         self.config, self.c, self.counters, self.broadcast = config, components, counters, broadcast
         self.t = components.transport
-        self.run_dir, self.console, self.progress = run_dir, console, progress
+        # One run directory per agent; a population's learner and replay report per agent (lists).
+        self.run_dirs, self.console, self.progress = run_dirs, console, progress
         n = len(components.workers)
         self.pending: dict[Any, _Flight] = {}
         self.live = [True] * n  # False: given up
@@ -73,9 +74,9 @@ class OnlineLoop:
         self.updating = False
         self.schedule: Schedule | None = None
         self.limiter: RateLimiter | None = None
-        # The training log: what happened since its last line.
-        self.train_metrics: list[dict[str, float]] = []
-        self.episode_returns: list[float] = []
+        # The training log, per agent: what happened since its last line.
+        self.train_metrics: list[list[dict[str, float]]] = [[] for _ in run_dirs]
+        self.episode_returns: list[list[float]] = [[] for _ in run_dirs]
         self.rates = (Rate(), Rate())  # env steps/s, updates/s
         self.next_log = 0
         self.status: Callable[[], str] = lambda: "online"  # the progress bar's text
@@ -222,7 +223,7 @@ class OnlineLoop:
                 self.limiter.finish(flight.updates)
                 self.counters.updates += flight.updates
                 self.broadcast.learner_version = version
-                self.train_metrics.append(metrics)
+                self._add_train_metrics(metrics)
                 self.updating = False
             elif flight.kind == "publish":
                 self.broadcast.published_arrived(result)
@@ -282,7 +283,7 @@ class OnlineLoop:
                     time.sleep(self._next_retry() or 0.0)
                     continue
                 self.broadcast.learner_version, metrics = self.t.call(self.c.learner, "update_on_policy", arrived, c.env_steps)
-                self.train_metrics.append(metrics)
+                self._add_train_metrics(metrics)
                 c.updates += 1
                 self.broadcast.publish_now()
                 self._log_training(env_rate(c.env_steps), update_rate(c.updates))
@@ -307,25 +308,35 @@ class OnlineLoop:
         before = c.env_steps
         c.env_steps += receipt.transitions
         self.down_since[worker] = None
-        self.episode_returns.extend(receipt.episode_returns)
+        for mine, returns in zip(self.episode_returns, self._per_agent(receipt.episode_returns), strict=True):
+            mine.extend(returns)
         self.broadcast.collected(receipt.version, receipt.transitions)
         return self.schedule.earned(before, c.env_steps)
 
+    def _per_agent(self, value: Any) -> list:
+        """A value the components report for every agent, as a list (one agent's: wrapped)."""
+        return value if self.c.seeds is not None else [value]
+
+    def _add_train_metrics(self, metrics: Any) -> None:
+        for mine, agent_metrics in zip(self.train_metrics, self._per_agent(metrics), strict=True):
+            mine.append(agent_metrics)
+
     def _log_training(self, env_rate: float, update_rate: float) -> None:
-        values = {"env_steps_per_s": env_rate, "updates_per_s": update_rate, "updates": float(self.counters.updates)}
-        if self.train_metrics:
-            keys = set().union(*self.train_metrics)
-            values.update({k: float(np.mean([m[k] for m in self.train_metrics if k in m])) for k in keys})
-        if self.episode_returns:
-            values["episode_return"] = float(np.mean(self.episode_returns))
         staleness = self.broadcast.take_staleness()
-        if staleness is not None:
-            values["staleness"] = staleness  # gradient steps behind the learner
-        if self.limiter is not None:
-            values["update_lag"] = self.limiter.lag()  # updates earned or reserved, not yet done
-        self.run_dir.scalars(self.counters.env_steps, values, "train")
-        self.train_metrics.clear()
-        self.episode_returns.clear()
+        for run_dir, train_metrics, returns in zip(self.run_dirs, self.train_metrics, self.episode_returns, strict=True):
+            values = {"env_steps_per_s": env_rate, "updates_per_s": update_rate, "updates": float(self.counters.updates)}
+            if train_metrics:
+                keys = set().union(*train_metrics)
+                values.update({k: float(np.mean([m[k] for m in train_metrics if k in m])) for k in keys})
+            if returns:
+                values["episode_return"] = float(np.mean(returns))
+            if staleness is not None:
+                values["staleness"] = staleness  # gradient steps behind the learner
+            if self.limiter is not None:
+                values["update_lag"] = self.limiter.lag()  # updates earned or reserved, not yet done
+            run_dir.scalars(self.counters.env_steps, values, "train")
+            train_metrics.clear()
+            returns.clear()
 
     # ------------------------------------------------------------------ restarts
     def _worker_failed(self, i: int, exc: ComponentFailed) -> None:

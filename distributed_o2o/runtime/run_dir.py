@@ -24,7 +24,7 @@ import yaml
 
 from distributed_o2o.metrics_log import MetricsLog
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "resume")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "resume", "population.yaml")
 IGNORED_FOR_STAGE_CACHE = {"online_steps", "eval_every", "eval_episodes", "log_every", "num_envs", "device"}
 
 
