@@ -1,0 +1,95 @@
+"""Population runs end to end (`o2o finetune --seeds`): one sub-run per seed, each written as a
+separate run with that seed writes it, the agents independent of each other."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from distributed_o2o.api import evaluate
+from distributed_o2o.cli.main import main
+from distributed_o2o.config import finetune_config
+from distributed_o2o.report.build import build_report
+from distributed_o2o.runtime.finetune import run_finetune
+
+ENV = "Pendulum-v1"
+TINY = {"env": ENV, "hidden": [16, 16], "online_steps": 200, "eval_every": 100, "eval_episodes": 1, "batch_size": 16,
+        "random_start_steps": 50, "learning_starts": 50, "device": "cpu", "log_every": 50}
+VOLATILE = ("wall_time_s", "updates_per_s")
+
+
+def sac(**fields):
+    return finetune_config("sac", None, {**TINY, **fields})
+
+
+def metrics(run_dir) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def populations(tmp_path_factory):
+    """Two K=2 populations that share seed 1: {seeds: run directory}."""
+    root = tmp_path_factory.mktemp("populations")
+    runs = {}
+    for seeds in ((0, 1), (5, 1)):
+        out = root / "-".join(map(str, seeds))
+        summary = run_finetune(sac(), out, progress=False, seeds=list(seeds))
+        assert [run["seed"] for run in summary["runs"]] == list(seeds)
+        runs[seeds] = out
+    return runs
+
+
+def test_a_population_writes_one_sub_run_per_seed_as_a_separate_run_would(populations, tmp_path):
+    out = populations[(0, 1)]
+    assert sorted(p.name for p in out.iterdir()) == ["population.yaml", "seed_0", "seed_1"]
+    single = tmp_path / "single"
+    run_finetune(sac(seed=1, online_steps=0), single, progress=False)  # its initial evaluation only
+    sub = out / "seed_1"
+    config = yaml.safe_load((sub / "config.yaml").read_text())
+    assert config == {**yaml.safe_load((single / "config.yaml").read_text()), "online_steps": 200}
+    assert config["seed"] == 1
+    # Built and evaluated as the separate run: the same networks score the same on the same episodes.
+    assert metrics(sub)[0] == metrics(single)[0]
+    assert [m["env_steps"] for m in metrics(sub)] == [0, 100, 200]
+    summary = json.loads((sub / "summary.json").read_text())
+    assert summary.keys() == json.loads((single / "summary.json").read_text()).keys()
+    assert summary["seed"] == 1 and summary["env_steps"] == 200
+    assert evaluate(summary["best_checkpoint"], episodes=1)["env"] == ENV  # `o2o eval` reads its checkpoints
+
+
+def test_an_agent_does_not_depend_on_the_other_agents(populations):
+    # Seed 1 beside seed 0 and beside seed 5: the same evaluations, to the last digit.
+    assert metrics(populations[(0, 1)] / "seed_1") == metrics(populations[(5, 1)] / "seed_1")
+    # ... while the other agent's differ (the comparison can fail).
+    assert metrics(populations[(0, 1)] / "seed_0") != metrics(populations[(5, 1)] / "seed_5")
+
+
+def test_report_counts_a_population_as_its_seeds_runs(populations):
+    groups = build_report([populations[(0, 1)]], reps=100)["groups"]
+    assert [(g["method"], g["n_runs"], g["seeds"]) for g in groups] == [("sac", 2, [0, 1])]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0,1", "--seed", "3"], "--seeds and --seed both given"),
+    (["--seeds", "0,x"], "not a comma-separated list of integers"),
+    (["--seeds", "1,1"], "give distinct non-negative seeds"),
+    (["--seeds", "0,1", "--algo", "o2td3"], "'o2td3' cannot train several seeds in one learner; populations support sac"),
+    (["--seeds", "0,1", "--algo", "o2ppo"], "'o2ppo' cannot train several seeds in one learner"),
+])
+def test_bad_population_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    argv = ["finetune", "--algo", "sac", "--env", ENV, "--mode", "local", "--out", str(tmp_path / "run"), *args]
+    if argv.count("--algo") == 2:
+        argv[1:3] = []
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_resuming_a_population_is_refused_in_one_line(populations, capsys):
+    out = populations[(0, 1)]
+    assert main(["finetune", "--resume", str(out), "--mode", "local"]) == 2
+    err = capsys.readouterr().err
+    assert "resuming a population run is not supported yet" in err and err.count("\n") == 1
