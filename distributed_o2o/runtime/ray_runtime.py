@@ -35,6 +35,7 @@ from distributed_o2o.runtime.components import Components, RunInputs, build_comp
 from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.graphed import check_learner_backend
 from distributed_o2o.runtime.learner import Learner, concat_batches
+from distributed_o2o.runtime.population import PopulationLearner, PopulationReplay, PopulationRollout
 from distributed_o2o.runtime.ray_cluster import NAMESPACE, init_ray, learner_threads, plan_resources, run_id
 from distributed_o2o.runtime.replay import ReplayService
 from distributed_o2o.runtime.rollout import RolloutWorker
@@ -150,30 +151,49 @@ class LearnerActor(Learner):
         version, state = super().weights()
         return version, ray.put(state)  # one copy in the object store; every worker gets the ref
 
-    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
-        return {name: copy.deepcopy(module).cpu() for name, module in super().checkpoint_modules().items()}
+    def checkpoint_modules(self, *agent: int) -> dict[str, torch.nn.Module]:
+        return {name: copy.deepcopy(module).cpu() for name, module in super().checkpoint_modules(*agent).items()}
 
-    def state(self) -> dict:
-        return _to_cpu(super().state())
+    def state(self, *agent: int) -> dict:
+        return _to_cpu(super().state(*agent))
+
+
+class PopulationLearnerActor(LearnerActor, PopulationLearner):
+    """A population's learner in an actor (LearnerActor's transport over PopulationLearner)."""
+
+
+def _seed_of_this_life(seed: int) -> int:
+    """`seed`, or a fresh one when Ray restarted this actor (not repeating its first life's episodes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+    return int(np.random.SeedSequence().entropy % 2**31) if restarted else seed
 
 
 class RolloutActor(RolloutWorker):
     """A rollout worker that takes weight offers on a thread of its own (`offer_weights` runs
-    while a chunk is being collected) and, when Ray restarts it, seeds its envs afresh (not
-    repeating the episodes of its first life)."""
+    while a chunk is being collected) and, when Ray restarts it, seeds its envs afresh."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, policy_arch: dict, env_kwargs: dict | None, worker_index: int):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        if restarted:
-            seed = int(np.random.SeedSequence().entropy % 2**31)
         torch.set_num_threads(1)  # one core's share: batched inference of a small MLP
-        super().__init__(env_id, num_envs, seed, policy_arch, env_kwargs, worker_index)
+        super().__init__(env_id, num_envs, _seed_of_this_life(seed), policy_arch, env_kwargs, worker_index)
 
     @ray.method(concurrency_group="weights")
     def offer_weights(self, version: int, state_dict: dict) -> None:
         super().offer_weights(version, state_dict)
+
+
+class PopulationRolloutActor(PopulationRollout):
+    """A population's rollout worker in an actor, as `RolloutActor` is a single agent's."""
+
+    def __init__(self, env_id: str, num_envs: int, seeds: list[int], policy_arch: dict, env_kwargs: dict | None,
+                 worker_index: int):
+        torch.set_num_threads(1)
+        super().__init__(env_id, num_envs, [_seed_of_this_life(seed) for seed in seeds], policy_arch, env_kwargs, worker_index)
+
+    @ray.method(concurrency_group="weights")
+    def offer_weights(self, version: int, state_dicts: list[dict]) -> None:
+        super().offer_weights(version, state_dicts)
 
 
 class EvaluatorActor(Evaluator):
@@ -186,7 +206,7 @@ class EvaluatorActor(Evaluator):
 
 def actor_class(cls: type) -> Any:
     """`cls` as a Ray actor class."""
-    if cls is RolloutActor:  # its weight offers get a thread of their own
+    if cls in (RolloutActor, PopulationRolloutActor):  # its weight offers get a thread of their own
         return ray.remote(concurrency_groups={"weights": 1})(cls)
     return ray.remote(cls)
 
@@ -196,7 +216,9 @@ class RayBuilder:
     first (its node is where the replay shards and the evaluator go), rollout workers restarted
     by Ray, the evaluator restarted and its calls retried."""
 
-    CLASSES = {"learner": LearnerActor, "rollout": RolloutActor, "replay": ReplayService, "evaluator": EvaluatorActor}
+    CLASSES = {"learner": LearnerActor, "rollout": RolloutActor, "replay": ReplayService, "evaluator": EvaluatorActor,
+               "population-learner": PopulationLearnerActor, "population-rollout": PopulationRolloutActor,
+               "population-replay": PopulationReplay}
     chunk_transitions = CHUNK_TRANSITIONS
     collects_per_worker = COLLECTS_PER_WORKER
 
@@ -220,11 +242,13 @@ class RayBuilder:
         return {**self.plan[role], **near, **restarts}
 
     def create(self, role: str, index: int, *args: Any, **kwargs: Any) -> Any:
+        cls = self.CLASSES[role]
+        role = role.removeprefix("population-")  # placed and named as the single agent's box
         name = f"{NAMESPACE}/{self.run_id}/{role}-{index}"
         if role == "learner":
             args = (self.threads, *args)
         try:
-            handle = actor_class(self.CLASSES[role]).options(name=name, namespace=NAMESPACE, **self._options(role)).remote(*args, **kwargs)
+            handle = actor_class(cls).options(name=name, namespace=NAMESPACE, **self._options(role)).remote(*args, **kwargs)
         except ValueError as exc:  # the name is taken
             raise UserError(f"actor {name} already exists: this run directory is being run on the cluster already ({exc})") from None
         self.transport.register(handle, name)
@@ -239,7 +263,8 @@ class RayBuilder:
 
 
 @contextmanager
-def ray_components(config, inputs: RunInputs, run_path: str | Path, address: str | None) -> Iterator[Components]:
+def ray_components(config, inputs: RunInputs, run_path: str | Path, address: str | None,
+                   seeds: list[int] | None = None) -> Iterator[Components]:
     """Start (or join) Ray, create the run's actors, and remove them (and a Ray we started) after."""
     started = not ray.is_initialized()
     if started:
@@ -247,7 +272,7 @@ def ray_components(config, inputs: RunInputs, run_path: str | Path, address: str
     builder = None
     try:
         builder = RayBuilder(config, run_path)
-        yield build_components(builder, config, inputs)
+        yield build_components(builder, config, inputs, seeds)
     finally:
         for handle in builder.actors if builder is not None else ():
             ray.kill(handle, no_restart=True)
