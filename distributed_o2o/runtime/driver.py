@@ -226,24 +226,31 @@ class Driver:
             self.resume.commit(self._wall_time(), self.on_policy)
 
     def _evaluate(self, initial: bool = False) -> None:
-        """Every agent's evaluation, each on its own evaluator."""
+        """Every agent's evaluation, each on its own evaluator (a population's all at once)."""
         self.broadcast.publish_now()
         arch = self.t.call(self.c.learner, "policy_arch")
         updates_per_s = round(self.eval_rate(self.counters.updates), 2)
-        for seat in self.seats:
-            self.last_eval = self._evaluate_agent(seat, arch, updates_per_s, initial)
+        started = [self._start_evaluation(seat, arch) for seat in self.seats]
+        for seat, futures in zip(self.seats, started):
+            self.last_eval = self._record_evaluation(seat, futures, updates_per_s, initial)
 
-    def _evaluate_agent(self, seat: Seat, arch: dict, updates_per_s: float, initial: bool) -> dict[str, Any]:
+    def _start_evaluation(self, seat: Seat, arch: dict) -> dict[str, Any]:
         """The deployed policy's mode scores the agent; the acting policy's samples (what the agent
-        collects) and, where another policy is deployed, its mode are logged beside it."""
-        c, mine, learner = self.counters, seat.records, self.c.learner
+        collects) and, where another policy is deployed, its mode are logged beside it. The
+        evaluator calls' futures, by metric prefix."""
+        learner, step = self.c.learner, self.counters.env_steps
         acting = self.t.call(learner, "acting_weights", *seat.agent)
         deployed = self.t.call(learner, "deployed_weights", *seat.agent)
         runs = {"": (deployed or acting, True), "stochastic_": (acting, False)}
         if deployed is not None:
             runs["online_"] = (acting, True)
-        records = {prefix: self.t.call(seat.evaluator, "evaluate", arch, weights, deterministic, c.env_steps)
-                   for prefix, (weights, deterministic) in runs.items()}
+        return {prefix: self.t.submit(seat.evaluator, "evaluate", arch, weights, deterministic, step)
+                for prefix, (weights, deterministic) in runs.items()}
+
+    def _record_evaluation(self, seat: Seat, futures: dict[str, Any], updates_per_s: float, initial: bool) -> dict[str, Any]:
+        """The agent's evaluation line, metrics and checkpoint."""
+        c, mine, learner = self.counters, seat.records, self.c.learner
+        records = {prefix: self.t.get(future) for prefix, future in futures.items()}
         mine.eval_env_steps += sum(r.pop("env_steps") for r in records.values())
         record = records[""]
         self.t.call(learner, "on_evaluation", record["return_mean"], c.env_steps, *seat.agent)
