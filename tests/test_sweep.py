@@ -88,6 +88,9 @@ def test_ray_mode_trials_fit_their_placement_group(tmp_path):
     ({"methods": {"x": {"algo": "porl", "policy": "missing"}}}, "names policy 'missing'"),
     ({"methods": {"x": {"algo": "sac", "set": {"utd_ratio": 2}}}}, "method 'x'.*unknown config key 'utd_ratio'"),
     ({"datasets": {"rand": {"random": 10, "quality": "medium"}}}, "exactly one of"),
+    ({"methods": {"x": {"algo": "o2td3", "population": True}}}, "method 'x' \\(population: true\\): 'o2td3' cannot train"),
+    ({"methods": {"x": {"algo": "porl", "policy": "bc", "population": True}},
+      "policies": {"bc": {"dataset": "rand", "per_seed": True}}}, "method 'x' .*pretrained per seed"),
 ])
 def test_bad_sweep_file_is_one_line_and_starts_nothing(tmp_path, capsys, change, match):
     file = write_sweep(tmp_path / "s.yaml", {**TINY, **change})
@@ -236,3 +239,29 @@ def test_ray_mode_trial_runs_its_actors_in_its_placement_group(tmp_path):
     run = tmp_path / "out" / "runs" / "Pendulum-v1" / "sac" / "seed_0"
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 400
     assert yaml.safe_load((run / "config.yaml").read_text())["actor_cpus"] == pytest.approx(2 / 3)  # driver, learner, 1 rollout
+
+
+def test_a_population_method_runs_its_seeds_as_one_trial_writing_per_seed_runs(tmp_path):
+    from distributed_o2o.report.build import build_report
+    from distributed_o2o.sweep.run import run_sweep
+    from distributed_o2o.sweep.trials import trial_payload, trial_units
+
+    spec = {**TINY, "online_steps": 200, "methods": {"sac": {**TINY["methods"]["sac"], "population": True,
+                                                            "set": {"random_start_steps": 100, "learning_starts": 100}}}}
+    file = write_sweep(tmp_path / "s.yaml", spec)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    plan = plan_sweep(load_sweep(file), file, out, cache)
+    [unit] = trial_units(plan.trials)
+    payload = trial_payload(unit, load_sweep(file).resources)
+    assert (payload["id"], payload["seeds"]) == ("Pendulum-v1/sac (seeds 0,1)", [0, 1])
+    lines = []
+    assert run_sweep(file, out, cache=cache, say=lines.append, ray_init={"num_cpus": 2}) == []
+    runs = out / "runs" / "Pendulum-v1" / "sac"
+    assert (runs / "population.yaml").is_file()
+    for seed in (0, 1):
+        assert json.loads((runs / f"seed_{seed}" / "trial.json").read_text())["seed"] == seed
+        assert json.loads((runs / f"seed_{seed}" / "summary.json").read_text())["env_steps"] == 200
+    assert [(g["method"], g["n_runs"], g["seeds"]) for g in build_report([out], reps=100)["groups"]] == [("sac", 2, [0, 1])]
+    lines.clear()
+    assert run_sweep(file, out, cache=cache, say=lines.append, ray_init={"num_cpus": 2}) == []
+    assert "2 of 2 trials already done; running 0" in lines

@@ -13,7 +13,7 @@ import yaml
 from distributed_o2o.errors import UserError
 from distributed_o2o.sweep.spec import SweepPlan, load_sweep, plan_sweep
 from distributed_o2o.sweep.stages import needed_stages, run_stages
-from distributed_o2o.sweep.trials import check_unchanged, run_trials, trial_status
+from distributed_o2o.sweep.trials import check_unchanged, run_trials, trial_status, trial_units
 
 
 def default_cache() -> Path:
@@ -73,7 +73,9 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
-        pending = [t for t in plan.trials if trial_status(t.run_dir, t.config.online_steps).state != "done"]
+        # A population's seeds run together: all of them while any is not done.
+        pending = [t for unit in trial_units(plan.trials) for t in unit
+                   if any(trial_status(u.run_dir, u.config.online_steps).state != "done" for u in unit)]
         run_stages(pending, say)
         say(f"{len(plan.trials) - len(pending)} of {len(plan.trials)} trials already done; running {len(pending)}")
         return run_trials(pending, spec.resources, out.resolve(), say) if pending else []

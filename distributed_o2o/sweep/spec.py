@@ -11,12 +11,15 @@
     methods:                              # the report's method names
       porl: {algo: porl, config: ../porl.yaml, policy: bc}
       rlpd: {algo: rlpd, dataset: medium, grid: {utd: [10, 20]}}
+      sac5: {algo: sac, population: true}  # all its seeds as one trial: one population run (SAC family)
     set: {num_rollout_workers: 8}         # fields for every trial
     resources: {mode: ray, gpus_per_trial: 1, cpus_per_trial: 10, max_concurrent: 2}
 
 A trial is env x method x grid point x seed; its fine-tuning config is built (and validated)
 from the method's config file, the sweep's `set`, the method's `set`, the grid point, then the
-env, seed, starting policy and dataset. Relative `config` paths are read from the sweep file's
+env, seed, starting policy and dataset. A `population: true` method runs each (env, grid point)'s
+seeds as one trial, a population run (`o2o finetune --seeds`) writing the same per-seed run
+directories; it is done when all its seeds are. Relative `config` paths are read from the sweep file's
 folder. Datasets and policies are cached by their settings (`stages.py`), so their paths, and
 with them every trial's config, are known before anything runs.
 """
@@ -82,6 +85,7 @@ class MethodSpec(StrictModel):
     envs: list[str] | None = None
     set: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    population: bool = False  # run the seeds of each (env, grid point) as one population run
 
 
 class Resources(StrictModel):
@@ -147,6 +151,7 @@ class Trial:
     run_dir: Path
     policy: PolicyJob | None
     dataset: DatasetJob | None
+    population: bool = False  # one of the seeds of a population run in `run_dir.parent`
 
     @property
     def id(self) -> str:
@@ -231,6 +236,8 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path, out: str | Path, cache: 
         if m.algo not in FINETUNE_CONFIGS:
             raise UserError(f"method '{method}': unknown algorithm '{m.algo}': use one of {', '.join(sorted(FINETUNE_CONFIGS))}")
         config_file = _resolve(base, m.config)
+        if m.population:
+            _check_population_method(method, m, spec)
         points = list(itertools.product(*[[(k, v) for v in values] for k, values in m.grid.items()])) or [()]
         for env in m.envs or spec.envs:
             for point in points:
@@ -250,8 +257,23 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path, out: str | Path, cache: 
                     except UserError as exc:
                         raise UserError(f"method '{method}': {exc}") from None
                     label = method + (f"@{_grid_label(point)}" if point else "")
-                    trials.append(Trial(env, method, point, seed, config, out / "runs" / env / label / f"seed_{seed}", policy, data))
+                    trials.append(Trial(env, method, point, seed, config, out / "runs" / env / label / f"seed_{seed}", policy, data,
+                                        m.population))
     return SweepPlan(spec, list(datasets.values()), list(policies.values()), trials)
+
+
+def _check_population_method(name: str, method: MethodSpec, spec: SweepSpec) -> None:
+    """Refuse a population method whose algorithm, seeds or starting policies a population cannot run."""
+    from distributed_o2o.runtime.population_run import check_population
+
+    try:
+        check_population(finetune_config(method.algo, None, {}), spec.seed_list())
+    except UserError as exc:
+        raise UserError(f"method '{name}' (population: true): {exc}") from None
+    recipe = spec.policies.get(method.policy) if method.policy else None
+    if recipe is not None and recipe.per_seed:
+        raise UserError(f"method '{name}' (population: true) starts from policy '{method.policy}', pretrained per seed: a "
+                        "population's agents start from one policy; drop `per_seed` or `population`")
 
 
 def _fit_packing(config: FinetuneConfig, resources: Resources) -> FinetuneConfig:

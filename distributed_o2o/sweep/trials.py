@@ -5,6 +5,10 @@ resumable (a resume state: continued with `resume_finetune`), or new (anything t
 start that never saved, and is cleared). So running the same sweep again, after a kill at any
 point, skips the finished trials, continues the interrupted ones and starts the rest, and no
 trial's work is done twice beyond its last save.
+
+A population method's seeds (of one env and grid point) run as one Tune trial, one population
+run in their parent directory; it is done when all its seeds are, and (populations are not
+resumable yet) started again from scratch otherwise.
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ def check_unchanged(trial: Trial) -> None:
                         "a changed sweep needs a new --out, or remove that trial's directory")
 
 
+def trial_units(trials: list[Trial]) -> list[list[Trial]]:
+    """The trials as Tune runs them: a population's seeds together, any other trial alone."""
+    units: dict[Path, list[Trial]] = {}
+    for trial in trials:
+        units.setdefault(trial.run_dir.parent if trial.population else trial.run_dir, []).append(trial)
+    return list(units.values())
+
+
 def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
     """Finish one trial (`trial`: `trial_payload`); returns the run's summary."""
     from distributed_o2o.config import finetune_config
@@ -69,6 +81,8 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
 
     run_dir, mode = Path(trial["run_dir"]), trial["mode"]
     config = finetune_config(trial["config"]["algo"], None, trial["config"])
+    if "seeds" in trial:
+        return _run_population(trial, config)
     status = trial_status(run_dir, config.online_steps)
     if status.state == "done":
         return json.loads((run_dir / "summary.json").read_text())
@@ -81,28 +95,54 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
     return run_finetune(config, run_dir, mode, progress=False)
 
 
-def trial_payload(trial: Trial, resources: Resources) -> dict[str, Any]:
-    """What a Tune trial receives: plain data (Tune copies it into the trial's process)."""
-    return {"id": trial.id, "run_dir": str(trial.run_dir), "mode": resources.mode, "config": trial.config.model_dump(),
-            "info": trial.info(), "bundles": trial_bundles(resources, trial.config)}
+def _run_population(trial: dict[str, Any], config) -> dict[str, Any]:
+    from distributed_o2o.runtime.finetune import run_finetune
+
+    run_dir, seeds = Path(trial["run_dir"]), trial["seeds"]
+    subs = [run_dir / f"seed_{seed}" for seed in seeds]
+    if all(trial_status(sub, config.online_steps).state == "done" for sub in subs):
+        return {"seeds": seeds, "runs": [json.loads((sub / "summary.json").read_text()) for sub in subs]}
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    for sub, info in zip(subs, trial["info"], strict=True):
+        sub.mkdir(parents=True)
+        (sub / TRIAL_FILE).write_text(json.dumps(info, indent=2))
+    return run_finetune(config, run_dir, trial["mode"], progress=False, seeds=seeds)
+
+
+def trial_payload(unit: list[Trial], resources: Resources) -> dict[str, Any]:
+    """What a Tune trial receives (`unit`: one of `trial_units`): plain data (Tune copies it
+    into the trial's process)."""
+    first = unit[0]
+    payload = {"id": first.id, "run_dir": str(first.run_dir), "mode": resources.mode, "config": first.config.model_dump(),
+               "info": first.info(), "bundles": trial_bundles(resources, first.config)}
+    if first.population:
+        seeds = [t.seed for t in unit]
+        payload.update(id=f"{first.id.rsplit('/', 1)[0]} (seeds {','.join(map(str, seeds))})", run_dir=str(first.run_dir.parent),
+                       seeds=seeds, info=[t.info() for t in unit])
+    return payload
 
 
 def _tune_trainable(params: dict[str, Any]) -> None:
     from ray import tune
 
     summary = run_trial(params["trial"])
-    final = summary.get("final") or {}
-    tune.report({"env_steps": summary["env_steps"], "final_return": final.get("return_mean"),
-                 "final_score": final.get("normalized_score"), "wall_time_s": summary["wall_time_s"]})
+    runs = summary.get("runs", [summary])  # a population's: their mean
+    finals = [run.get("final") or {} for run in runs]
+    returns, scores = [f.get("return_mean") for f in finals], [f.get("normalized_score") for f in finals]
+    tune.report({"env_steps": runs[0]["env_steps"], "wall_time_s": runs[0]["wall_time_s"],
+                 "final_return": None if None in returns else sum(returns) / len(returns),
+                 "final_score": None if None in scores else sum(scores) / len(scores)})
 
 
 def run_trials(trials: list[Trial], resources: Resources, storage: Path, say: Callable[[str], None]) -> list[str]:
-    """Run `trials` as Tune trials on the connected Ray cluster; returns one line per failed trial."""
+    """Run `trials` as Tune trials on the connected Ray cluster (a population's seeds as one);
+    returns one line per failed trial."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console tables off (this module prints a line per trial)
     from ray import tune
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
-    payloads = [trial_payload(t, resources) for t in trials]
+    payloads = [trial_payload(unit, resources) for unit in trial_units(trials)]
     trainable = tune.with_resources(_tune_trainable, lambda params: PlacementGroupFactory(params["trial"]["bundles"]))
     done = [0]
 
