@@ -78,6 +78,8 @@ def test_report_counts_a_population_as_its_seeds_runs(populations):
     (["--seeds", "1,1"], "give distinct non-negative seeds"),
     (["--seeds", "0,1", "--algo", "o2td3"], "'o2td3' cannot train several seeds in one learner; populations support sac"),
     (["--seeds", "0,1", "--algo", "o2ppo"], "'o2ppo' cannot train several seeds in one learner"),
+    # 2 x 10^11 transitions of Pendulum: terabytes, refused before anything is built.
+    (["--seeds", "0,1", "--set", "replay_capacity=100000000000"], "a population of 2 needs about 9685.8 GiB of replay memory"),
 ])
 def test_bad_population_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     argv = ["finetune", "--algo", "sac", "--env", ENV, "--mode", "local", "--out", str(tmp_path / "run"), *args]
