@@ -186,6 +186,9 @@ class SACConfig(FinetuneConfig):
     # Not in the specifications (None: off): π̄ ← (1−τ)π̄ + τπ after every online update; π̄ is the
     # deployed policy (evaluated and checkpointed as "policy"), π keeps acting and learning.
     policy_average_tau: float | None = Field(None, gt=0.0, le=1.0)
+    # Not in the specifications (0: off): the actor's learning rate rises linearly from 0 to
+    # `actor_lr` over this many env steps from the first step the actor learns (PORL: the hand-over).
+    actor_warmup_steps: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _min_critics_within_critics(self) -> SACConfig:
