@@ -41,6 +41,7 @@ Discount = Annotated[float, Field(gt=0.0, le=1.0)]  # gamma, and tau (target-net
 # prints them. A field several configs share is described once, here; a class that changes its
 # default writes `utd: Utd = 4`, which keeps the description and the bounds (a plain
 # `utd: int = 4` would drop both).
+ALGO_DOC = "the online method (`o2o config show ALGO` lists its fields)"
 Env = Annotated[str | None, Field(description="env: a Gymnasium id (e.g. Hopper-v5) or package.module:Class")]
 EnvKwargs = Annotated[dict[str, Any], Field(description="keyword arguments of the env's constructor")]
 Seed = Annotated[int, Field(description="seed of the networks, the envs and batch sampling")]
@@ -68,7 +69,6 @@ NoiseClip = Annotated[float, Field(description="clip of the target-policy smooth
 IqlExpectile = Annotated[float, Field(gt=0.0, lt=1.0, description="IQL: expectile τ of the value regression")]
 IqlBeta = Annotated[float, Field(description="IQL: inverse temperature β of advantage-weighted regression")]
 IqlAdvClip = Annotated[float, Field(description="IQL: clip of the exponentiated advantage weights")]
-ALGO_DOC = "the online method (`o2o config show ALGO` lists its fields)"
 EpsStart = Annotated[float, Field(description="divergence threshold ε0 at the start of fine-tuning")]
 EpsEnd = Annotated[float, Field(description="divergence threshold ε_end, reached after eps_anneal_steps")]
 
@@ -93,7 +93,7 @@ class PretrainConfig(LearnerBackendFields):
 
     algo: Literal["bc", "bc-det", "td3bc", "iql", "cql"] = Field(
         "bc", description="offline method: bc (TanhGaussian, Gaussian NLL), bc-det (deterministic, MSE), td3bc, iql or cql")
-    env: Env = Field(None, description="env the dataset is for (its widths are checked; recorded in the checkpoint)")
+    env: str | None = Field(None, description="env the dataset is for (its widths are checked; recorded in the checkpoint)")
     env_kwargs: EnvKwargs = Field(default_factory=dict)
     dataset: str | None = Field(None, description="offline dataset: d4rl:..., minari:... or an .hdf5 path")
     allow_other_env_dataset: bool = Field(False, description="use a dataset recorded for another env than `env` "
