@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distributed_o2o.config import DEFAULT_MODE, PretrainConfig, build_config, finetune_config, read_yaml
+from distributed_o2o.config import DEFAULT_MODE, finetune_config, pretrain_config
 from distributed_o2o.errors import UserError
 
 
@@ -44,7 +44,7 @@ def pretrain(algo: str = "bc", dataset: str | None = None, *, out: str | Path, c
         pretrain("bc", "data/hopper-medium.hdf5", steps=100_000, out="ckpt/bc")
     """
     explicit = {key: value for key, value in {"algo": algo, "dataset": dataset}.items() if value is not None}
-    cfg = build_config(PretrainConfig, read_yaml(config) if config else {}, fields, explicit)
+    cfg = pretrain_config(config, fields, explicit)
     if cfg.dataset is None:
         raise UserError("no dataset given: pass --dataset (or set `dataset` in the --config file)")
     from distributed_o2o.durable import check_writable

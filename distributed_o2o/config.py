@@ -37,65 +37,97 @@ Layers = Annotated[list[PositiveInt], Field(min_length=1)]  # hidden layer width
 Rate = Annotated[float, Field(gt=0.0)]  # learning rates
 Discount = Annotated[float, Field(gt=0.0, le=1.0)]  # gamma, and tau (target-network step)
 
+# Every field has a one-line description (what it does, its unit): `o2o config show ALGO`
+# prints them. A field several configs share is described once, here; a class that changes its
+# default writes `utd: Utd = 4`, which keeps the description and the bounds (a plain
+# `utd: int = 4` would drop both).
+ALGO_DOC = "the online method (`o2o config show ALGO` lists its fields)"
+Env = Annotated[str | None, Field(description="env: a Gymnasium id (e.g. Hopper-v5) or package.module:Class")]
+EnvKwargs = Annotated[dict[str, Any], Field(description="keyword arguments of the env's constructor")]
+Seed = Annotated[int, Field(description="seed of the networks, the envs and batch sampling")]
+Device = Annotated[Literal["auto", "cpu", "cuda"],
+                   Field(description="where the learner's networks run: auto (CUDA if torch sees a GPU), cpu or cuda")]
+BatchSize = Annotated[int, Field(gt=0, description="transitions per gradient step")]
+Gamma = Annotated[Discount, Field(description="discount factor γ")]
+Tau = Annotated[Discount, Field(description="Polyak step τ of the target networks, per update")]
+OnlineSteps = Annotated[int, Field(ge=0, description="online env-step budget (pre-sample and warm-up steps included)")]
+Utd = Annotated[int, Field(gt=0, description="gradient updates per env step (update-to-data ratio)")]
+LearningStarts = Annotated[int, Field(ge=0, description="env steps before the first online update")]
+RandomStartSteps = Annotated[int, Field(ge=0, description="first env steps acted uniformly at random")]
+OfflineRatio = Annotated[float, Field(ge=0.0, le=1.0, description="fraction of each batch drawn from D_off (the rest from D_on)")]
+NumCritics = Annotated[int, Field(gt=0, description="critics in the Q ensemble (K)")]
+CriticLayerNorm = Annotated[bool, Field(description="LayerNorm after each hidden layer of the critics")]
+ActorLr = Annotated[Rate, Field(description="Adam learning rate of the policy")]
+CriticLr = Annotated[Rate, Field(description="Adam learning rate of the critics")]
+AlphaInit = Annotated[float, Field(gt=0.0, description="initial entropy temperature α")]
+ReevaluateSteps = Annotated[int, Field(ge=0, description="stage A (re-evaluation): gradient steps of fresh critics "
+                                                          "learning frozen π_off's value on D_off")]
+AlignSteps = Annotated[int, Field(ge=0, description="stage B (value alignment): gradient steps calibrating the critics "
+                                                     "to π_off while π_θ trains against them")]
+PolicyDelay = Annotated[PositiveInt, Field(description="critic updates per policy (and target) update")]
+NoiseClip = Annotated[float, Field(description="clip of the target-policy smoothing noise")]
+IqlExpectile = Annotated[float, Field(gt=0.0, lt=1.0, description="IQL: expectile τ of the value regression")]
+IqlBeta = Annotated[float, Field(description="IQL: inverse temperature β of advantage-weighted regression")]
+IqlAdvClip = Annotated[float, Field(description="IQL: clip of the exponentiated advantage weights")]
+EpsStart = Annotated[float, Field(description="divergence threshold ε0 at the start of fine-tuning")]
+EpsEnd = Annotated[float, Field(description="divergence threshold ε_end, reached after eps_anneal_steps")]
+
 
 class LearnerBackendFields(StrictModel):
     """How updates run on a GPU: fields of fine-tuning and pretraining alike."""
 
-    # "graph": updates sampled from a GPU mirror of the replay (or of D_off) and captured
-    # `graph_steps` at a time in CUDA graphs (distributed_o2o/runtime/graphed.py); needs CUDA and
-    # a capturable update (SAC and TD3 families, the offline pretrainers).
-    # "auto": graph on CUDA where the update is capturable, else eager (CPU always runs eager).
-    learner_backend: Literal["auto", "eager", "graph"] = "auto"
-    graph_steps: int = Field(16, gt=0)
-    # torch.compile the losses and optimiser steps before capture (fuses their small kernels;
-    # compiling costs well under a minute once per run).
-    graph_compile: bool = True
-    # TF32 matrix products in the captured updates (what JAX uses for float32 on these GPUs).
-    graph_tf32: bool = True
+    learner_backend: Literal["auto", "eager", "graph"] = Field(
+        "auto", description="graph: updates sampled from a GPU mirror of the replay (or D_off) and captured in CUDA graphs "
+                            "(needs CUDA and a capturable update: SAC and TD3 families, the pretrainers); eager; "
+                            "auto: graph where possible")
+    graph_steps: int = Field(16, gt=0, description="updates captured in one CUDA graph")
+    graph_compile: bool = Field(True, description="torch.compile the losses and optimiser steps before capture (fuses "
+                                                  "their small kernels; costs under a minute once per run)")
+    graph_tf32: bool = Field(True, description="TF32 matrix products in the captured updates (what JAX uses for "
+                                               "float32 on these GPUs)")
 
 
 # ---------------------------------------------------------------- offline pretraining
 class PretrainConfig(LearnerBackendFields):
     """Offline pretrainers (CORL / O2O-code defaults; the papers run 1M steps)."""
 
-    algo: Literal["bc", "bc-det", "td3bc", "iql", "cql"] = "bc"
-    env: str | None = None
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    dataset: str | None = None
-    # Use a dataset recorded for another env than `env` (refused otherwise).
-    allow_other_env_dataset: bool = False
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Torch threads on a CPU. None: the faster of one and torch's default, measured on the first
-    # steps (thread counts can change the last bits of some results: fix it for bit-identical reruns).
-    threads: int | None = Field(None, gt=0)
-    steps: int = Field(1_000_000, gt=0)
-    batch_size: int = Field(256, gt=0)
-    hidden: Layers = Field(default_factory=lambda: [256, 256])
-    normalize_obs: bool = True
-    obs_norm_eps: float = Field(1e-3, gt=0.0)
-    gamma: Discount = 0.99
-    tau: Discount = 0.005
-    lr: Rate = 3e-4
-    log_every: int = Field(1000, gt=0)
-    # TD3+BC
-    td3bc_alpha: float = 2.5
-    policy_noise: float = 0.2
-    noise_clip: float = 0.5
-    policy_delay: PositiveInt = 2
-    # IQL
-    iql_expectile: float = Field(0.7, gt=0.0, lt=1.0)
-    iql_beta: float = 3.0
-    iql_adv_clip: float = 100.0
-    iql_cosine_actor_schedule: bool = True
-    # CQL
-    cql_alpha: float = 10.0
-    cql_num_actions: PositiveInt = 10
-    cql_importance_sampling: bool = True
-    cql_policy_lr: Rate = 3e-5
-    cql_q_lr: Rate = 3e-4
-    cql_q_hidden: Layers = Field(default_factory=lambda: [256, 256, 256])
-    cql_autotune_alpha: bool = True
+    algo: Literal["bc", "bc-det", "td3bc", "iql", "cql"] = Field(
+        "bc", description="offline method: bc (TanhGaussian, Gaussian NLL), bc-det (deterministic, MSE), td3bc, iql or cql")
+    env: str | None = Field(None, description="env the dataset is for (its widths are checked; recorded in the checkpoint)")
+    env_kwargs: EnvKwargs = Field(default_factory=dict)
+    dataset: str | None = Field(None, description="offline dataset: d4rl:..., minari:... or an .hdf5 path")
+    allow_other_env_dataset: bool = Field(False, description="use a dataset recorded for another env than `env` "
+                                                             "(refused otherwise)")
+    seed: Seed = 0
+    device: Device = "auto"
+    threads: int | None = Field(None, gt=0, description="torch threads on a CPU; None: the faster of one and torch's default, "
+                                                        "measured on the first steps (fix it for bit-identical reruns)")
+    steps: int = Field(1_000_000, gt=0, description="gradient steps")
+    batch_size: BatchSize = 256
+    hidden: Layers = Field(default_factory=lambda: [256, 256], description="hidden layer widths of the policy and "
+                                                                           "critic/value MLPs")
+    normalize_obs: bool = Field(True, description="normalise observations by the dataset's mean and std (stored "
+                                                  "with the checkpoint, applied online too)")
+    obs_norm_eps: float = Field(1e-3, gt=0.0, description="added to the std when normalising observations")
+    gamma: Gamma = 0.99
+    tau: Tau = 0.005
+    lr: Rate = Field(3e-4, description="Adam learning rate (BC, TD3+BC, IQL)")
+    log_every: int = Field(1000, gt=0, description="gradient steps between loss records (metrics.jsonl, TensorBoard)")
+    td3bc_alpha: float = Field(2.5, description="TD3+BC: α weighting the Q term against the BC term")
+    policy_noise: float = Field(0.2, description="TD3+BC: std of the target-policy smoothing noise")
+    noise_clip: NoiseClip = 0.5
+    policy_delay: PolicyDelay = 2
+    iql_expectile: IqlExpectile = 0.7
+    iql_beta: IqlBeta = 3.0
+    iql_adv_clip: IqlAdvClip = 100.0
+    iql_cosine_actor_schedule: bool = Field(True, description="IQL: cosine decay of the policy's learning rate over `steps`")
+    cql_alpha: float = Field(10.0, description="CQL: weight of the conservative penalty")
+    cql_num_actions: PositiveInt = Field(10, description="CQL: actions sampled per state for the penalty's log-sum-exp")
+    cql_importance_sampling: bool = Field(True, description="CQL: importance-weight the sampled actions by their density")
+    cql_policy_lr: Rate = Field(3e-5, description="CQL: Adam learning rate of the policy")
+    cql_q_lr: Rate = Field(3e-4, description="CQL: Adam learning rate of the critics")
+    cql_q_hidden: Layers = Field(default_factory=lambda: [256, 256, 256], description="CQL: hidden layer widths of the critics")
+    cql_autotune_alpha: bool = Field(True, description="CQL: tune the entropy temperature toward −|A|")
 
 
 # ---------------------------------------------------------------- online fine-tuning
@@ -107,57 +139,50 @@ DEFAULT_MODE: RunMode = "ray"
 class FinetuneConfig(LearnerBackendFields):
     """Fields every online method has."""
 
-    algo: str
-    env: str | None = None
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    policy: str | None = None
-    dataset: str | None = None
-    # Use a dataset recorded for another env than `env` (refused otherwise); scores are then
-    # normalised with `env`'s references.
-    allow_other_env_dataset: bool = False
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    online_steps: int = Field(100_000, ge=0)
-    eval_every: int = Field(5000, gt=0)
-    eval_episodes: int = Field(10, gt=0)
-    # Env steps between saves of the resume state (learner state + replay contents); None: at
-    # every evaluation. Policy checkpoints are written at every evaluation regardless. Long runs
-    # with a big replay save it less often (each save writes the whole replay).
-    resume_every: int | None = Field(None, gt=0)
-    batch_size: int = Field(256, gt=0)
-    hidden: Layers = Field(default_factory=lambda: [256, 256])
-    gamma: Discount = 0.99
-    tau: Discount = 0.005
-    log_every: int = Field(1000, gt=0)
-    replay_capacity: int = Field(1_000_000, gt=0)
+    algo: str = Field(description=ALGO_DOC)
+    env: Env = None
+    env_kwargs: EnvKwargs = Field(default_factory=dict)
+    policy: str | None = Field(None, description="starting policy: a checkpoint directory (o2o pretrain, o2o convert-rllib)")
+    dataset: str | None = Field(None, description="offline dataset D_off: d4rl:..., minari:... or an .hdf5 path")
+    allow_other_env_dataset: bool = Field(False, description="use a dataset recorded for another env than `env` (refused "
+                                                             "otherwise); scores then use `env`'s references")
+    seed: Seed = 0
+    device: Device = "auto"
+    online_steps: OnlineSteps = 100_000
+    eval_every: int = Field(5000, gt=0, description="env steps between evaluations (each also writes a policy checkpoint)")
+    eval_episodes: int = Field(10, gt=0, description="episodes per evaluation (deterministic policy, separate envs)")
+    resume_every: int | None = Field(None, gt=0, description="env steps between saves of the resume state (learner, "
+                                                             "replay, counters); None: at every evaluation")
+    batch_size: BatchSize = 256
+    hidden: Layers = Field(default_factory=lambda: [256, 256], description="hidden layer widths of new networks (a "
+                                                                           "loaded policy keeps its own)")
+    gamma: Gamma = 0.99
+    tau: Tau = 0.005
+    log_every: int = Field(1000, gt=0, description="env steps between training-metric records (TensorBoard)")
+    replay_capacity: int = Field(1_000_000, gt=0, description="transitions the online replay D_on holds (oldest dropped)")
     # -- runtime (how the run is spread over processes; see docs/design.md, "Runtime")
-    num_rollout_workers: int = Field(1, gt=0)
-    # Envs each rollout worker steps as one vector (batched inference); `num_envs` is accepted too.
-    envs_per_worker: int = Field(1, gt=0, validation_alias=AliasChoices("envs_per_worker", "num_envs"))
-    replay_shards: int = Field(1, gt=0)
-    # Updates are owed only for transitions inserted once the replay holds this many.
-    min_replay_size: int = Field(1, gt=0)
-    # How far (in sampled transitions = updates x batch_size) the learner may fall behind the
-    # algorithm's samples per insert (UTD x batch_size) before rollouts pause; it never runs
-    # ahead. None: room for one rollout chunk per worker plus one learner call.
-    samples_per_insert_tolerance: int | None = Field(None, gt=0)
-    # The learner publishes acting weights once this many updates ran since the last publish.
-    broadcast_every: int = Field(1, gt=0)
-    # Torch threads of a CPU learner actor. None: the CPUs its node leaves after one per rollout
-    # actor and replay shard; more where those mostly wait on the learner (high UTD, few cores).
-    learner_threads: int | None = Field(None, gt=0)
-    # Ray resources of the learner actor (GPUs, a fraction packs several runs on one GPU) and of
-    # the learner and each rollout actor (CPUs). None: one GPU if the cluster has one (and
-    # `device` allows it); an equal CPU share of at most one. A sweep sets both to fit its trials'
-    # placement groups.
-    learner_gpus: float | None = Field(None, ge=0)
-    actor_cpus: float | None = Field(None, gt=0)
-    # σ0 when a deterministic policy becomes a stochastic family; PORL's pre-sample noise σ for
-    # a deterministic π_pre (ALGORITHMS.md: 0.1 for both).
-    init_std: float = Field(0.1, gt=0.0)
-    # Normalised-score references; None: the dataset's, else the policy checkpoint's, else none.
-    ref_min_score: float | None = None
-    ref_max_score: float | None = None
+    num_rollout_workers: int = Field(1, gt=0, description="rollout actors stepping envs")
+    envs_per_worker: int = Field(1, gt=0, validation_alias=AliasChoices("envs_per_worker", "num_envs"),
+                                 description="envs each rollout worker steps as one vector (batched inference); "
+                                             "`num_envs` is accepted too")
+    replay_shards: int = Field(1, gt=0, description="replay service shards")
+    min_replay_size: int = Field(1, gt=0, description="updates are owed only for transitions inserted once the replay "
+                                                      "holds this many")
+    samples_per_insert_tolerance: int | None = Field(
+        None, gt=0, description="sampled transitions (updates x batch_size) the learner may fall behind UTD x batch_size "
+                                "per insert before rollouts pause; None: one rollout chunk per worker plus one learner call")
+    broadcast_every: int = Field(1, gt=0, description="updates between publishes of the acting weights")
+    learner_threads: int | None = Field(None, gt=0, description="torch threads of a CPU learner; None: the CPUs its node "
+                                                                "leaves after one per rollout actor and replay shard")
+    learner_gpus: float | None = Field(None, ge=0, description="Ray GPUs of the learner actor (a fraction packs runs on "
+                                                               "one GPU); None: one if the cluster has one and `device` allows")
+    actor_cpus: float | None = Field(None, gt=0, description="Ray CPUs of the learner and of each rollout actor; None: an "
+                                                             "equal share of at most one")
+    init_std: float = Field(0.1, gt=0.0, description="σ0 when a deterministic policy becomes a stochastic family; PORL's "
+                                                     "pre-sample noise σ for a deterministic π_pre")
+    ref_min_score: float | None = Field(None, description="return scoring 0 in normalised scores; None: the dataset's, "
+                                                          "else the policy checkpoint's, else none")
+    ref_max_score: float | None = Field(None, description="return scoring 100 in normalised scores; None: as ref_min_score")
 
     def needs_policy(self) -> bool:
         return False
@@ -169,23 +194,26 @@ class FinetuneConfig(LearnerBackendFields):
 class SACConfig(FinetuneConfig):
     """SAC from scratch; the base of every SAC-family method."""
 
-    algo: Literal["sac"] = "sac"
-    num_critics: int = Field(2, gt=0)
-    num_min_critics: int = Field(2, gt=0)
-    critic_layer_norm: bool = True
-    utd: int = Field(1, gt=0)
-    actor_lr: Rate = 3e-4
-    critic_lr: Rate = 3e-4
-    alpha_lr: Rate = 3e-4
-    alpha_init: float = Field(1.0, gt=0.0)
-    autotune_alpha: bool = True
-    target_entropy: float | None = None  # None: -|A|
-    random_start_steps: int = Field(5000, ge=0)
-    learning_starts: int = Field(5000, ge=0)
-    offline_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    # Not in the specifications (None: off): π̄ ← (1−τ)π̄ + τπ after every online update; π̄ is the
-    # deployed policy (evaluated and checkpointed as "policy"), π keeps acting and learning.
-    policy_average_tau: float | None = Field(None, gt=0.0, le=1.0)
+    algo: Literal["sac"] = Field("sac", description=ALGO_DOC)
+    num_critics: NumCritics = 2
+    num_min_critics: int = Field(2, gt=0, description="critics (drawn at random) whose minimum makes the target")
+    critic_layer_norm: CriticLayerNorm = True
+    utd: Utd = 1
+    actor_lr: ActorLr = 3e-4
+    critic_lr: CriticLr = 3e-4
+    alpha_lr: Rate = Field(3e-4, description="Adam learning rate of log α")
+    alpha_init: AlphaInit = 1.0
+    autotune_alpha: bool = Field(True, description="tune α toward `target_entropy` (else α stays alpha_init)")
+    target_entropy: float | None = Field(None, description="entropy target of α's tuning; None: −|A|")
+    random_start_steps: RandomStartSteps = 5000
+    learning_starts: LearningStarts = 5000
+    offline_ratio: OfflineRatio = 0.0
+    policy_average_tau: float | None = Field(
+        None, gt=0.0, le=1.0, description="not in the specifications: π̄ ← (1−τ)π̄ + τπ per update, π̄ deployed (evaluated, "
+                                          "checkpointed) while π acts and learns; None: off")
+    actor_warmup_steps: int = Field(
+        0, ge=0, description="not in the specifications: the actor's learning rate rises linearly from 0 to actor_lr "
+                             "over this many env steps from the first step the actor learns (PORL: the hand-over); 0: off")
 
     @model_validator(mode="after")
     def _min_critics_within_critics(self) -> SACConfig:
@@ -198,9 +226,9 @@ class SACConfig(FinetuneConfig):
 class NaiveConfig(SACConfig):
     """Naive fine-tuning: offline actor AND critic loaded, plain SAC."""
 
-    algo: Literal["naive"] = "naive"
-    random_start_steps: int = 0
-    learning_starts: int = 1000
+    algo: Literal["naive"] = Field("naive", description=ALGO_DOC)
+    random_start_steps: RandomStartSteps = 0
+    learning_starts: LearningStarts = 1000
 
     def needs_policy(self) -> bool:
         return True
@@ -209,16 +237,15 @@ class NaiveConfig(SACConfig):
 class ConstraintConfig(StrictModel):
     """The adaptive divergence constraint of O2O stage C (shared by O2SAC and O2TD3)."""
 
-    eps_start: float = 0.125
-    eps_end: float = 2.0
-    eps_anneal_steps: int = 100_000
-    lambda_init: float = 1.0
-    lambda_lr: Rate = 5e-5
-    violation_weight: float = 0.7
-    # π_ref after the hand-over: "best", the best-evaluated policy (the specification's); or
-    # "average", the Polyak-averaged policy π̄ (needs `policy_average_tau`): a trust region that
-    # follows the policy at the pace of the average (not in the specification).
-    reference: Literal["best", "average"] = "best"
+    eps_start: EpsStart = 0.125
+    eps_end: EpsEnd = 2.0
+    eps_anneal_steps: int = Field(100_000, description="env steps over which ε rises linearly from eps_start to eps_end")
+    lambda_init: float = Field(1.0, description="initial Lagrange multiplier λ0 (λ = exp(ℓ), ℓ learned)")
+    lambda_lr: Rate = Field(5e-5, description="Adam learning rate of ℓ = log λ")
+    violation_weight: float = Field(0.7, description="weight of violations (u < 0) in λ's loss; slack weighs 1 − it")
+    reference: Literal["best", "average"] = Field(
+        "best", description="π_ref after the hand-over: best (the best-evaluated policy, the specification's) or average "
+                            "(π̄, needs policy_average_tau; not in the specification)")
 
 
 def check_average_reference(config: FinetuneConfig) -> FinetuneConfig:
@@ -233,23 +260,34 @@ def check_average_reference(config: FinetuneConfig) -> FinetuneConfig:
     return config
 
 
-class PORLConfig(SACConfig):
-    algo: Literal["porl"] = "porl"
-    presample_steps: int = Field(5000, ge=0)
-    presample_epsilon: float = Field(0.1, ge=0.0, le=1.0)
-    presample_utd: int = Field(10, gt=0)
-    utd: int = 4
-    num_critics: int = 10
-    alpha_init: float = 0.01
-    random_start_steps: int = 0
-    learning_starts: int = 0
-    keep_offline_data: bool = False
-    # Not in the PORL specification (None: no constraint): after the pre-sample, O2SAC's stage-C
-    # constraint λ·(log π_θ − log π_ref) with π_ref = π_pre, then the best-evaluated policy
-    # (docs/results.md: without it the policy collapses at hand-over on Hopper).
-    constraint: ConstraintConfig | None = None
-    log_ref_min: float = -50.0
+class LogRatioConstraintConfig(SACConfig):
+    """SAC-family methods with O2O's stage-C constraint on log π_θ − log π_ref (O2SAC; PORL optionally)."""
+
+    constraint: ConstraintConfig | None = Field(
+        None, description="the stage-C divergence constraint toward π_ref; None: off (PORL: from the pre-sample's end, "
+                          "π_ref = π_pre, then the best-evaluated policy)")
+    log_ref_min: float = Field(-50.0, description="lower clamp of log π_ref(a|s) in the divergence D")
     _average_reference = model_validator(mode="after")(check_average_reference)
+
+
+class PORLConfig(LogRatioConstraintConfig):
+    """PORL: a pre-sample stage learns fresh critics for the frozen π_pre, then SAC fine-tunes both."""
+
+    algo: Literal["porl"] = Field("porl", description=ALGO_DOC)
+    presample_steps: int = Field(5000, ge=0, description="env steps of the pre-sample stage (frozen π_pre acts, critics "
+                                                         "learn; counted in online_steps)")
+    presample_epsilon: float = Field(0.1, ge=0.0, le=1.0, description="pre-sample: probability of a uniform random "
+                                                                      "action instead of π_pre's")
+    presample_utd: int = Field(10, gt=0, description="pre-sample: critic updates per env step")
+    utd: Utd = 4
+    num_critics: NumCritics = 10
+    alpha_init: AlphaInit = 0.01
+    random_start_steps: RandomStartSteps = 0
+    learning_starts: LearningStarts = 0
+    keep_offline_data: bool = Field(False, description="load `dataset` as D_off, mixed into batches at offline_ratio "
+                                                       "(the specification: online data only)")
+    # `constraint` (off by default) is not in the PORL specification; docs/results.md: without it
+    # the policy collapses at hand-over on Hopper.
 
     def needs_policy(self) -> bool:
         return True
@@ -259,45 +297,53 @@ class PORLConfig(SACConfig):
 
 
 class RLPDConfig(SACConfig):
-    algo: Literal["rlpd"] = "rlpd"
-    utd: int = 20
-    num_critics: int = 10
-    offline_ratio: float = 0.5
+    """RLPD: SAC from scratch with symmetric D_off/D_on batches, high UTD and a LayerNorm ensemble."""
+
+    algo: Literal["rlpd"] = Field("rlpd", description=ALGO_DOC)
+    utd: Utd = 20
+    num_critics: NumCritics = 10
+    offline_ratio: OfflineRatio = 0.5
 
     def needs_dataset(self) -> bool:
         return True
 
 
 class WSRLConfig(SACConfig):
-    algo: Literal["wsrl"] = "wsrl"
-    warmup_steps: int = Field(5000, ge=0)
-    utd: int = 4
-    num_critics: int = 10
-    random_start_steps: int = 0
-    learning_starts: int = 5000
+    """WSRL: frozen π_pre warms the replay up, then SAC with high UTD and no offline data."""
+
+    algo: Literal["wsrl"] = Field("wsrl", description=ALGO_DOC)
+    warmup_steps: int = Field(5000, ge=0, description="env steps the frozen π_pre acts before any update")
+    utd: Utd = 4
+    num_critics: NumCritics = 10
+    random_start_steps: RandomStartSteps = 0
+    learning_starts: LearningStarts = 5000
 
     def needs_policy(self) -> bool:
         return True
 
 
 class O2TD3ConstraintConfig(ConstraintConfig):
-    eps_start: float = 0.0025
-    eps_end: float = 0.04
+    """O2TD3's thresholds: D is a squared action distance, not a log-ratio."""
+
+    eps_start: EpsStart = 0.0025
+    eps_end: EpsEnd = 0.04
 
 
-class O2SACConfig(SACConfig):
-    algo: Literal["o2sac"] = "o2sac"
-    reevaluate_steps: int = Field(500_000, ge=0)
-    align_steps: int = Field(500_000, ge=0)
-    alpha0: float = 0.2  # 0.5 for medium-expert / expert data
-    align_action_clip: float = 0.9999
-    utd: int = 10
-    offline_ratio: float = 0.5
-    random_start_steps: int = 0
-    learning_starts: int = 1000
-    constraint: ConstraintConfig = Field(default_factory=ConstraintConfig)  # expert data: 0.005 -> 0.125
-    log_ref_min: float = -50.0
-    _average_reference = model_validator(mode="after")(check_average_reference)
+class O2SACConfig(LogRatioConstraintConfig):
+    """O2SAC: re-evaluation, value alignment, then SAC under the stage-C divergence constraint."""
+
+    algo: Literal["o2sac"] = Field("o2sac", description=ALGO_DOC)
+    reevaluate_steps: ReevaluateSteps = 500_000
+    align_steps: AlignSteps = 500_000
+    alpha0: float = Field(0.2, description="fixed α of stages A and B and the initial α online (0.5 for medium-expert "
+                                           "/ expert data)")
+    align_action_clip: float = Field(0.9999, description="stage B: clip of a* = mode of π_off (inside tanh's ±1)")
+    utd: Utd = 10
+    offline_ratio: OfflineRatio = 0.5
+    random_start_steps: RandomStartSteps = 0
+    learning_starts: LearningStarts = 1000
+    constraint: ConstraintConfig = Field(default_factory=ConstraintConfig,
+                                         description="the stage-C divergence constraint (expert data: ε 0.005 → 0.125)")
 
     def needs_policy(self) -> bool:
         return True
@@ -309,26 +355,29 @@ class O2SACConfig(SACConfig):
 class TD3Config(FinetuneConfig):
     """Fields of TD3-family methods."""
 
-    num_critics: int = Field(2, gt=0)
-    critic_layer_norm: bool = True
-    utd: int = Field(1, gt=0)
-    actor_lr: Rate = 3e-4
-    critic_lr: Rate = 3e-4
-    policy_delay: PositiveInt = 2
-    explore_sigma: float = 0.1
-    target_noise: float = 0.2
-    noise_clip: float = 0.5
+    num_critics: NumCritics = 2
+    critic_layer_norm: CriticLayerNorm = True
+    utd: Utd = 1
+    actor_lr: ActorLr = 3e-4
+    critic_lr: CriticLr = 3e-4
+    policy_delay: PolicyDelay = 2
+    explore_sigma: float = Field(0.1, description="std of the Gaussian exploration noise on the deterministic action")
+    target_noise: float = Field(0.2, description="std of the target-policy smoothing noise")
+    noise_clip: NoiseClip = 0.5
 
 
 class O2TD3Config(TD3Config):
-    algo: Literal["o2td3"] = "o2td3"
-    reevaluate_steps: int = Field(500_000, ge=0)
-    align_steps: int = Field(500_000, ge=0)
-    align_beta: float = 1.0
-    align_delta_max: float = 0.2
-    offline_ratio: float = 0.5
-    learning_starts: int = 1000
-    constraint: O2TD3ConstraintConfig = Field(default_factory=O2TD3ConstraintConfig)
+    """O2TD3: re-evaluation, value alignment, then TD3 under the stage-C divergence constraint."""
+
+    algo: Literal["o2td3"] = Field("o2td3", description=ALGO_DOC)
+    reevaluate_steps: ReevaluateSteps = 500_000
+    align_steps: AlignSteps = 500_000
+    align_beta: float = Field(1.0, description="stage B: β scaling the alignment target by the distance δ to π_off")
+    align_delta_max: float = Field(0.2, description="stage B: cap of δ = ‖ã − π_off(s)‖/√|A|")
+    offline_ratio: OfflineRatio = 0.5
+    learning_starts: LearningStarts = 1000
+    constraint: O2TD3ConstraintConfig = Field(default_factory=O2TD3ConstraintConfig,
+                                              description="the stage-C divergence constraint (D = (π_ref(s) − π_θ(s))²)")
     _average_reference = model_validator(mode="after")(check_average_reference)
 
     def needs_policy(self) -> bool:
@@ -339,23 +388,27 @@ class O2TD3Config(TD3Config):
 
 
 class O2PPOConfig(FinetuneConfig):
-    algo: Literal["o2ppo"] = "o2ppo"
-    online_steps: int = 250_000
-    reevaluate_steps: int = Field(1_000_000, ge=0)  # V regression on Monte-Carlo returns of D_off
-    value_lr: Rate = 1e-4
-    value_batch_size: PositiveInt = 512
-    rollout_steps: PositiveInt = 2048
-    minibatch_size: PositiveInt = 128
-    epochs: PositiveInt = 10
-    clip_ratio: float = Field(0.2, gt=0.0)
-    entropy_coef: float = 0.01
-    actor_lr: Rate = 3e-5
-    critic_lr: Rate = 2e-4
-    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
-    max_grad_norm: float = 0.5
-    normalize_advantages: bool = True  # per fragment, after shaping (standard PPO, the O2O code)
-    shaping_alpha: float = 2.0
-    shaping_end_steps: int = 250_000
+    """O2PPO: V re-evaluated on D_off's Monte-Carlo returns, then PPO with advantages shaped toward π_ref."""
+
+    algo: Literal["o2ppo"] = Field("o2ppo", description=ALGO_DOC)
+    online_steps: OnlineSteps = 250_000
+    reevaluate_steps: int = Field(1_000_000, ge=0, description="stage A: gradient steps regressing V on D_off's "
+                                                               "discounted Monte-Carlo returns")
+    value_lr: Rate = Field(1e-4, description="stage A: Adam learning rate of V")
+    value_batch_size: PositiveInt = Field(512, description="stage A: transitions per gradient step")
+    rollout_steps: PositiveInt = Field(2048, description="env steps per PPO rollout (over all envs)")
+    minibatch_size: PositiveInt = Field(128, description="transitions per PPO minibatch")
+    epochs: PositiveInt = Field(10, description="passes over each rollout")
+    clip_ratio: float = Field(0.2, gt=0.0, description="PPO's probability-ratio clip")
+    entropy_coef: float = Field(0.01, description="weight of the entropy bonus")
+    actor_lr: ActorLr = 3e-5
+    critic_lr: CriticLr = 2e-4
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="λ of generalised advantage estimation")
+    max_grad_norm: float = Field(0.5, description="gradient-norm clip of each update")
+    normalize_advantages: bool = Field(True, description="normalise advantages per rollout, after shaping (standard "
+                                                         "PPO, the O2O code)")
+    shaping_alpha: float = Field(2.0, description="α of the reference advantage A_ref")
+    shaping_end_steps: int = Field(250_000, description="env steps over which the shaping weight w_t falls from 1 to 0")
 
     def needs_policy(self) -> bool:
         return True
@@ -367,14 +420,14 @@ class O2PPOConfig(FinetuneConfig):
 class IQLFinetuneConfig(FinetuneConfig):
     """IQL continued online with D_off and D_on (batches mixed at `offline_ratio`)."""
 
-    algo: Literal["iql"] = "iql"
-    utd: int = 1
-    offline_ratio: float = Field(0.5, ge=0.0, le=1.0)
-    lr: Rate = 3e-4
-    iql_expectile: float = Field(0.7, gt=0.0, lt=1.0)
-    iql_beta: float = 3.0
-    iql_adv_clip: float = 100.0
-    learning_starts: int = 0
+    algo: Literal["iql"] = Field("iql", description=ALGO_DOC)
+    utd: Utd = 1
+    offline_ratio: OfflineRatio = 0.5
+    lr: Rate = Field(3e-4, description="Adam learning rate of the policy, critics and V")
+    iql_expectile: IqlExpectile = 0.7
+    iql_beta: IqlBeta = 3.0
+    iql_adv_clip: IqlAdvClip = 100.0
+    learning_starts: LearningStarts = 0
 
     def needs_policy(self) -> bool:
         return True
@@ -389,6 +442,9 @@ class IQLFinetuneConfig(FinetuneConfig):
 RUNTIME_FIELDS = frozenset({"num_rollout_workers", "envs_per_worker", "replay_shards", "min_replay_size",
                             "samples_per_insert_tolerance", "broadcast_every", "learner_backend", "learner_threads",
                             "learner_gpus", "actor_cpus"})
+# What an offline stage's result does not depend on: the runtime, the device, the online budget
+# and how often the online phase evaluates and logs (`RunDir.stage_key` leaves them out).
+STAGE_CACHE_IGNORED = RUNTIME_FIELDS | {"device", "online_steps", "eval_every", "eval_episodes", "log_every"}
 
 FINETUNE_CONFIGS: dict[str, type[FinetuneConfig]] = {
     cls.model_fields["algo"].default: cls
@@ -465,6 +521,11 @@ def build_config(schema: type[StrictModel], *layers: dict[str, Any]) -> StrictMo
         raise UserError(f"invalid {schema.__name__}: {_one_line(exc)}") from None
 
 
+def pretrain_config(config_file: str | Path | None = None, *layers: dict[str, Any]) -> PretrainConfig:
+    """The config of an offline pretraining: defaults < YAML file < `layers` (later ones win)."""
+    return build_config(PretrainConfig, read_yaml(config_file) if config_file else {}, *layers)
+
+
 def finetune_config(algo: str | None, config_file: str | None = None, overrides: dict[str, Any] | None = None,
                     sets: list[str] | None = None) -> FinetuneConfig:
     """The run config of an online method: defaults < YAML file < `--set` items < explicit overrides."""
@@ -516,10 +577,10 @@ def _demo_finetune() -> PORLConfig:
 class DemoConfig(StrictModel):
     """The main job's embedded default: zoo data -> BC -> PORL on Hopper-v5."""
 
-    env: str = "Hopper-v5"  # an env with a zoo entry
-    quality: str = "medium"  # which zoo policy makes the dataset (o2o data make --quality)
-    dataset_steps: int = Field(20_000, gt=0)
-    seed: int = 0
-    mode: RunMode = DEFAULT_MODE  # fine-tuning on a local Ray instance, or in one process
-    pretrain: PretrainConfig = Field(default_factory=_demo_pretrain)
-    finetune: PORLConfig = Field(default_factory=_demo_finetune)
+    env: str = Field("Hopper-v5", description="env with a zoo entry (o2o zoo list)")
+    quality: str = Field("medium", description="which zoo policy makes the dataset (o2o data make --quality)")
+    dataset_steps: int = Field(20_000, gt=0, description="env steps of the dataset")
+    seed: Seed = 0
+    mode: RunMode = Field(DEFAULT_MODE, description="fine-tuning on a local Ray instance (ray) or in one process (local)")
+    pretrain: PretrainConfig = Field(default_factory=_demo_pretrain, description="the BC pretraining")
+    finetune: PORLConfig = Field(default_factory=_demo_finetune, description="the PORL fine-tuning")

@@ -54,6 +54,7 @@ def test_bad_overrides_are_one_line_errors(override, message):
     (["hidden=[0]"], "'hidden.0': Input should be greater than 0"),
     (["hidden=[]"], "'hidden': List should have at least 1 item"),
     (["actor_lr=0"], "'actor_lr': Input should be greater than 0"),
+    (["utd=0"], "'utd': Input should be greater than 0"),  # O2SAC's own default keeps SACConfig's bound
     (["hidden=[32,32"], r"--set hidden=\[32,32: the value is not valid YAML"),
     (["eval_episodes=3", "eval_episodes.x=1"], "'eval_episodes' is already set to a value, so it cannot hold keys"),
     (["eval_episodes.x=1"], "'eval_episodes': Input should be a valid integer"),
@@ -92,3 +93,14 @@ def test_set_needs_key_value():
 def test_pretrain_config_rejects_unknown():
     with pytest.raises(UserError, match="unknown config key 'foo'"):
         build_config(PretrainConfig, {"foo": 1})
+
+
+def test_stage_cache_key_leaves_out_runtime_and_evaluation_fields_only():
+    from distributed_o2o.runtime.run_dir import RunDir
+
+    config = finetune_config("o2sac").model_dump()
+    key = RunDir.stage_key(config)
+    elsewhere = {"num_rollout_workers": 8, "envs_per_worker": 4, "learner_backend": "eager", "device": "cpu",
+                 "online_steps": 5, "eval_every": 7, "eval_episodes": 3, "log_every": 9}
+    assert RunDir.stage_key({**config, **elsewhere}) == key
+    assert RunDir.stage_key({**config, "align_steps": 1}) != key

@@ -219,6 +219,18 @@ def test_every_replay_draws_fresh_batches_and_noise():
     assert first["q_mean"] != second["q_mean"] and first["actor_loss"] != second["actor_loss"]
 
 
+@cuda
+def test_captured_updates_follow_the_actor_warmup_rate():
+    algo = on_cuda(build_porl, actor_warmup_steps=1000)
+    updater = GraphedUpdater(algo, OBS, ACT, capacity=512, device=torch.device("cuda"), steps_per_graph=2, compile=False)
+    updater.add(normalised(300, seed=1))
+    policy0 = [t.clone() for t in algo.policy.state_dict().values()]
+    updater.run(3 + 2 * 2, 100, 0.0)  # the hand-over: warm-up and graphs at rate 0
+    assert all(torch.equal(a, b) for a, b in zip(policy0, algo.policy.state_dict().values()))
+    updater.run(2 * 2, 600, 0.0)  # the same graphs, now at half the rate
+    assert not all(torch.equal(a, b) for a, b in zip(policy0, algo.policy.state_dict().values()))
+
+
 def one_step_task(n: int, seed: int) -> dict[str, np.ndarray]:
     """Single-step episodes whose best action is tanh(obs[:, :ACT]): Q(s, a) is the reward."""
     arrays = transitions(n, seed=seed)

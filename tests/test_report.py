@@ -89,6 +89,20 @@ def test_scores_normalised_with_zoo_references_when_runs_lack_them(tmp_path):
     assert pendulum["score"] == "raw return" and pendulum["iqm"] == -150.0
 
 
+def test_a_group_names_every_source_of_its_references(tmp_path):
+    entry = zoo_entry("Hopper-v5")
+    write_run(tmp_path, "a", "Hopper-v5", "sac", 0, [0, 1000], [None, None], returns=[entry.ref_min_score, entry.ref_max_score])
+    write_run(tmp_path, "b", "Hopper-v5", "sac", 1, [0, 1000], [0.0, 100.0])
+    assert group(build_report([tmp_path], reps=REPS), "sac")["references"] == "the run's, zoo"
+
+
+def test_a_group_mixing_normalised_and_raw_scores_is_refused(tmp_path):
+    write_run(tmp_path, "a", "Pendulum-v1", "sac", 0, [0, 1000], [None, None], returns=[-1200.0, -150.0])
+    write_run(tmp_path, "b", "Pendulum-v1", "sac", 1, [0, 1000], [0.0, 90.0])
+    with pytest.raises(UserError, match="some runs have normalised scores and some only raw returns"):
+        build_report([tmp_path], reps=REPS)
+
+
 def test_unfinished_runs_are_left_out_and_counted(tmp_path):
     write_run(tmp_path, "done", "Hopper-v5", "sac", 0, [0, 1000], [1.0, 2.0])
     write_run(tmp_path, "cut", "Hopper-v5", "sac", 1, [0, 500], [1.0, 90.0], online_steps=1000, finished=False)

@@ -164,6 +164,23 @@ def test_porl_presample_trains_only_the_critic_then_switches_to_sac():
     assert algo.alpha.item() != pytest.approx(config.alpha_init, rel=1e-6)
 
 
+def test_porl_actor_warmup_holds_the_policy_at_hand_over_and_reaches_the_full_rate():
+    config = small(PORLConfig, presample_steps=100, actor_warmup_steps=40)
+    algo = PORL(config, OBS, ACT, CPU, policy=pretrained())
+    policy0 = params(algo.policy)
+    algo.update(random_batch(0), env_step=100)  # the hand-over: rate 0, the policy stays put
+    assert same(params(algo.policy), policy0)
+    assert algo.actor_optimizer.param_groups[0]["lr"] == 0.0
+    algo.update(random_batch(1), env_step=120)
+    assert not same(params(algo.policy), policy0)
+    assert algo.actor_optimizer.param_groups[0]["lr"] == pytest.approx(config.actor_lr / 2)
+    restored = PORL(config, OBS, ACT, CPU, policy=pretrained())
+    restored.load_state_dict(algo.state_dict())
+    restored.update(random_batch(2), env_step=500)
+    assert restored.actor_optimizer.param_groups[0]["lr"] == config.actor_lr
+    assert restored.critic_optimizer.param_groups[0]["lr"] == config.critic_lr
+
+
 def test_porl_constraint_anchors_pi_ref_to_pi_pre_at_hand_over():
     """Optional (not in the PORL spec): from the first update after the pre-sample, the actor
     loss and the critic target carry λ·(log π_θ − log π_ref) with π_ref = π_pre."""

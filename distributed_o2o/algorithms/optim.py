@@ -63,6 +63,31 @@ def to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
     return {k: floats[k] if k in floats else float(v) for k, v in metrics.items()}
 
 
+class LinearWarmup:
+    """The learning rate of `optimizer` rises linearly from 0 to its configured value over `steps`
+    (counted by the caller), set on the host before an update (`set_progress`). On CUDA the rate
+    is a device tensor that Adam reads, so updates captured in CUDA graphs see each new value."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, device: torch.device):
+        self.optimizer, self.steps = optimizer, steps
+        self.base = [float(group["lr"]) for group in optimizer.param_groups]
+        on_gpu = torch.device(device).type == "cuda"
+        self.rates = [torch.tensor(rate, device=device) for rate in self.base] if on_gpu else None
+        self.fraction: float | None = None
+
+    def set_progress(self, done: int) -> None:
+        fraction = min(max(done / self.steps, 0.0), 1.0)
+        for i, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base)):
+            if self.rates is None:
+                group["lr"] = base * fraction
+                continue
+            if group["lr"] is not self.rates[i]:  # a restore brought back a saved rate
+                group["lr"] = self.rates[i]
+            if fraction != self.fraction:
+                self.rates[i].fill_(base * fraction)
+        self.fraction = fraction
+
+
 class CosineLR:
     """torch's CosineAnnealingLR(optimizer, steps) (to 0), stepped inside an update with no host
     sync. On the CPU torch's scheduler steps the float LR, as ever; on CUDA the LR is a device

@@ -30,7 +30,7 @@ from torch import nn
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch
 from distributed_o2o.algorithms.capturable import Capturable
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
-from distributed_o2o.algorithms.optim import adam, frozen, optimizer_params, optimizer_step, to_floats
+from distributed_o2o.algorithms.optim import LinearWarmup, adam, frozen, optimizer_params, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import Policy, TanhGaussianPolicy
 from distributed_o2o.errors import UserError
 
@@ -97,6 +97,8 @@ class SACCore(Capturable, Algorithm):
         self.actor_optimizer = adam(self.policy.parameters(), config.actor_lr, device)
         self.critic_optimizer = adam(self.critic.parameters(), config.critic_lr, device)
         self.alpha_optimizer = adam([self.log_alpha], config.alpha_lr, device)
+        self.actor_warmup = (LinearWarmup(self.actor_optimizer, config.actor_warmup_steps, device)
+                             if config.actor_warmup_steps else None)
 
     # ------------------------------------------------------------------ hooks
     def initial_alpha(self) -> float:
@@ -216,6 +218,16 @@ class SACCore(Capturable, Algorithm):
         if self.policy_average is not None:
             polyak_update(self.policy_average, self.policy, self.config.policy_average_tau)
         return metrics
+
+    def prepare(self, env_step: int) -> Hashable:
+        """Host side, before `update_tensors`: the actor's warm-up rate, where there is one."""
+        if self.actor_warmup is not None:
+            self.actor_warmup.set_progress(env_step - self.actor_learns_from())
+        return None
+
+    def actor_learns_from(self) -> int:
+        """The first env step at which the actor takes gradient steps."""
+        return max(self.handover_step(), self.config.learning_starts)
 
     def update(self, batch: Batch, env_step: int) -> dict[str, float]:
         return to_floats(self.update_tensors(batch, self.prepare(env_step)))

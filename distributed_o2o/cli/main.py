@@ -10,7 +10,7 @@ import sys
 import typer
 
 from distributed_o2o import __version__
-from distributed_o2o.cli import command_group, data, demo, finetune, plot, pretrain, status, study, zoo
+from distributed_o2o.cli import command_group, config, data, demo, finetune, plot, pretrain, status, study, zoo
 from distributed_o2o.errors import UserError
 
 app = command_group()
@@ -29,6 +29,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.add_typer(data.app, name="data", help="Inspect, collect and make offline datasets.")
+app.add_typer(config.app, name="config", help="Show an algorithm's config: every field, its value and what it does.")
 app.add_typer(zoo.app, name="zoo", help="The shipped behaviour-policy zoo: list it, or build an entry from a SAC run.")
 pretrain.register(app)
 finetune.register(app)

@@ -60,11 +60,15 @@ def build_report(roots: list[str | Path], baseline: str | None = None, reps: int
         raise UserError(f"--baseline '{baseline}' is not a method of these runs (they have: {', '.join(methods)})")
     out_groups = []
     for (env, dataset, method), members in groups.items():
+        if len({r.normalised for r in members}) > 1:
+            raw = ", ".join(str(r.path) for r in members if not r.normalised)
+            raise UserError(f"{env} {method}: some runs have normalised scores and some only raw returns ({raw}): "
+                            "report them separately")
         figures = [run_figures(r) for r in members]
         final = _estimate([f["final"] for f in figures], reps)
         group = {"env": env, "dataset": dataset, "method": method, "n_runs": len(members),
                  "seeds": [r.seed for r in members], "score": "normalised" if members[0].normalised else "raw return",
-                 "references": members[0].references, "online_steps": members[0].online_steps,
+                 "references": ", ".join(sorted({r.references for r in members})), "online_steps": members[0].online_steps,
                  "handover_env_step": members[0].handover_step,
                  "iqm": final["value"], "ci_low": final["ci_low"], "ci_high": final["ci_high"],
                  "final_scores": [f["final"] for f in figures],

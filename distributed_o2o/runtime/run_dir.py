@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
+from distributed_o2o.config import STAGE_CACHE_IGNORED
 from distributed_o2o.metrics_log import MetricsLog
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "resume", "population.yaml")
-IGNORED_FOR_STAGE_CACHE = {"online_steps", "eval_every", "eval_episodes", "log_every", "num_envs", "device"}
 
 
 class RunDir(MetricsLog):
@@ -66,7 +66,7 @@ class RunDir(MetricsLog):
     @staticmethod
     def stage_key(config: dict[str, Any]) -> str:
         """Identifies what an offline stage depends on, so a changed config does not reuse a stale cache."""
-        relevant = {k: v for k, v in config.items() if k not in IGNORED_FOR_STAGE_CACHE}
+        relevant = {k: v for k, v in config.items() if k not in STAGE_CACHE_IGNORED}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def truncate_metrics(self, env_step: int) -> None:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distributed_o2o.config import (FINETUNE_CONFIGS, FinetuneConfig, PretrainConfig, StrictModel, build_config,
-                                    finetune_config, merge_layers, read_yaml)
+                                    finetune_config, merge_layers, pretrain_config, read_yaml)
 from distributed_o2o.errors import UserError
 
 
@@ -45,11 +45,11 @@ class DatasetRecipe(StrictModel):
     """Exactly one of: `quality` (zoo-made, with `steps`), `random` (uniform-random transitions),
     `source` (an existing dataset spec; "{env}" is replaced by the env id)."""
 
-    quality: str | None = None
-    steps: int | None = Field(None, gt=0)
-    random: int | None = Field(None, gt=0)
-    source: str | None = None
-    seed: int = 0
+    quality: str | None = Field(None, description="zoo policy quality that makes the dataset (o2o data make --quality)")
+    steps: int | None = Field(None, gt=0, description="env steps of a zoo-made dataset")
+    random: int | None = Field(None, gt=0, description="transitions of uniform-random actions (o2o data collect)")
+    source: str | None = Field(None, description="an existing dataset spec (d4rl:..., minari:..., a path); {env}: the env id")
+    seed: int = Field(0, description="seed of the dataset's collection")
 
     @model_validator(mode="after")
     def _one_kind(self) -> DatasetRecipe:
@@ -62,13 +62,13 @@ class PolicyRecipe(StrictModel):
     """`dataset` + pretraining settings (`algo`, `steps`, a PretrainConfig `config` file and
     `set` fields), or `source`: an existing checkpoint directory ("{env}" replaced)."""
 
-    dataset: str | None = None
-    algo: str = "bc"
-    steps: int | None = Field(None, gt=0)
-    config: str | None = None
-    set: dict[str, Any] = Field(default_factory=dict)
-    per_seed: bool = False  # one pretraining per trial seed (seeded with it) instead of one per env
-    source: str | None = None
+    dataset: str | None = Field(None, description="name of the sweep's dataset recipe to pretrain on")
+    algo: str = Field("bc", description="offline method (o2o pretrain --algo)")
+    steps: int | None = Field(None, gt=0, description="gradient steps; None: the config's")
+    config: str | None = Field(None, description="YAML file of PretrainConfig fields, relative to the sweep file")
+    set: dict[str, Any] = Field(default_factory=dict, description="PretrainConfig fields over the config file")
+    per_seed: bool = Field(False, description="one pretraining per trial seed (seeded with it) instead of one per env")
+    source: str | None = Field(None, description="an existing checkpoint directory instead of pretraining; {env}: the env id")
 
     @model_validator(mode="after")
     def _one_kind(self) -> PolicyRecipe:
@@ -78,36 +78,41 @@ class PolicyRecipe(StrictModel):
 
 
 class MethodSpec(StrictModel):
-    algo: str
-    config: str | None = None
-    policy: str | None = None
-    dataset: str | None = None
-    envs: list[str] | None = None
-    set: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    population: bool = False  # run the seeds of each (env, grid point) as one population run
+    """One method of the report: an online algorithm, its config and starting point."""
+
+    algo: str = Field(description="online method (o2o finetune --algo)")
+    config: str | None = Field(None, description="YAML config file, relative to the sweep file")
+    policy: str | None = Field(None, description="name of the sweep's policy recipe to start from")
+    dataset: str | None = Field(None, description="name of the sweep's dataset recipe used as D_off")
+    envs: list[str] | None = Field(None, description="envs of this method; None: the sweep's")
+    set: dict[str, Any] = Field(default_factory=dict, description="config fields over the file and the sweep's `set`")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="field -> values: one trial per combination")
+    population: bool = Field(False, description="run the seeds of each (env, grid point) as one trial: one population "
+                                                "run (o2o finetune --seeds)")
 
 
 class Resources(StrictModel):
     """How trials are packed. mode ray: each trial's rollout, replay and learner actors in the
     trial's placement group; local: each trial's whole run in its Tune process."""
 
-    mode: Literal["ray", "local"] = "ray"
-    gpus_per_trial: float = Field(0.0, ge=0)
-    cpus_per_trial: float = Field(1.0, gt=0)
-    max_concurrent: int | None = Field(None, gt=0)
+    mode: Literal["ray", "local"] = Field("ray", description="how each trial runs: ray (actors) or local (one process)")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs of each trial (a fraction packs trials on one GPU)")
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of each trial, split evenly over its actors")
+    max_concurrent: int | None = Field(None, gt=0, description="trials running at once; None: as many as fit")
 
 
 class SweepSpec(StrictModel):
-    name: str | None = None
-    envs: list[str] = Field(min_length=1)
-    seeds: int | list[int] = 5
-    online_steps: int | None = Field(None, ge=0)
-    datasets: dict[str, DatasetRecipe] = Field(default_factory=dict)
-    policies: dict[str, PolicyRecipe] = Field(default_factory=dict)
-    methods: dict[str, MethodSpec] = Field(min_length=1)
-    set: dict[str, Any] = Field(default_factory=dict)
-    resources: Resources = Field(default_factory=Resources)
+    """The sweep file."""
+
+    name: str | None = Field(None, description="the study's name")
+    envs: list[str] = Field(min_length=1, description="envs every method runs on (unless it names its own)")
+    seeds: int | list[int] = Field(5, description="seeds of each trial: a count (0..N-1) or a list")
+    online_steps: int | None = Field(None, ge=0, description="online env steps of every trial; None: each config's")
+    datasets: dict[str, DatasetRecipe] = Field(default_factory=dict, description="dataset recipes by name, made once per env")
+    policies: dict[str, PolicyRecipe] = Field(default_factory=dict, description="starting-policy recipes by name")
+    methods: dict[str, MethodSpec] = Field(min_length=1, description="the report's methods by name")
+    set: dict[str, Any] = Field(default_factory=dict, description="config fields for every trial")
+    resources: Resources = Field(default_factory=Resources, description="how trials are packed on the cluster")
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
@@ -220,8 +225,7 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path, out: str | Path, cache: 
             data = dataset_job(recipe.dataset, env, f"policy '{name}'")
             explicit = {"algo": recipe.algo, "env": env, "dataset": data.spec(), "seed": own_seed or 0,
                         **({"steps": recipe.steps} if recipe.steps else {})}
-            layers = [read_yaml(_resolve(base, recipe.config))] if recipe.config else []
-            config = build_config(PretrainConfig, *layers, recipe.set, explicit)
+            config = pretrain_config(_resolve(base, recipe.config), recipe.set, explicit)
             # The key holds what the policy is, not how its training ran (`threads`): a sweep
             # run on another machine finds the same policy.
             key = short_hash({"config": config.model_dump(exclude={"dataset", "threads"}),
