@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from distributed_o2o.api import evaluate
@@ -13,6 +15,8 @@ from distributed_o2o.cli.main import main
 from distributed_o2o.config import finetune_config
 from distributed_o2o.report.build import build_report
 from distributed_o2o.runtime.finetune import run_finetune
+from distributed_o2o.runtime.graphed import GraphedUpdater
+from distributed_o2o.runtime.population import PopulationLearner, PopulationReplay
 
 ENV = "Pendulum-v1"
 TINY = {"env": ENV, "hidden": [16, 16], "online_steps": 200, "eval_every": 100, "eval_episodes": 1, "batch_size": 16,
@@ -95,3 +99,45 @@ def test_resuming_a_population_is_refused_in_one_line(populations, capsys):
     assert main(["finetune", "--resume", str(out), "--mode", "local"]) == 2
     err = capsys.readouterr().err
     assert "resuming a population run is not supported yet" in err and err.count("\n") == 1
+
+
+def rows(n: int, start: int) -> dict:
+    """Transitions whose reward is their id (start, start + 1, ...)."""
+    ids = np.arange(start, start + n, dtype=np.float32)
+    obs = np.random.default_rng(start).normal(size=(n, 3)).astype(np.float32)
+    return {"observations": obs, "actions": np.zeros((n, 1), np.float32), "rewards": ids, "next_observations": obs,
+            "terminals": np.zeros(n, np.float32), "timeouts": np.zeros(n, np.float32)}
+
+
+def population_with_shards(seeds=(0, 1)):
+    """A population learner on two shards, agent k's rows with ids from 1000 k on."""
+    learner = PopulationLearner(sac(learning_starts=0, random_start_steps=0), 3, 1, seeds=list(seeds))
+    shards = [PopulationReplay(3, 1, 64, None, [seed + j for seed in seeds]) for j in range(2)]
+    learner.attach_replay(shards)
+    for j, shard in enumerate(shards):
+        for k, service in enumerate(shard.services):
+            service.add(rows(10 + 10 * j, 1000 * k + 100 * j))
+    return learner, shards
+
+
+def agent_of(ids: np.ndarray) -> np.ndarray:
+    return ids.astype(np.int64) // 1000
+
+
+def test_an_agent_samples_only_its_own_transitions_on_either_learner_path():
+    learner, shards = population_with_shards()
+    batches = learner._sample(3, [(6, 0), (10, 0)])  # the eager path's pull: (count, batch, agent)
+    assert batches["rewards"].shape == (3, 16, 2)
+    assert (agent_of(batches["rewards"]) == np.arange(2)).all()
+    version, metrics = learner.update_from_replay(2, 10_000, [10, 20])
+    assert version == 2 and len(metrics) == 2 and all("critic_loss" in m for m in metrics)
+
+    # What `graphed_updater` builds on CUDA (agent k's rows in ring k), here running eagerly.
+    learner.graphed = GraphedUpdater(learner.population, 3, 1, capacity=64, device=torch.device("cpu"), compile=False)
+    version, metrics = learner.update_from_replay(2, 10_000, [10, 20])
+    assert version == 4 and len(metrics) == 2 and all("critic_loss" in m for m in metrics)
+    replay = learner.graphed.replay
+    for k in range(2):
+        ring = replay.storage[replay.num_offline + 64 * k:][:replay.counts[k], 3 + 1]
+        assert sorted(ring.long().tolist()) == [*range(1000 * k, 1000 * k + 10), *range(1000 * k + 100, 1000 * k + 120)]
+    assert (agent_of(replay.sample(16, 0).rewards.numpy()) == np.arange(2)[:, None]).all()
