@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import latest_save
 
 from distributed_o2o.api import evaluate
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import finetune_config
 from distributed_o2o.report.build import build_report
-from distributed_o2o.runtime.finetune import run_finetune
+from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
 from distributed_o2o.runtime.graphed import GraphedUpdater
 from distributed_o2o.runtime.population import PopulationLearner, PopulationReplay
 
@@ -48,7 +49,7 @@ def populations(tmp_path_factory):
 
 def test_a_population_writes_one_sub_run_per_seed_as_a_separate_run_would(populations, tmp_path):
     out = populations[(0, 1)]
-    assert sorted(p.name for p in out.iterdir()) == ["population.yaml", "seed_0", "seed_1"]
+    assert sorted(p.name for p in out.iterdir()) == ["population.yaml", "resume", "seed_0", "seed_1"]
     single = tmp_path / "single"
     run_finetune(sac(seed=1, online_steps=0), single, progress=False)  # its initial evaluation only
     sub = out / "seed_1"
@@ -94,11 +95,31 @@ def test_bad_population_input_is_one_line_and_exit_2(args, message, tmp_path, ca
     assert message in err and err.count("\n") == 1
 
 
-def test_resuming_a_population_is_refused_in_one_line(populations, capsys):
-    out = populations[(0, 1)]
-    assert main(["finetune", "--resume", str(out), "--mode", "local"]) == 2
-    err = capsys.readouterr().err
-    assert "resuming a population run is not supported yet" in err and err.count("\n") == 1
+def test_a_failed_population_resumes_every_agent_from_its_last_save(tmp_path, monkeypatch):
+    out = tmp_path / "population"
+    original = PopulationLearner.update
+
+    def failing_update(self, batches, env_step):
+        if env_step > 150:
+            raise RuntimeError("injected failure")
+        return original(self, batches, env_step)
+
+    monkeypatch.setattr(PopulationLearner, "update", failing_update)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_finetune(sac(online_steps=300), out, progress=False, seeds=[0, 1])
+    monkeypatch.undo()
+    assert [m["env_steps"] for m in metrics(out / "seed_1")] == [0, 100]
+    summary = resume_finetune(out, progress=False)
+    for seed, run in zip((0, 1), summary["runs"], strict=True):
+        lines = metrics(out / f"seed_{seed}")
+        assert [m["env_steps"] for m in lines] == [0, 100, 200, 300]
+        # Each agent's own records came back: its initial evaluation, its evaluation env steps.
+        assert run["env_steps"] == 300 and run["initial"] == json.loads((out / f"seed_{seed}" / "metrics.jsonl")
+                                                                      .read_text().splitlines()[0])
+        assert run["eval_env_steps"] == lines[-1]["eval_env_steps"] == 4 * lines[0]["eval_env_steps"]
+    saved = np.load(latest_save(out) / "replay.npz")
+    assert int(saved["inserted"]) == 300 and len(saved["agent0_rewards"]) == len(saved["agent1_rewards"]) == 300
+    assert not np.array_equal(saved["agent0_observations"], saved["agent1_observations"])  # each agent's own envs
 
 
 def rows(n: int, start: int) -> dict:

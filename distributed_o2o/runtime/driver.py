@@ -45,6 +45,12 @@ class AgentRecords:
     initial: dict | None = None
     handover: dict = field(default_factory=dict)
 
+    def restore(self, saved: dict) -> None:
+        """Take the saved values (in place: the online loop and the resume state share these)."""
+        restored = type(self)(**saved)
+        for f in fields(self):
+            setattr(self, f.name, getattr(restored, f.name))
+
 
 @dataclass
 class Counters(AgentRecords):
@@ -55,12 +61,6 @@ class Counters(AgentRecords):
     owed_updates: float = 0.0  # earned by inserted transitions, not yet started
     wall_time: float = 0.0
     rollout_failures: int = 0  # rollout worker deaths (what they had in flight was never counted nor stored)
-
-    def restore(self, saved: dict) -> None:
-        """Take the saved values (in place: the online loop and the resume state share these)."""
-        restored = Counters(**saved)
-        for f in fields(self):
-            setattr(self, f.name, getattr(restored, f.name))
 
 
 @dataclass
@@ -107,9 +107,8 @@ class Driver:
         self.broadcast = Broadcast(self.t, components.learner, components.workers, config.broadcast_every)
         self.online = OnlineLoop(config, components, self.counters, self.broadcast, [s.run_dir for s in self.seats],
                                  self.console, progress)
-        # A population run is not resumable yet: it saves no resume state.
-        self.resume = (ResumeState(run_dir.resume_dir, components, self.counters, config.resume_every, config.online_steps)
-                       if components.seeds is None else None)
+        self.resume = ResumeState(run_dir.resume_dir, components, self.counters, config.resume_every, config.online_steps,
+                                  None if components.seeds is None else [seat.records for seat in self.seats])
 
     # ------------------------------------------------------------------ entry
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -148,8 +147,6 @@ class Driver:
                 f"{self._how_to_continue()}")
 
     def _how_to_continue(self) -> str:
-        if self.resume is None:
-            return "a population run cannot be resumed yet: start it again in another --out"
         if self.resume.saved_step is None:
             return f"`o2o finetune --resume {self.run_dir.path}` starts it again, reusing the cached offline stages"
         return (f"`o2o finetune --resume {self.run_dir.path}` continues from the last checkpoint (env step "
@@ -216,7 +213,7 @@ class Driver:
         """Evaluate, checkpoint and (when due) save the resume state, at a point where nothing is
         in flight (the replay files are written while the evaluator plays its episodes)."""
         self.online.settle_syncs()
-        due = self.resume is not None and self.resume.due(initial)
+        due = self.resume.due(initial)
         saves = self.resume.begin() if due else []
         self._evaluate(initial)
         for future in saves:
@@ -279,8 +276,9 @@ class Driver:
         self.resume.restore()
         c = self.counters
         self.eval_rate = Rate(c.updates)
-        self.run_dir.truncate_metrics(c.env_steps)
-        records = self.run_dir.read_metrics()
+        for seat in self.seats:
+            seat.run_dir.truncate_metrics(c.env_steps)
+        records = self.seats[-1].run_dir.read_metrics()
         self.last_eval = records[-1] if records else None
         self.console.print(f"resuming at env step {c.env_steps} ({c.updates} updates)")
         if self.config.online_steps < c.env_steps:

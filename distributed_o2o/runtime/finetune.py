@@ -22,8 +22,8 @@ from distributed_o2o.runtime.components import Components, RunInputs, build_loca
 from distributed_o2o.runtime.cpu_check import cpu_note
 from distributed_o2o.runtime.driver import Driver
 from distributed_o2o.runtime.graphed import check_learner_backend
-from distributed_o2o.runtime.population_run import (check_population, check_population_memory, refuse_population_resume,
-                                                    write_population_file)
+from distributed_o2o.runtime.population_run import (POPULATION_FILE, check_population, check_population_memory,
+                                                    read_population_file, write_population_file)
 from distributed_o2o.runtime.resume_state import ResumeStore
 from distributed_o2o.runtime.run_lock import run_lock
 from distributed_o2o.runtime.run_dir import RunDir
@@ -90,29 +90,35 @@ def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = 
     """Continue a run from its last resume save with its saved config. `changes` may set how it
     is spread over processes (RUNTIME_FIELDS: workers, shards...) and raise `online_steps`
     (extending the run); any other field given must keep its saved value. A run that stopped
-    before its first save starts again from its config, reusing its cached offline stages."""
+    before its first save starts again from its config, reusing its cached offline stages.
+    A population run continues all its agents (its config: population.yaml's)."""
     check_writable(run_path, "the run")
-    refuse_population_resume(run_path)
     run_dir = RunDir(run_path)
     with run_lock(run_dir.path, _warn):
-        if not run_dir.config_file.exists():
+        population = read_population_file(run_dir.path)
+        if population is None and not run_dir.config_file.exists():
             raise UserError(f"'{run_path}' is not a run directory (config.yaml is missing): pass the --out of an earlier "
                             "`o2o finetune`")
-        config = _resumed_config(run_dir, changes or {})
+        seeds = None if population is None else population["seeds"]
+        saved_config = run_dir.read_config() if population is None else population["config"]
+        config = _resumed_config(run_dir, saved_config, changes or {})
+        if seeds is not None:  # its budget may have been extended
+            write_population_file(run_dir.path, config, seeds)
         if ResumeStore(run_dir.resume_dir).saves():
-            return _drive(config, run_dir, mode, progress, address, resume=True)
-        results = [name for name in run_dir.earlier_run_files() if name not in ("config.yaml", "resume")]
+            return _drive(config, run_dir, mode, progress, address, resume=True, seeds=seeds)
+        runs = [run_dir] if seeds is None else [RunDir(run_dir.path / f"seed_{seed}") for seed in seeds]
+        results = [str(run.path / name) for run in runs for name in run.earlier_run_files()
+                   if name not in ("config.yaml", "resume", POPULATION_FILE)]
         if results:
             raise UserError(f"run '{run_path}' holds results ({', '.join(results)}) but no resume state (resume/ was "
                             "removed): it cannot be continued; start it again in another --out")
         _warn(f"run '{run_path}' stopped before its first resume save: starting it again (cached offline stages are reused)")
-        return _drive(config, run_dir, mode, progress, address, resume=False)
+        return _drive(config, run_dir, mode, progress, address, resume=False, seeds=seeds)
 
 
-def _resumed_config(run_dir: RunDir, changes: dict[str, Any]) -> FinetuneConfig:
+def _resumed_config(run_dir: RunDir, saved: dict[str, Any], changes: dict[str, Any]) -> FinetuneConfig:
     """The saved config with `changes`, refused (one line naming the field) where they touch
     anything but `online_steps` and the runtime fields."""
-    saved = run_dir.read_config()
     algo = changes.get("algo", saved["algo"])
     if algo != saved["algo"]:
         raise UserError(f"--resume continues the saved config: 'algo' cannot change (the run is {saved['algo']}, "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,13 @@ import torch
 from distributed_o2o.algorithms.base import Batch, OfflineData
 from distributed_o2o.algorithms.population import Population, per_agent_floats, require_population_support
 from distributed_o2o.algorithms.registry import algorithm_class
+from distributed_o2o.durable import sync_file
 from distributed_o2o.runtime.broadcast import policy_weights
 from distributed_o2o.runtime.graphed import graphed_updater
 from distributed_o2o.runtime.learner import BATCH_KEYS, Learner, _mean_metrics, build_agent, pick_device
-from distributed_o2o.runtime.replay import ReplayService
+from distributed_o2o.runtime.replay import COLUMNS, ReplayService
 from distributed_o2o.runtime.rollout import Fragment, Receipt, RolloutWorker
+from distributed_o2o.runtime.streams import stream_seed
 
 
 class PopulationLearner(Learner):
@@ -118,9 +121,18 @@ class PopulationLearner(Learner):
     def checkpoint_modules(self, agent: int = 0) -> dict[str, torch.nn.Module]:
         return self.population.modules(agent)
 
-    def state(self, agent: int = 0) -> dict:
-        """Agent `agent`'s learner state, in a single run's format."""
-        return {"algorithm": self.population.agent_state_dict(agent), "version": self.version}
+    def state(self, *agent: int) -> dict | list[dict]:
+        """Agent k's learner state (`state(k)`), in a single run's format; without k, every agent's."""
+        if not agent:
+            return [self.state(k) for k in range(len(self.agents))]
+        return {"algorithm": self.population.agent_state_dict(agent[0]), "version": self.version}
+
+    def reseed(self, env_step: int) -> None:
+        """A resumed run's torch stream (from the first seed) and each agent's D_off stream (from its own)."""
+        torch.manual_seed(stream_seed(self.seed, env_step))
+        for agent, seed in zip(self.agents, self.seeds, strict=True):
+            if agent.offline_data is not None:
+                agent.offline_data.generator.manual_seed(stream_seed(seed, env_step))
 
     def load(self, states: list[dict]) -> None:
         """Every agent's state at once (their optimisers' steps must agree)."""
@@ -162,6 +174,10 @@ class PopulationRollout:
         for worker, state_dict in zip(self.workers, state_dicts, strict=True):
             worker.offer_weights(version, state_dict)
 
+    def reseed(self, env_step: int) -> None:
+        for worker in self.workers:
+            worker.reseed(env_step)
+
     def collect(self, steps: int) -> PopulationFragment:
         return PopulationFragment([worker.collect(steps) for worker in self.workers])
 
@@ -191,6 +207,26 @@ class PopulationReplay:
     def rows_since(self, cursor: int) -> tuple[int, list[dict[str, np.ndarray]]]:
         replies = [service.rows_since(cursor) for service in self.services]
         return replies[0][0], [rows for _, rows in replies]
+
+    def reseed(self, env_step: int) -> None:
+        for service in self.services:
+            service.reseed(env_step)
+
+    def save(self, path: str | Path, save_id: str) -> None:
+        """Every agent's online table, oldest first, in one file (columns `agent<k>_<name>`) tagged
+        with the resume save; `inserted` is one agent's count, which all share."""
+        arrays = {f"agent{k}_{name}": column for k, service in enumerate(self.services)
+                  for name, column in service.online.ordered().items()}
+        np.savez(path, save_id=np.str_(save_id), inserted=np.int64(self.services[0].online.inserted), **arrays)
+        sync_file(path)
+
+    def load(self, path: str | Path) -> None:
+        with np.load(path, allow_pickle=False) as saved:
+            inserted = int(saved["inserted"])
+            chunks = [{name: saved[f"agent{k}_{name}"] for name in COLUMNS if f"agent{k}_{name}" in saved}
+                      for k in range(len(self.services))]
+        for service, chunk in zip(self.services, chunks, strict=True):
+            service.load_rows(chunk, inserted)
 
     def sample_many(self, count: int, n_online: int, n_offline: int = 0) -> dict[str, np.ndarray]:
         """Every agent's `count` batches from its own tables, as arrays (count, batch, K, ...):

@@ -6,6 +6,7 @@
     RUN/seed_<n>/           agent n's sub-run, exactly what `o2o finetune --seed n` writes
                             (config.yaml with `seed: n`, metrics.jsonl, summary.json,
                             checkpoints/, stages/, tb/)
+    RUN/resume/             the resume saves of all agents together (resume_state.py)
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def write_population_file(path: Path, config, seeds: list[int]) -> None:
     (path / POPULATION_FILE).write_text(yaml.safe_dump({"seeds": list(seeds), "config": config_dict}, sort_keys=False))
 
 
-def refuse_population_resume(path: str | Path) -> None:
-    if (Path(path) / POPULATION_FILE).exists():
-        raise UserError(f"'{path}' is a population run, and resuming a population run is not supported yet: "
-                        "start it again in another --out")
+def read_population_file(path: Path) -> dict | None:
+    """{"seeds", "config"} of the population run at `path`; None where it is no population run."""
+    file = path / POPULATION_FILE
+    return yaml.safe_load(file.read_text()) if file.exists() else None
 
 
 def replay_bytes(config, obs_dim: int, act_dim: int, offline_rows: int, num_agents: int) -> tuple[int, int]:

@@ -155,6 +155,10 @@ class ReplayService:
         with np.load(path, allow_pickle=False) as saved:
             chunk = {name: saved[name] for name in COLUMNS if name in saved}
             inserted = int(saved["inserted"])
+        self.load_rows(chunk, inserted)
+
+    def load_rows(self, chunk: dict[str, np.ndarray], inserted: int) -> None:
+        """Append saved rows, of a table that had `inserted` rows ever inserted."""
         before = self.online.inserted
         self.online.add(chunk)
         self.online.inserted = before + inserted

@@ -134,9 +134,11 @@ class ResumeState:
     """The run's resume saves: `counters` (the driver's, restored in place) and the state of
     the learner and the replay shards, reached through the components' transport."""
 
-    def __init__(self, resume_dir: str | Path, components: Any, counters: Any, every: int | None, online_steps: int):
+    def __init__(self, resume_dir: str | Path, components: Any, counters: Any, every: int | None, online_steps: int,
+                 agent_records: list[Any] | None = None):
         self.store = ResumeStore(resume_dir)
         self.t, self.c, self.counters = components.transport, components, counters
+        self.agent_records = agent_records  # a population's per-agent records (restored in place)
         self.every, self.online_steps = every, online_steps
         self.saved_step: int | None = None  # env step of the save on disk
 
@@ -157,8 +159,10 @@ class ResumeState:
         """Phase two, once the shards' files are written: the learner state and the counters,
         then the switch. The replay's inserted counts add up to the stored transitions."""
         counters = {**vars(self.counters), "wall_time": wall_time}
-        save_state(self.store.incoming / "state", {"learner": self.t.call(self.c.learner, "state"), "counters": counters},
-                   self.store.save_id)
+        state = {"learner": self.t.call(self.c.learner, "state"), "counters": counters}
+        if self.agent_records is not None:
+            state["agents"] = [vars(records) for records in self.agent_records]
+        save_state(self.store.incoming / "state", state, self.store.save_id)
         step = self.counters.env_steps
         self.store.commit(step, stored=0 if on_policy else step)
         self.saved_step = step
@@ -175,6 +179,8 @@ class ResumeState:
         shards = self.c.replays
         self.t.call_all([(shards[k % len(shards)], "load", (str(path),)) for k, path in enumerate(save.replay_files())])
         self.counters.restore(state["counters"])
+        for records, saved in zip(self.agent_records or [], state.get("agents", []), strict=True):
+            records.restore(saved)
         # Learner first: in local mode the workers' torch seed is the one the shared generator keeps, as at the start.
         step = self.counters.env_steps
         self.t.call_all([(component, "reseed", (step,)) for component in (self.c.learner, *shards, *self.c.workers)])

@@ -7,8 +7,7 @@ point, skips the finished trials, continues the interrupted ones and starts the 
 trial's work is done twice beyond its last save.
 
 A population method's seeds (of one env and grid point) run as one Tune trial, one population
-run in their parent directory; it is done when all its seeds are, and (populations are not
-resumable yet) started again from scratch otherwise.
+run in their parent directory (its resume state there too); it is done when all its seeds are.
 """
 
 from __future__ import annotations
@@ -96,12 +95,14 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_population(trial: dict[str, Any], config) -> dict[str, Any]:
-    from distributed_o2o.runtime.finetune import run_finetune
+    from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
 
     run_dir, seeds = Path(trial["run_dir"]), trial["seeds"]
     subs = [run_dir / f"seed_{seed}" for seed in seeds]
     if all(trial_status(sub, config.online_steps).state == "done" for sub in subs):
         return {"seeds": seeds, "runs": [json.loads((sub / "summary.json").read_text()) for sub in subs]}
+    if trial_status(run_dir, config.online_steps).state == "resumable":
+        return resume_finetune(run_dir, trial["mode"], progress=False)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     for sub, info in zip(subs, trial["info"], strict=True):
