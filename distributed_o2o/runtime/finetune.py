@@ -107,7 +107,7 @@ def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = 
         if ResumeStore(run_dir.resume_dir).saves():
             return _drive(config, run_dir, mode, progress, address, resume=True, seeds=seeds)
         runs = [run_dir] if seeds is None else [RunDir(run_dir.path / f"seed_{seed}") for seed in seeds]
-        results = [str(run.path / name) for run in runs for name in run.earlier_run_files()
+        results = [str((run.path / name).relative_to(run_dir.path)) for run in runs for name in run.earlier_run_files()
                    if name not in ("config.yaml", "resume", POPULATION_FILE)]
         if results:
             raise UserError(f"run '{run_path}' holds results ({', '.join(results)}) but no resume state (resume/ was "
