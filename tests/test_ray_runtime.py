@@ -346,17 +346,16 @@ def test_a_resumed_ray_run_starts_each_env_stream_anew(ray_instance, tmp_path):
 
 
 def test_a_ray_population_runs_each_seed_as_its_own_sub_run(tmp_path, ray_instance):
-    fields = {**SMALL, "hidden": [16, 16], "online_steps": 300, "eval_every": 150, "eval_episodes": 1,
-              "random_start_steps": 50, "learning_starts": 100, "num_rollout_workers": 2, "replay_shards": 2}
+    fields = {**SMALL, "hidden": [16, 16], "online_steps": 200, "eval_every": 100, "eval_episodes": 1,
+              "random_start_steps": 50, "learning_starts": 100, "batch_size": 16}
     out = tmp_path / "population"
     names, summary = _named_actors_while(lambda: run_finetune(finetune_config("sac", None, fields), out, mode="ray",
                                                               progress=False, seeds=[3, 4]))
     prefix = f"o2o/{run_id(out)}/"
-    assert {prefix + n for n in ("learner-0", "replay-0", "replay-1", "rollout-0", "rollout-1", "evaluator-0",
-                                 "evaluator-1")} <= names
+    assert {prefix + n for n in ("learner-0", "replay-0", "rollout-0", "evaluator-0", "evaluator-1")} <= names
     for seed, run in zip((3, 4), summary["runs"], strict=True):
         sub = out / f"seed_{seed}"
-        assert run["seed"] == seed and run["env_steps"] == 300 and run["updates"] == 300 - 100 + 1
-        assert [json.loads(line)["env_steps"] for line in (sub / "metrics.jsonl").read_text().splitlines()] == [0, 150, 300]
-        assert (sub / "checkpoints" / "step_000000300" / "metadata.json").exists()
+        assert run["seed"] == seed and run["env_steps"] == 200 and run["updates"] == 200 - 100 + 1
+        assert [json.loads(line)["env_steps"] for line in (sub / "metrics.jsonl").read_text().splitlines()] == [0, 100, 200]
+        assert (sub / "checkpoints" / "step_000000200" / "metadata.json").exists()
         assert _train_scalars(sub, "train/critic_loss")
