@@ -15,16 +15,21 @@ from distributed_o2o.errors import UserError
 
 
 def finetune(algo: str | None = None, *, out: str | Path, config: str | Path | None = None, mode: str = DEFAULT_MODE,
-             address: str | None = None, progress: bool = True, **fields: Any) -> dict[str, Any]:
+             address: str | None = None, progress: bool = True, seeds: list[int] | None = None, **fields: Any) -> dict[str, Any]:
     """Fine-tune online, as `o2o finetune` does (the same default mode: a local Ray instance;
-    `mode="local"` runs in this process). Returns the run's summary (also in `out/summary.json`).
+    `mode="local"` runs in this process). Returns the run's summary (also in `out/summary.json`);
+    with `seeds`, a population run's: {"seeds", "run_dir", "runs": each seed's, in `out/seed_<n>/`}.
 
         finetune("porl", env="Hopper-v5", policy="ckpt/bc", online_steps=20_000, out="runs/porl")
     """
     from distributed_o2o.runtime.finetune import run_finetune
 
     cfg = finetune_config(algo, None if config is None else str(config), fields)
-    return run_finetune(cfg, out, mode, progress=progress, address=address)
+    if seeds is not None:
+        from distributed_o2o.runtime.population_run import check_seed_options
+
+        check_seed_options(fields.get("seed"))
+    return run_finetune(cfg, out, mode, progress=progress, address=address, seeds=seeds)
 
 
 def resume(run_dir: str | Path, *, mode: str = DEFAULT_MODE, address: str | None = None, progress: bool = True,

@@ -162,3 +162,12 @@ def test_an_agent_samples_only_its_own_transitions_on_either_learner_path():
         ring = replay.storage[replay.num_offline + 64 * k:][:replay.counts[k], 3 + 1]
         assert sorted(ring.long().tolist()) == [*range(1000 * k, 1000 * k + 10), *range(1000 * k + 100, 1000 * k + 120)]
     assert (agent_of(replay.sample(16, 0).rewards.numpy()) == np.arange(2)[:, None]).all()
+
+
+def test_the_api_refuses_seeds_beside_a_seed_as_the_cli_does(tmp_path):
+    from distributed_o2o.api import finetune
+    from distributed_o2o.errors import UserError
+
+    with pytest.raises(UserError, match="--seeds and --seed both given"):
+        finetune("sac", out=tmp_path / "run", mode="local", seeds=[0, 1], seed=3, **TINY)
+    assert not (tmp_path / "run").exists()

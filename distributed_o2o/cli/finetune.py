@@ -79,12 +79,11 @@ def finetune(
 
 def _population_seeds(seeds: str | None, seed: int | None, resume: str | None) -> list[int] | None:
     from distributed_o2o.errors import UserError
-    from distributed_o2o.runtime.population_run import parse_seeds
+    from distributed_o2o.runtime.population_run import check_seed_options, parse_seeds
 
     if seeds is None:
         return None
-    if seed is not None:
-        raise UserError("--seeds and --seed both given: a population run takes its seeds from --seeds alone; drop --seed")
+    check_seed_options(seed)
     if resume is not None:
         raise UserError("--seeds starts a new population run: drop it with --resume")
     return parse_seeds(seeds)

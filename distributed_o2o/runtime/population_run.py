@@ -34,6 +34,12 @@ def parse_seeds(text: str) -> list[int]:
         raise UserError(f"--seeds '{text}' is not a comma-separated list of integers: pass e.g. --seeds 0,1,2,3,4") from None
 
 
+def check_seed_options(seed: int | None) -> None:
+    """A population takes its seeds from `seeds` alone: refuse a `seed` given beside them."""
+    if seed is not None:
+        raise UserError("--seeds and --seed both given: a population run takes its seeds from --seeds alone; drop --seed")
+
+
 def check_population(config, seeds: list[int]) -> None:
     """Refuse, with one line each, a population its method or its seeds cannot make."""
     require_population_support(algorithm_class(config.algo))
