@@ -41,7 +41,7 @@ class LearnerDiverged(UserError):
     """The learner's losses or weights became non-finite: nothing it computes after that counts."""
 
 
-def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     sums: dict[str, float] = defaultdict(float)
     for metrics in history:
         for key, value in metrics.items():
@@ -131,7 +131,7 @@ class Learner:
         if count and self.graphed is not None and stage.phase is not None:  # batches of D_off alone
             return self._finite(self.graphed.run_phase(count, stage.phase, offline_ratio=1.0), f"offline stage {name}")
         history = [stage.step() for _ in range(count)]
-        return self._finite(_mean_metrics(history) if history else {}, f"offline stage {name}")
+        return self._finite(mean_metrics(history) if history else {}, f"offline stage {name}")
 
     def handover(self, evaluator: Any) -> tuple[dict[str, float], int]:
         """The algorithm's hand-over, scoring candidates on `evaluator`; returns its metrics and
@@ -182,7 +182,7 @@ class Learner:
             items = [Batch.from_numpy(b, self.device) for b in batches]
         history = [self.algorithm.update(batch, env_step) for batch in items]
         self.version += len(items)
-        return self._finite(_mean_metrics(history), f"env step {env_step}")
+        return self._finite(mean_metrics(history), f"env step {env_step}")
 
     def update_from_replay(self, count: int, env_step: int, online_sizes: list[int]) -> tuple[int, dict[str, float]]:
         """`count` updates on batches pulled from the replay shards (rows split over the shards

@@ -26,18 +26,20 @@ import numpy as np
 import torch
 
 from distributed_o2o.algorithms.base import Batch, OfflineData
-from distributed_o2o.algorithms.population import Population, per_agent_floats, require_population_support
+from distributed_o2o.algorithms.population import Population, require_population_support
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.durable import sync_file
 from distributed_o2o.runtime.broadcast import policy_weights
 from distributed_o2o.runtime.graphed import graphed_updater
-from distributed_o2o.runtime.learner import BATCH_KEYS, Learner, _mean_metrics, build_agent, pick_device
+from distributed_o2o.runtime.learner import BATCH_KEYS, Learner, build_agent, mean_metrics, pick_device
 from distributed_o2o.runtime.replay import COLUMNS, ReplayService
 from distributed_o2o.runtime.rollout import Fragment, Receipt, RolloutWorker
 from distributed_o2o.runtime.streams import stream_seed
 
 
 class PopulationLearner(Learner):
+    """The learner of K agents, agent k built as a run with `seeds[k]` builds its learner."""
+
     def __init__(self, config, obs_dim: int, act_dim: int, policy=None, pretrained: dict | None = None,
                  offline: dict[str, np.ndarray] | None = None, seeds: list[int] = ()):
         require_population_support(algorithm_class(config.algo))
@@ -51,7 +53,6 @@ class PopulationLearner(Learner):
         # Schedules, phases, offline ratio and hand-over step are functions of the config and the
         # env step alone: agent 0 answers for all.
         self.algorithm = self.agents[0]
-        self.offline_generator = None
         self.graphed = graphed_updater(config, self.population, obs_dim, act_dim, self.device, algorithm_cls=type(self.algorithm))
         self._init_runtime(config, offline)
         self.agent_stages = [{stage.name: stage for stage in agent.offline_stages()} for agent in self.agents]
@@ -77,7 +78,7 @@ class PopulationLearner(Learner):
         if count and self.graphed is not None and stage.phase is not None:
             return self._finite(self.graphed.run_phase(count, stage.phase, offline_ratio=1.0), f"offline stage {name}")
         histories = [[stages[name].step() for _ in range(count)] for stages in self.agent_stages]
-        return self._finite([_mean_metrics(h) if h else {} for h in histories], f"offline stage {name}")
+        return self._finite([mean_metrics(h) if h else {} for h in histories], f"offline stage {name}")
 
     def handover(self, evaluators: list[Any]) -> tuple[list[dict[str, float]], list[int]]:
         """Each agent's hand-over, scored on its own evaluator; their metrics and evaluation env steps."""
@@ -102,7 +103,7 @@ class PopulationLearner(Learner):
         history = [self.population.update(Batch(*(column[i].movedim(1, 0) for column in stacked)), env_step)
                    for i in range(len(stacked[0]))]
         self.version += len(history)
-        return self._finite([_mean_metrics(list(per_agent)) for per_agent in zip(*history)], f"env step {env_step}")
+        return self._finite([mean_metrics(list(per_agent)) for per_agent in zip(*history)], f"env step {env_step}")
 
     def on_evaluation(self, score: float, env_step: int, agent: int = 0) -> None:
         self.population.on_evaluation(agent, score, env_step)
