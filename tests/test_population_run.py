@@ -14,6 +14,7 @@ from conftest import latest_save
 from distributed_o2o.api import evaluate
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import finetune_config
+from distributed_o2o.errors import UserError
 from distributed_o2o.report.build import build_report
 from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
 from distributed_o2o.runtime.graphed import GraphedUpdater
@@ -120,6 +121,8 @@ def test_a_failed_population_resumes_every_agent_from_its_last_save(tmp_path, mo
     saved = np.load(latest_save(out) / "replay.npz")
     assert int(saved["inserted"]) == 300 and len(saved["agent0_rewards"]) == len(saved["agent1_rewards"]) == 300
     assert not np.array_equal(saved["agent0_observations"], saved["agent1_observations"])  # each agent's own envs
+    with pytest.raises(UserError, match=r"'batch_size' cannot change \(16 in .*population.yaml, 64 given\)"):
+        resume_finetune(out, progress=False, changes={"batch_size": 64})
 
 
 def rows(n: int, start: int) -> dict:
@@ -166,7 +169,6 @@ def test_an_agent_samples_only_its_own_transitions_on_either_learner_path():
 
 def test_the_api_refuses_seeds_beside_a_seed_as_the_cli_does(tmp_path):
     from distributed_o2o.api import finetune
-    from distributed_o2o.errors import UserError
 
     with pytest.raises(UserError, match="--seeds and --seed both given"):
         finetune("sac", out=tmp_path / "run", mode="local", seeds=[0, 1], seed=3, **TINY)

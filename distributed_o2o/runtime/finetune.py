@@ -101,7 +101,8 @@ def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = 
                             "`o2o finetune`")
         seeds = None if population is None else population["seeds"]
         saved_config = run_dir.read_config() if population is None else population["config"]
-        config = _resumed_config(run_dir, saved_config, changes or {})
+        source = run_dir.config_file if population is None else run_dir.path / POPULATION_FILE
+        config = _resumed_config(source, saved_config, changes or {})
         if seeds is not None:  # its budget may have been extended
             write_population_file(run_dir.path, config, seeds)
         if ResumeStore(run_dir.resume_dir).saves():
@@ -116,9 +117,9 @@ def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = 
         return _drive(config, run_dir, mode, progress, address, resume=False, seeds=seeds)
 
 
-def _resumed_config(run_dir: RunDir, saved: dict[str, Any], changes: dict[str, Any]) -> FinetuneConfig:
-    """The saved config with `changes`, refused (one line naming the field) where they touch
-    anything but `online_steps` and the runtime fields."""
+def _resumed_config(source: Path, saved: dict[str, Any], changes: dict[str, Any]) -> FinetuneConfig:
+    """The saved config (read from `source`) with `changes`, refused (one line naming the field)
+    where they touch anything but `online_steps` and the runtime fields."""
     algo = changes.get("algo", saved["algo"])
     if algo != saved["algo"]:
         raise UserError(f"--resume continues the saved config: 'algo' cannot change (the run is {saved['algo']}, "
@@ -128,7 +129,7 @@ def _resumed_config(run_dir: RunDir, saved: dict[str, Any], changes: dict[str, A
     for name in type(config).model_fields:
         if name not in RESUMABLE_CHANGES and getattr(config, name) != getattr(before, name):
             raise UserError(f"--resume continues the saved config: '{name}' cannot change ({getattr(before, name)!r} in "
-                            f"{run_dir.config_file}, {getattr(config, name)!r} given); only --online-steps and runtime "
+                            f"{source}, {getattr(config, name)!r} given); only --online-steps and runtime "
                             "fields (--num-rollout-workers, ...) may, or start a new run with another --out")
     return config
 
