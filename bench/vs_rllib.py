@@ -1,13 +1,16 @@
 """RLlib 2.60's own SAC and ours side by side: one command, one machine, Hopper-v5.
 
-    python bench/vs_rllib.py [--env Hopper-v5] [--env-steps 100000] [--device cuda]
+    python bench/vs_rllib.py [--env Hopper-v5] [--env-steps 100000] [--rllib-env-steps N] [--device cuda]
         [--workers 8] [--envs-per-worker 4] [--rllib-env-runners N] [--eval-every 10000] [--eval-episodes 10]
     python bench/vs_rllib.py --device cpu --env-steps 1500 --learning-starts 500 --eval-every 500 \
         --eval-episodes 2 --hidden 64,64 --workers 1 --envs-per-worker 2 --rllib-env-runners 1   # a CPU check
 
 Both sides: SAC, 2 critics, `--hidden` MLPs, batch 256, Adam at 3e-4 for actor, critics and α
 (target entropy −|A|, α from 1), γ 0.99, τ 0.005, uniform replay of 1M, one update per env step
-after `--learning-starts` env steps, `--env-steps` env steps in all; each side is its own
+after `--learning-starts` env steps, `--env-steps` env steps in all (RLlib: `--rllib-env-steps`
+where given: at its ~12 updates/s on an H200, 100k take over two hours; its rates are per
+second all the same, but its process rate then spreads its start-up over a shorter run than
+ours, which counts against it: read the updating rates beside it); each side is its own
 subprocess, run one after the other (RLlib first), and timed from process start to exit.
 - RLlib (`--side rllib`, this file in a subprocess): its new API stack as it is meant to run
   fastest here: `--rllib-env-runners` env runners (default: the CPUs less two) of one env each,
@@ -71,7 +74,7 @@ def rllib_side(args) -> dict:
     algo = config.build_algo()
     timeline, evaluations, next_eval = [], [], args.eval_every
     env_steps = 0
-    while env_steps < args.env_steps:
+    while env_steps < (args.rllib_env_steps or args.env_steps):
         result = algo.train()
         env_steps = int(result["env_runners"]["num_env_steps_sampled_lifetime"])
         trained = int(result.get("learners", {}).get("__all_modules__", {}).get("num_env_steps_trained_lifetime", 0))
@@ -121,7 +124,8 @@ def run_ours(args, directory: Path) -> dict:
     evaluations = [{"env_steps": line["env_steps"], "return_mean": line["return_mean"]}
                    for line in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                    if "return_mean" in line and line["env_steps"] > 0]
-    return summarise(timeline, evaluations, start, end) | {
+    summary = json.loads((run / "summary.json").read_text())  # its totals: updates may finish after the last log point
+    return summarise(timeline, evaluations, start, end, (summary["env_steps"], summary["updates"])) | {
         "config": {"rollout_workers": args.workers, "envs_per_worker": args.envs_per_worker,
                    "learner_backend": "auto (graphed on a GPU)"}}
 
@@ -135,9 +139,10 @@ def updates_timeline(run: Path) -> list[tuple[float, int, int]]:
     return [(e.wall_time, e.step, int(e.value)) for e in events.Scalars("train/updates")]
 
 
-def summarise(timeline: list, evaluations: list, start: float, end: float) -> dict:
-    """Rates over the process (start to exit) and over the updating part of `timeline`."""
-    _, env_steps, updates = timeline[-1]
+def summarise(timeline: list, evaluations: list, start: float, end: float, totals: tuple[int, int] | None = None) -> dict:
+    """Rates over the process (start to exit: `totals` of env steps and updates, else the last
+    point's) and over the updating part of `timeline`."""
+    env_steps, updates = totals or timeline[-1][1:]
     process_s = end - start
     result = {"env_steps": env_steps, "updates": updates, "process_s": round(process_s, 1),
               "env_steps_per_s_process": round(env_steps / process_s, 2), "updates_per_s_process": round(updates / process_s, 2),
@@ -172,6 +177,7 @@ def main() -> None:
     parser.add_argument("--side", choices=("both", "rllib"), default="both", help="internal: rllib runs that side alone")
     parser.add_argument("--env", default="Hopper-v5")
     parser.add_argument("--env-steps", type=int, default=100_000)
+    parser.add_argument("--rllib-env-steps", type=int, default=None, help="RLlib's env steps (default: --env-steps)")
     parser.add_argument("--learning-starts", type=int, default=5000)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--hidden", default="256,256")
