@@ -17,6 +17,8 @@ critic 3x256 as its config), in one process:
 - `stages`: the offline stages that have an update phase (O2SAC's A and B), eagerly
   (`stage.step`, the eager learner's path) and as `GraphedUpdater.run_phase` on D_off (compiled,
   TF32): `stage_<name>_eager` and `stage_<name>_graph` updates/s;
+- `ops`: on CPU only, the aten operators dispatched per update of `GraphedUpdater.run` (its eager
+  steps: what a graph captures before compilation fuses it; the total and the most frequent);
 - `profile`: the kernels of the last compiled variant's replays (torch.profiler), a table per
   setting under `--profile-dir`: kernels per update and where the GPU time goes;
 - `population`: a `Population` of `--population` K agents (seeds seed..seed+K-1) in one graphed
@@ -38,9 +40,11 @@ import os
 import sys
 import time
 import traceback
+from collections import Counter
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from baseline_sac import PlainSAC  # bench/ is on sys.path when a benchmark runs as a script
 from synthetic import ACT_DIM, OBS_DIM, log, random_transitions
@@ -158,6 +162,27 @@ def profile(updater: GraphedUpdater, name: str, ratio: float, directory: str | N
     return round(kernels / updates, 1)
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched inside it (backward and optimiser steps included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(updater: GraphedUpdater, ratio: float, updates: int = 12) -> dict:
+    """Operators per update of `updater.run` on CPU (after a few updates that create the optimisers' state)."""
+    updater.run(updates, ENV_STEP, ratio)
+    with OpCounter() as counter:
+        updater.run(updates, ENV_STEP, ratio)
+    top = {name: round(n / updates, 1) for name, n in counter.ops.most_common(12)}
+    return {"ops_per_update": round(sum(counter.ops.values()) / updates, 1), "ops_top": top}
+
+
 def time_stages(name: str, args, device: torch.device, offline: dict[str, np.ndarray]) -> dict[str, float]:
     algo = build(name, device, offline, args.seed)
     updater = GraphedUpdater(build(name, device, offline, args.seed), OBS_DIM, ACT_DIM, 1000, device,
@@ -243,6 +268,9 @@ def measure(name: str, args, device: torch.device) -> dict:
                 log(f"{name}: population_eager {result}")
             elif variant == "stages":
                 result.update(time_stages(name, args, device, offline))
+            elif variant == "ops":
+                if device.type == "cpu":
+                    result.update(count_ops(graphed(False, args.steps_per_graph), ratio))
             elif variant == "profile":
                 result["kernels_per_update"] = profile(compiled, name, ratio, args.profile_dir)
         except Exception as error:  # one broken variant must not cost the others' figures

@@ -256,6 +256,23 @@ def test_cql_penalty_by_hand_and_its_sign():
                                                    torch.logsumexp(torch.tensor([-20.0] * 5 + [0.0]), 0)]))
 
 
+def test_cql_samples_of_one_policy_forward_are_those_of_separate_draws():
+    # The batched forward must keep the maths: a' ~ π(·|s'), then N uniform actions, N samples at s
+    # and N at s' (per state, in that order), the same random numbers as drawing them one by one.
+    pretrainer = PRETRAINERS["cql"](small_config("cql", cql_num_actions=4), 3, 2, "cpu")
+    obs, next_obs = torch.randn(5, 3), torch.randn(5, 3)
+    torch.manual_seed(1)
+    next_action, actions, log_density = pretrainer._policy_samples(obs, next_obs)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        expected_next, _ = pretrainer.policy.sample(next_obs)
+        uniform = torch.rand(5, 4, 2) * 2 - 1
+        at_obs, at_next = (pretrainer.policy.sample(o.unsqueeze(1).expand(-1, 4, -1)) for o in (obs, next_obs))
+    torch.testing.assert_close(next_action, expected_next)
+    torch.testing.assert_close(actions, torch.cat([uniform, at_obs[0], at_next[0]], dim=1))
+    torch.testing.assert_close(log_density, torch.cat([torch.full((5, 4), 2 * math.log(0.5)), at_obs[1], at_next[1]], dim=1))
+
+
 @pytest.mark.slow
 def test_cql_critic_ranks_dataset_actions_above_unseen_ones():
     """All dataset actions are near (0.5, 0.5): the CQL critic learns to rate random actions lower;

@@ -3,7 +3,8 @@
 A `Capturable` splits one gradient step in two:
 - `prepare(step)`, on the host: writes what depends on the step (env step, or a pretrainer's
   step) into device scalars and returns the phase (updates of one phase run the same kernels,
-  so one captured graph serves them all);
+  so one captured graph serves them all), or a `PhaseCycle` where consecutive updates take
+  several phases in turn (TD3's policy delay);
 - `update_tensors(batch, phase)`: the step itself with no host-device sync (no `.item()`, no
   branching on tensor values); metrics stay device tensors.
 `compiled` names the pure loss functions `compile_losses` hands to `torch.compile` (and that a
@@ -23,13 +24,38 @@ from distributed_o2o.algorithms.base import Batch, OfflineStage
 from distributed_o2o.algorithms.optim import to_floats
 
 
+class PhaseCycle:
+    """Phases that consecutive updates take in turn, e.g. TD3's policy delay: ("critic",
+    "critic+actor") for an actor step every second update. `count` updates were taken so far
+    (a host integer: no update reads it, so the graphs need no mask and no device counter);
+    the next one's phase is `phases[position]`."""
+
+    def __init__(self, phases: tuple[Hashable, ...]):
+        self.phases = tuple(phases)
+        self.count = 0
+
+    @property
+    def position(self) -> int:
+        return self.count % len(self.phases)
+
+    def advance(self, updates: int) -> None:
+        """Count `updates` updates taken (the graphed learner, after running them)."""
+        self.count += updates
+
+    def take(self) -> Hashable:
+        """The next update's phase, counted as taken (the eager path: one update at a time)."""
+        phase = self.phases[self.position]
+        self.advance(1)
+        return phase
+
+
 class Capturable:
     """Mixin of an update split into `prepare` (host) and `update_tensors` (device)."""
 
     compiled: tuple[str, ...] = ()
     compiled_steps: tuple[str, ...] = ()
 
-    def prepare(self, step: int) -> Hashable:
+    def prepare(self, step: int) -> Hashable | PhaseCycle:
         return None
 
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:

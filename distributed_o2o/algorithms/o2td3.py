@@ -19,10 +19,9 @@ import math
 from collections.abc import Callable, Hashable
 
 import torch
-from torch import nn
 
 from distributed_o2o.algorithms.base import Batch, OfflineStage
-from distributed_o2o.algorithms.capturable import phase_stage
+from distributed_o2o.algorithms.capturable import PhaseCycle, phase_stage
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy
 from distributed_o2o.algorithms.o2o import LagrangeMultiplier, ReferencePolicy
 from distributed_o2o.algorithms.optim import optimizer_step
@@ -108,7 +107,7 @@ class O2TD3(TD3):
                 "distance": metrics["distance"]}
 
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
-        """The step of `phase`: A ("reevaluate"), B ("align") or, for the phases of the delay, C."""
+        """The step of `phase`: A ("reevaluate"), B ("align") or, for the phases of the policy delay, C."""
         if phase == "reevaluate":
             return self.reevaluation_step(batch)
         if phase == "align":
@@ -137,7 +136,7 @@ class O2TD3(TD3):
         """λ·D(s') per sample, D between π_ref and the current π_θ on the next states."""
         return self.lagrange.value * action_divergence(self.reference.policy.mode(next_obs), self.policy.mode(next_obs))
 
-    def prepare(self, env_step: int) -> Hashable:
+    def prepare(self, env_step: int) -> Hashable | PhaseCycle:
         self.lagrange.write_threshold(env_step)
         return super().prepare(env_step)
 
@@ -156,9 +155,6 @@ class O2TD3(TD3):
 
     def actor_optimizers(self) -> list[torch.optim.Optimizer]:
         return [*super().actor_optimizers(), self.lagrange.optimizer]
-
-    def actor_modules(self) -> list[nn.Module]:
-        return [self.lagrange]
 
     def on_evaluation(self, score: float, env_step: int) -> None:
         self.reference.offer(self.policy, score)

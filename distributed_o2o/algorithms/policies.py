@@ -86,10 +86,10 @@ class Policy(nn.Module):
         """The Gaussian's mean and log-std (before the tanh, where a family has one)."""
         raise NotImplementedError(f"{self.family} policies have no sampling distribution")
 
-    def _draw(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x, mean, log_std), x ~ N(mean, exp(log_std)²)."""
+    def _draw(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, mean, log_std), x = mean + exp(log_std)·noise, noise ~ N(0, I) (drawn here unless given)."""
         mean, log_std = self.mean_and_log_std(obs)
-        return mean + torch.exp(log_std) * torch.randn_like(mean), mean, log_std
+        return mean + torch.exp(log_std) * (torch.randn_like(mean) if noise is None else noise), mean, log_std
 
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.family} policies have no log-probability")
@@ -124,8 +124,9 @@ class TanhGaussianPolicy(Policy):
         log_std = head[..., self.act_dim:] if self.state_dependent_std else self.log_std_param.expand_as(mean)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def sample(self, obs):
-        u, mean, log_std = self._draw(obs)
+    def sample(self, obs, noise: torch.Tensor | None = None):
+        """`noise`: the standard normal draw, where the caller draws it (default: drawn here)."""
+        u, mean, log_std = self._draw(obs, noise)
         return torch.tanh(u), _normal_log_prob(u, mean, log_std) - _tanh_log_det(u)
 
     def explore(self, obs):

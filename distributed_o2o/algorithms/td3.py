@@ -2,7 +2,7 @@
 
 Deterministic actor, K critics in one batched call (min over all K), Polyak targets for both
 actor and critic, target policy smoothing, and actor + target updates every `policy_delay`
-critic steps (`policy_delay.PolicyDelay`: decided on the device where the update is captured).
+critic steps (`policy_delay.py`: the position in that cycle is part of the update's phase).
 Subclasses change the method through hooks and keep the rest: `target_penalty` (subtracted
 from the bootstrapped value), `actor_loss` and the `actor_optimizers` its backward steps.
 The update is `Capturable` (algorithms/capturable.py): the graphed learner runs it on CUDA.
@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch
-from distributed_o2o.algorithms.capturable import Capturable
+from distributed_o2o.algorithms.capturable import Capturable, PhaseCycle
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
 from distributed_o2o.algorithms.optim import adam, optimizer_params, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import DeterministicPolicy, Policy
-from distributed_o2o.algorithms.policy_delay import MASKED, PolicyDelay
+from distributed_o2o.algorithms.policy_delay import CRITIC_ACTOR, policy_delay
 
 
 def ensemble_mse(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,7 @@ class TD3(Capturable, Algorithm):
         self.critic_target = frozen_copy(self.critic)
         self.actor_opt = adam(self.policy.parameters(), config.actor_lr, device)
         self.critic_opt = adam(self.critic.parameters(), config.critic_lr, device)
-        self.delay = PolicyDelay(config.policy_delay, device)
+        self.delay = policy_delay(config.policy_delay)
 
     # -- hooks
     def target_penalty(self, next_obs: torch.Tensor) -> torch.Tensor | None:
@@ -128,32 +128,22 @@ class TD3(Capturable, Algorithm):
     def acting_policy(self) -> Policy:
         return self.policy
 
-    def prepare(self, env_step: int) -> Hashable:
-        """The captured update's phase: the policy delay decided on the device."""
-        return MASKED
+    def prepare(self, env_step: int) -> Hashable | PhaseCycle:
+        """The updates' phases: the policy delay's cycle."""
+        return self.delay
 
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
-        """A critic step, then the actor step as the delay's `phase` says (policy_delay.py)."""
+        """A critic step, then in the phase CRITIC_ACTOR the actor step (policy_delay.py)."""
         metrics = self.critic_step(batch, self.bootstrap_target(batch))
-        delayed = [self.policy, self.policy_target, self.critic_target, *self.actor_modules()]
-        metrics.update(self.delay.after_critic_step(phase, lambda: self.actor_step(batch.obs), delayed,
-                                                    self.actor_optimizers()))
+        if phase == CRITIC_ACTOR:
+            metrics.update(self.actor_step(batch.obs))
         return metrics
 
     def update(self, batch: Batch, env_step: int) -> dict[str, float]:
-        self.prepare(env_step)
-        return to_floats(self.update_tensors(batch, self.delay.eager_phase()))
-
-    def actor_modules(self) -> list[nn.Module]:
-        """Modules besides the policy whose parameters the actor step trains (a multiplier)."""
-        return []
+        return to_floats(self.update_tensors(batch, self.prepare(env_step).take()))
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.critic_opt, *self.actor_optimizers()]
-
-    def compile_losses(self) -> None:
-        super().compile_losses()
-        self.delay.compile()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic}
@@ -166,10 +156,10 @@ class TD3(Capturable, Algorithm):
             "critic_target": self.critic_target.state_dict(),
             "actor_opt": self.actor_opt.state_dict(),
             "critic_opt": self.critic_opt.state_dict(),
-            "critic_updates": self.delay.state_dict(),
+            "critic_updates": self.delay.count,
         }
 
     def load_state_dict(self, state: dict) -> None:
         for name in ("policy", "critic", "policy_target", "critic_target", "actor_opt", "critic_opt"):
             getattr(self, name).load_state_dict(state[name])
-        self.delay.load_state_dict(state["critic_updates"])
+        self.delay.count = int(state["critic_updates"])

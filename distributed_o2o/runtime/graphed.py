@@ -7,10 +7,13 @@ a Python dispatch and a launch (~130 updates/s on an H100). This path takes the 
   both tables mixed at the offline ratio) and gathered in one kernel. New transitions are
   copied in chunks outside the graphs; the online size is a device scalar the graphs read.
 - `GraphedUpdater` captures `steps_per_graph` consecutive updates (sampling, critic step, one
-  actor/α/λ step, Polyak, metric sums) in one CUDA graph per (phase, offline rows), after
+  actor/α/λ step, Polyak, metric sums) in one CUDA graph per (phases, offline rows), after
   `torch.compile` has fused the loss functions, the Polyak step and the optimiser steps;
-  metrics are read back once per `run`. Optionally its matrix products use TF32 (captured
-  into its graphs; the process's own setting is left as it was).
+  metrics are read back once per `run`. Where the updates take a `PhaseCycle`'s phases in turn
+  (TD3's policy delay), a graph holds whole cycles from its first position (steps_per_graph
+  rounded down to a multiple of the cycle), and single updates of each phase fill the rest.
+  Optionally its matrix products use TF32 (captured into its graphs; the process's own setting
+  is left as it was).
 The update itself is the algorithm's own `update_tensors` (the code `update` runs), with Adam
 capturable on CUDA. On CPU `run` executes the same steps eagerly, without graphs. Any
 `Capturable` (algorithms/capturable.py) runs here: the SAC family, the TD3 family and the
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from distributed_o2o.algorithms.base import Algorithm, Batch
-from distributed_o2o.algorithms.capturable import Capturable
+from distributed_o2o.algorithms.capturable import Capturable, PhaseCycle
 from distributed_o2o.algorithms.optim import stack_scalars
 from distributed_o2o.algorithms.population import Population
 from distributed_o2o.errors import UserError
@@ -169,7 +172,7 @@ class GraphedUpdater:
             algorithm.compile_optimizers()
             # The batch draw (index arithmetic, gather) and the metric sums fused as well.
             self.sample, self.accumulate = torch.compile(self.sample), torch.compile(accumulate)
-        self.graphs: dict[tuple, dict[int, torch.cuda.CUDAGraph]] = {}
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # by (the phases of its updates, offline rows)
         self.warm: Counter = Counter()
         self.names: dict[tuple, list[str]] = {}
         self.sums: dict[tuple, torch.Tensor] = {}
@@ -233,20 +236,17 @@ class GraphedUpdater:
             prepare_optimizers(self.algorithm.optimizers(), foreach=self.compiled)
             self.signature = self._current_signature()
 
-    def _graphs(self, key: tuple) -> dict[int, torch.cuda.CUDAGraph]:
-        """The graphs of `key`, captured now if missing."""
-        self._check_signature()  # the warm-up may have created the optimisers' state
-        if key in self.graphs:
-            return self.graphs[key]
-        graphs = {}
-        for steps in sorted({1, self.steps_per_graph}):
+    def _graph(self, phases: tuple, num_offline_rows: int) -> torch.cuda.CUDAGraph:
+        """The graph of one update of each of `phases` in turn, captured now if missing."""
+        key = (phases, num_offline_rows)
+        if key not in self.graphs:
+            self._check_signature()  # the warm-up may have created the optimisers' state
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"), self._precision():
-                for _ in range(steps):
-                    self._step(key)
-            graphs[steps] = graph
-        self.graphs[key] = graphs
-        return graphs
+                for phase in phases:
+                    self._step((phase, num_offline_rows))
+            self.graphs[key] = graph
+        return self.graphs[key]
 
     # ------------------------------------------------------------------ the runtime's call
     def run(self, num_updates: int, env_step: int, offline_ratio: float) -> dict[str, float | list[float]]:
@@ -254,29 +254,58 @@ class GraphedUpdater:
             return {}
         return self.run_phase(num_updates, self.algorithm.prepare(env_step), offline_ratio)
 
-    def run_phase(self, num_updates: int, phase: Hashable, offline_ratio: float) -> dict[str, float | list[float]]:
-        """`num_updates` updates of `phase` (an online phase from `prepare`, or an offline stage's)."""
+    def run_phase(self, num_updates: int, phase: Hashable | PhaseCycle, offline_ratio: float) -> dict[str, float | list[float]]:
+        """`num_updates` updates of `phase` (an online phase from `prepare`, or an offline stage's);
+        of a `PhaseCycle`'s phases in turn from its position, which then advances by `num_updates`.
+        A metric's mean is over the updates whose phase reports it."""
         num_offline_rows = int(round(self.batch_size * offline_ratio)) if self.replay.num_offline else 0
         if num_offline_rows < self.batch_size and self.replay.count == 0:
             raise RuntimeError("GraphedUpdater.run before any online transition was added")
-        key = (phase, num_offline_rows)
-        if key in self.sums:
-            self.sums[key].zero_()
+        cycle = phase if isinstance(phase, PhaseCycle) else None
+        phases, position = (cycle.phases, cycle.position) if cycle else ((phase,), 0)
+        keys = [(p, num_offline_rows) for p in dict.fromkeys(phases)]
+        for key in keys:
+            if key in self.sums:
+                self.sums[key].zero_()
         if self.use_graphs:
             self._check_signature()
+        whole_cycles = self.steps_per_graph // len(phases) * len(phases)  # the updates of the longer graph
         done = 0
-        while done < num_updates and (not self.use_graphs or self.warm[key] < WARMUP_STEPS):
-            self._eager_step(key)
-            self.warm[key] += 1
-            done += 1
-        if done < num_updates:
-            graphs = self._graphs(key)
-            while done < num_updates:
-                steps = self.steps_per_graph if num_updates - done >= self.steps_per_graph else 1
-                graphs[steps].replay()
-                done += steps
-        means = (self.sums[key] / num_updates).tolist()  # the one sync of the call
-        return dict(zip(self.names[key], means))
+        while done < num_updates:
+            at = (position + done) % len(phases)
+            if not self.use_graphs or min(self.warm[key] for key in keys) < WARMUP_STEPS:
+                key = (phases[at], num_offline_rows)
+                self._eager_step(key)
+                self.warm[key] += 1
+                done += 1
+            elif at == 0 and whole_cycles and num_updates - done >= whole_cycles:
+                self._graph(phases * (whole_cycles // len(phases)), num_offline_rows).replay()
+                done += whole_cycles
+            else:
+                self._graph((phases[at],), num_offline_rows).replay()
+                done += 1
+        if cycle:
+            cycle.advance(num_updates)
+        return self._means(keys, cycle_counts(phases, position, num_updates))
+
+    def _means(self, keys: list[tuple], counts: Counter) -> dict[str, float | list[float]]:
+        """Each metric's sum over the phases that report it, over their number of updates."""
+        keys = [key for key in keys if counts[key[0]]]
+        rows = iter(torch.cat([self.sums[key] for key in keys]).cpu().numpy())  # the one sync of the call
+        totals, updates = {}, Counter()
+        for key in keys:
+            for name in self.names[key]:
+                totals[name] = totals.get(name, 0.0) + next(rows)
+                updates[name] += counts[key[0]]
+        return {name: (total / updates[name]).tolist() for name, total in totals.items()}
+
+
+def cycle_counts(phases: tuple, position: int, num_updates: int) -> Counter:
+    """How many of `num_updates` updates take each of `phases` in turn, from `position`."""
+    whole, rest = divmod(num_updates, len(phases))
+    counts = Counter({phase: whole * n for phase, n in Counter(phases).items()})
+    counts.update(phases[(position + i) % len(phases)] for i in range(rest))
+    return counts
 
 
 def graphed_updater(config, algorithm: Algorithm | Capturable | Population, obs_dim: int, act_dim: int,

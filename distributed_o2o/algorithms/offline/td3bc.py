@@ -12,7 +12,8 @@ from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, pol
 from distributed_o2o.algorithms.offline.bc import Pretrainer
 from distributed_o2o.algorithms.optim import adam, optimizer_step
 from distributed_o2o.algorithms.policies import DeterministicPolicy
-from distributed_o2o.algorithms.policy_delay import MASKED, PolicyDelay
+from distributed_o2o.algorithms.capturable import PhaseCycle
+from distributed_o2o.algorithms.policy_delay import CRITIC_ACTOR, policy_delay
 
 
 def td3bc_actor_loss(q: torch.Tensor, policy_actions: torch.Tensor, data_actions: torch.Tensor,
@@ -37,7 +38,7 @@ class TD3BCPretrainer(Pretrainer):
         self.critic_target = frozen_copy(self.critic)
         self.policy_optimizer = adam(self.policy.parameters(), config.lr, device)
         self.critic_optimizer = adam(self.critic.parameters(), config.lr, device)
-        self.delay = PolicyDelay(config.policy_delay, device)  # the actor step every policy_delay-th step
+        self.delay = policy_delay(config.policy_delay)  # the actor step every policy_delay-th step
 
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
@@ -65,26 +66,21 @@ class TD3BCPretrainer(Pretrainer):
         self.update_targets()
         return metrics
 
-    def prepare(self, step: int) -> Hashable:
-        return MASKED  # the captured step: the delay decided on the device
+    def prepare(self, step: int) -> Hashable | PhaseCycle:
+        return self.delay
 
     def eager_phase(self) -> Hashable:
-        return self.delay.eager_phase()
+        return self.delay.take()
 
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
         loss, metrics = self.critic_loss(batch)
         optimizer_step(self.critic_optimizer, loss, self.critic.parameters())
-        metrics.update(self.delay.after_critic_step(phase, lambda: self.actor_step(batch),
-                                                    [self.policy, self.policy_target, self.critic_target],
-                                                    [self.policy_optimizer]))
+        if phase == CRITIC_ACTOR:
+            metrics.update(self.actor_step(batch))
         return metrics
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.critic_optimizer, self.policy_optimizer]
-
-    def compile_losses(self) -> None:
-        super().compile_losses()
-        self.delay.compile()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic}
