@@ -173,3 +173,11 @@ def test_the_api_refuses_seeds_beside_a_seed_as_the_cli_does(tmp_path):
     with pytest.raises(UserError, match="--seeds and --seed both given"):
         finetune("sac", out=tmp_path / "run", mode="local", seeds=[0, 1], seed=3, **TINY)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_diverged_agent_stops_the_run_naming_its_seed():
+    from distributed_o2o.runtime.learner import LearnerDiverged
+
+    learner, _ = population_with_shards(seeds=(3, 4))
+    with pytest.raises(LearnerDiverged, match=r"critic_loss \(seed 4\) became non-finite"):
+        learner._finite([{"critic_loss": 1.0}, {"critic_loss": float("nan")}], "env step 7")

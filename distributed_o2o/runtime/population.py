@@ -64,7 +64,10 @@ class PopulationLearner(Learner):
         """Each agent's metrics (the graphed path's lists per name become one dict per agent)."""
         if isinstance(metrics, dict):
             metrics = [dict(zip(metrics, values)) for values in zip(*metrics.values())] if metrics else [{}] * len(self.agents)
-        return [Learner._finite(self, m, where) for m in metrics]
+        # One check of every agent's metrics and weights (one host sync), naming the agent's seed.
+        Learner._finite(self, {f"{name} (seed {seed})": value for seed, agent_metrics in zip(self.seeds, metrics, strict=True)
+                               for name, value in agent_metrics.items()}, where)
+        return metrics
 
     def _mirror(self, rows: list[dict[str, np.ndarray]]) -> None:
         for k, agent_rows in enumerate(rows):
