@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -52,3 +53,16 @@ def test_data_help_lists_only_commands_that_exist(capsys):
 def test_version(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"distributed_o2o {__version__}"
+
+
+def test_every_option_names_itself():
+    """Options declare their names ("--algo"): typer before 0.29 made an undeclared option's name
+    from its metavar (`--ALGO`), so the same command line failed on such a machine."""
+    undeclared = []
+    for path, command in COMMANDS:
+        callback = getattr(command, "callback", None)
+        for name, param in inspect.signature(callback).parameters.items() if callback else []:
+            info = param.default
+            if isinstance(info, typer.models.OptionInfo) and not info.param_decls:
+                undeclared.append(f"{' '.join(path)}: {name}")
+    assert not undeclared, undeclared

@@ -12,8 +12,8 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    out: str = typer.Option("demo", metavar="DIR", help="Directory for the dataset, checkpoints, run and curve."),
-    config: Optional[str] = typer.Option(None, metavar="FILE", help="YAML file overriding the embedded demo config."),
+    out: str = typer.Option("demo", "--out", metavar="DIR", help="Directory for the dataset, checkpoints, run and curve."),
+    config: Optional[str] = typer.Option(None, "--config", metavar="FILE", help="YAML file overriding the embedded demo config."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                    help="Override a field (repeatable; e.g. finetune.online_steps=5000)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),

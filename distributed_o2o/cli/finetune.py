@@ -18,33 +18,33 @@ def register(app: typer.Typer) -> None:
 
 
 def finetune(
-    algo: Optional[str] = typer.Option(None, metavar="ALGO", help=f"One of: {', '.join(ALGORITHM_NAMES)}."),
-    env: Optional[str] = typer.Option(None, metavar="ENV", help="Gymnasium id, D4RL dataset name or package.module:Class."),
-    policy: Optional[str] = typer.Option(None, metavar="DIR", help="Pretrained policy checkpoint directory."),
-    dataset: Optional[str] = typer.Option(None, metavar="SPEC", help="Offline dataset: d4rl:..., minari:... or a file."),
-    online_steps: Optional[int] = typer.Option(None, metavar="N", help="Online env-step budget (pre-sample steps "
+    algo: Optional[str] = typer.Option(None, "--algo", metavar="ALGO", help=f"One of: {', '.join(ALGORITHM_NAMES)}."),
+    env: Optional[str] = typer.Option(None, "--env", metavar="ENV", help="Gymnasium id, D4RL dataset name or package.module:Class."),
+    policy: Optional[str] = typer.Option(None, "--policy", metavar="DIR", help="Pretrained policy checkpoint directory."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", metavar="SPEC", help="Offline dataset: d4rl:..., minari:... or a file."),
+    online_steps: Optional[int] = typer.Option(None, "--online-steps", metavar="N", help="Online env-step budget (pre-sample steps "
                                                                         "included); with --resume: extends the run."),
-    out: Optional[str] = typer.Option(None, metavar="DIR", help="Run directory to create."),
-    mode: str = typer.Option(DEFAULT_MODE, metavar="ray|local", help="ray: actors on a Ray cluster (a local one unless "
+    out: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Run directory to create."),
+    mode: str = typer.Option(DEFAULT_MODE, "--mode", metavar="ray|local", help="ray: actors on a Ray cluster (a local one unless "
                                                                       "--address); local: one process, pdb-able."),
-    address: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Join this Ray cluster (e.g. auto or "
+    address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="Join this Ray cluster (e.g. auto or "
                                                                         "ray://host:10001) instead of starting a local one."),
-    num_rollout_workers: Optional[int] = typer.Option(None, min=1, metavar="N", help="Rollout actors (config: "
+    num_rollout_workers: Optional[int] = typer.Option(None, "--num-rollout-workers", min=1, metavar="N", help="Rollout actors (config: "
                                                                                      "num_rollout_workers)."),
-    envs_per_worker: Optional[int] = typer.Option(None, min=1, metavar="N", help="Envs each rollout actor steps as one vector."),
-    replay_shards: Optional[int] = typer.Option(None, min=1, metavar="N", help="Replay service shards (config: replay_shards)."),
-    learner_backend: Optional[str] = typer.Option(None, metavar="auto|graph|eager",
+    envs_per_worker: Optional[int] = typer.Option(None, "--envs-per-worker", min=1, metavar="N", help="Envs each rollout actor steps as one vector."),
+    replay_shards: Optional[int] = typer.Option(None, "--replay-shards", min=1, metavar="N", help="Replay service shards (config: replay_shards)."),
+    learner_backend: Optional[str] = typer.Option(None, "--learner-backend", metavar="auto|graph|eager",
                                                   help="auto: CUDA graphs for the SAC family on a GPU, eager otherwise; "
                                                        "graph: insist; eager: never (debugging)."),
-    config: Optional[str] = typer.Option(None, metavar="FILE", help="YAML config file (see configs/; configs/cpu/ for "
+    config: Optional[str] = typer.Option(None, "--config", metavar="FILE", help="YAML config file (see configs/; configs/cpu/ for "
                                                                     "CPU-sized runs)."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config field (repeatable; nested: "
                                                                           "constraint.eps_end=0.5)."),
-    seed: Optional[int] = typer.Option(None, metavar="N", help="Seed of networks, envs and replay sampling (default: 0)."),
-    seeds: Optional[str] = typer.Option(None, metavar="N,N,...", help="A population run: one agent per seed, trained by "
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Seed of networks, envs and replay sampling (default: 0)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", metavar="N,N,...", help="A population run: one agent per seed, trained by "
                                                                       "one learner (SAC family); OUT/seed_<n>/ holds each "
                                                                       "seed's run."),
-    resume: Optional[str] = typer.Option(None, metavar="DIR", help="Continue the run in this directory from its last "
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="DIR", help="Continue the run in this directory from its last "
                                                                    "checkpoint (runtime options and --online-steps may "
                                                                    "change, nothing else)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
@@ -117,10 +117,10 @@ def print_summary(summary: dict) -> None:
 
 
 def evaluate(
-    policy: str = typer.Option(..., metavar="DIR", help="Checkpoint directory."),
-    env: Optional[str] = typer.Option(None, metavar="ENV", help="Env to evaluate on (default: the checkpoint's)."),
-    episodes: int = typer.Option(10, min=1, metavar="N", help="Episodes to play."),
-    seed: int = typer.Option(10_000, metavar="N", help="Seed of the first evaluation env (the others follow it)."),
+    policy: str = typer.Option(..., "--policy", metavar="DIR", help="Checkpoint directory."),
+    env: Optional[str] = typer.Option(None, "--env", metavar="ENV", help="Env to evaluate on (default: the checkpoint's)."),
+    episodes: int = typer.Option(10, "--episodes", min=1, metavar="N", help="Episodes to play."),
+    seed: int = typer.Option(10_000, "--seed", metavar="N", help="Seed of the first evaluation env (the others follow it)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Evaluate a checkpoint's deterministic policy for N episodes (with its normalised score where references are known)."""

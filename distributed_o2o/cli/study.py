@@ -11,11 +11,11 @@ import typer
 def sweep(
     sweep_file: Path = typer.Argument(..., metavar="SWEEP_FILE", help="Sweep YAML (see configs/sweeps/): datasets, policies, methods, envs, seeds."),
     out: Path = typer.Option(..., "--out", metavar="DIR", help="Study directory: runs/<env>/<method>/seed_<n>/, sweep.yaml, tune/."),
-    address: Optional[str] = typer.Option(None, metavar="ADDRESS", help="Join this Ray cluster (e.g. auto) instead of starting a local one."),
+    address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="Join this Ray cluster (e.g. auto) instead of starting a local one."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the stages and trials, and what is already done; run nothing."),
-    cache: Optional[Path] = typer.Option(None, metavar="DIR", help="Where made datasets and pretrained policies are kept and reused "
+    cache: Optional[Path] = typer.Option(None, "--cache", metavar="DIR", help="Where made datasets and pretrained policies are kept and reused "
                                                     "(default: $O2O_CACHE_DIR or ~/.cache/distributed_o2o)."),
-    methods: Optional[str] = typer.Option(None, metavar="NAME,...", help="Only these methods' trials (comma-separated names from the sweep "
+    methods: Optional[str] = typer.Option(None, "--methods", metavar="NAME,...", help="Only these methods' trials (comma-separated names from the sweep "
                                                      "file); the others are left as they are."),
 ) -> None:
     """Run a multi-seed study as Ray Tune trials; running it again continues where it stopped."""
@@ -35,8 +35,8 @@ def sweep(
 def report(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Run directories, or folders holding them (a sweep's --out)."),
     out: Path = typer.Option(..., "--out", metavar="DIR", help="Directory for report.json, report.md and curves-<env>.png."),
-    baseline: Optional[str] = typer.Option(None, metavar="METHOD", help="Method whose probability of improvement over each other is reported."),
-    reps: int = typer.Option(10_000, min=100, metavar="N", help="Bootstrap resamples per confidence interval."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", metavar="METHOD", help="Method whose probability of improvement over each other is reported."),
+    reps: int = typer.Option(10_000, "--reps", min=100, metavar="N", help="Bootstrap resamples per confidence interval."),
 ) -> None:
     """IQM with 95% bootstrap CIs per env and method, stability after hand-over, learning curves."""
     from distributed_o2o.report.build import write_report
