@@ -31,7 +31,7 @@ WARMUP = 2  # untimed publishes first (the actors' weight threads and object fet
 
 def measure(args, workers: int, hidden: list[int]) -> dict[str, float]:
     arch = policy_arch(args.env, hidden)
-    config = finetune_config("sac", None, {"env": args.env, "hidden": hidden, "device": args.device})
+    config = finetune_config("sac", None, {"env": args.env, "hidden": hidden, "runtime": {"device": args.device}})
     learner = ray.remote(LearnerActor).options(num_cpus=0, num_gpus=1 if args.device == "cuda" else 0).remote(
         1, config, arch["obs_dim"], arch["act_dim"])
     pool = RolloutPool(args.env, workers, args.envs_per_worker, hidden)

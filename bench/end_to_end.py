@@ -2,7 +2,7 @@
 env step, against the isolated learner's rate measured in the same run.
 
     python bench/end_to_end.py [--env Hopper-v5] [--workers 2] [--envs-per-worker 8] [--seconds 60] [--max-steps N] [--device cpu]
-        [--set learner_backend=graph]
+        [--set runtime.learner_backend=graph]
 
 1. Isolated learner: a `LearnerActor` (SAC, 2 critics, `--hidden`, batch 256) pulling
    `MAX_UPDATES_PER_CALL` batches per call from a prefilled replay shard actor, calls back to
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from distributed_o2o.config import finetune_config, parse_overrides
+from distributed_o2o.config import finetune_config, merge_layers, parse_overrides
 from distributed_o2o.envs import env_spaces
 from distributed_o2o.runtime.components import MAX_UPDATES_PER_CALL
 from distributed_o2o.runtime.finetune import run_finetune
@@ -43,7 +43,7 @@ def isolated_learner(config, seconds: float) -> float:
     spaces = env_spaces(config.env)
     shard = actor_class(ReplayService).options(num_cpus=0).remote(spaces.obs_dim, spaces.act_dim, 100_000)
     ray.get(shard.add.remote(transitions(np.random.default_rng(0), 100_000, spaces.obs_dim, spaces.act_dim)))
-    learner = actor_class(LearnerActor).options(num_cpus=0, num_gpus=1 if config.device == "cuda" else 0).remote(
+    learner = actor_class(LearnerActor).options(num_cpus=0, num_gpus=1 if config.runtime.device == "cuda" else 0).remote(
         learner_threads(ray.nodes(), config), config, spaces.obs_dim, spaces.act_dim)
     ray.get(learner.attach_replay.remote([shard]))
     step, sizes = config.learning_starts, [100_000]
@@ -83,15 +83,15 @@ def main() -> None:
     parser.add_argument("--hidden", default="256,256")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="another SAC config field for both measurements (e.g. learner_backend=...)")
+                        help="another SAC config field for both measurements (e.g. runtime.learner_backend=...)")
     args = parser.parse_args()
     start_ray()
     results = {}
     for workers in ints(args.workers):
-        fields = {"env": args.env, "hidden": ints(args.hidden), "device": args.device, "batch_size": 256, "utd": 1,
-                  "num_critics": 2, "num_min_critics": 2, "random_start_steps": args.warmup, "learning_starts": args.warmup,
-                  "num_rollout_workers": workers, "envs_per_worker": args.envs_per_worker, "eval_episodes": 1,
-                  **parse_overrides(args.overrides)}
+        runtime = {"device": args.device, "num_rollout_workers": workers, "envs_per_worker": args.envs_per_worker}
+        fields = merge_layers({"env": args.env, "hidden": ints(args.hidden), "batch_size": 256, "utd": 1, "num_critics": 2,
+                               "num_min_critics": 2, "random_start_steps": args.warmup, "learning_starts": args.warmup,
+                               "runtime": runtime, "eval_episodes": 1}, parse_overrides(args.overrides))
         isolated = isolated_learner(finetune_config("sac", None, fields), args.seconds / 3)
         log(f"isolated learner: {isolated:.1f} updates/s")
         steps = int(isolated * args.seconds)

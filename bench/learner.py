@@ -33,7 +33,7 @@ import torch
 from baseline_sac import PlainSAC  # bench/ is on sys.path when a benchmark runs as a script
 from synthetic import ACT_DIM, OBS_DIM, log, random_transitions
 from distributed_o2o.algorithms.policies import TanhGaussianPolicy
-from distributed_o2o.config import finetune_config, parse_overrides
+from distributed_o2o.config import finetune_config, merge_layers, parse_overrides
 from distributed_o2o.runtime.learner import Learner
 from distributed_o2o.runtime.replay import ReplayService
 
@@ -49,8 +49,8 @@ SETTINGS: dict[str, tuple[str, dict]] = {
 
 def build_learner(algo: str, overrides: dict, device: str, offline: dict[str, np.ndarray]) -> tuple[Learner, int]:
     """The learner ready for online updates, and an env step at which they are due."""
-    fixed = {"device": device, "hidden": [HIDDEN, HIDDEN], "batch_size": 256}
-    config = finetune_config(algo, None, {**overrides, **fixed})  # the baseline is built for these
+    fixed = {"runtime": {"device": device}, "hidden": [HIDDEN, HIDDEN], "batch_size": 256}
+    config = finetune_config(algo, None, merge_layers(overrides, fixed))  # the baseline is built for these
     if algo != "o2sac":
         return Learner(config, OBS_DIM, ACT_DIM), config.learning_starts
     # O2SAC: one step of each offline stage (re-evaluation, alignment), then the hand-over with

@@ -111,7 +111,7 @@ def run_ours(args, directory: Path) -> dict:
     run = directory / "run"
     fields = {"batch_size": BATCH, "utd": 1, "num_critics": 2, "num_min_critics": 2, "actor_lr": LR, "critic_lr": LR,
               "alpha_lr": LR, "learning_starts": args.learning_starts, "random_start_steps": args.learning_starts,
-              "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "device": args.device,
+              "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "runtime.device": args.device,
               "log_every": args.log_every, "hidden": f"[{args.hidden}]"}
     command = [sys.executable, "-m", "distributed_o2o.cli.main", "finetune", "--algo", "sac", "--env", args.env,
                "--online-steps", str(args.env_steps), "--out", str(run), "--mode", "ray", "--quiet",

@@ -136,31 +136,15 @@ RunMode = Literal["ray", "local"]
 DEFAULT_MODE: RunMode = "ray"
 
 
-class FinetuneConfig(LearnerBackendFields):
-    """Fields every online method has."""
+class RuntimeConfig(LearnerBackendFields):
+    """How a fine-tuning run executes: processes, devices, rate limiting, the learner backend.
 
-    algo: str = Field(description=ALGO_DOC)
-    env: Env = None
-    env_kwargs: EnvKwargs = Field(default_factory=dict)
-    policy: str | None = Field(None, description="starting policy: a checkpoint directory (o2o pretrain, o2o convert-rllib)")
-    dataset: str | None = Field(None, description="offline dataset D_off: d4rl:..., minari:... or an .hdf5 path")
-    allow_other_env_dataset: bool = Field(False, description="use a dataset recorded for another env than `env` (refused "
-                                                             "otherwise); scores then use `env`'s references")
-    seed: Seed = 0
+    `--resume` may change any of it, and no offline stage depends on it: cached stages are
+    reused across it, the graph fields aside (TF32 and compiled kernels change a GPU's numbers,
+    so they stay in the stage cache key). docs/design.md, "Config".
+    """
+
     device: Device = "auto"
-    online_steps: OnlineSteps = 100_000
-    eval_every: int = Field(5000, gt=0, description="env steps between evaluations (each also writes a policy checkpoint)")
-    eval_episodes: int = Field(10, gt=0, description="episodes per evaluation (deterministic policy, separate envs)")
-    resume_every: int | None = Field(None, gt=0, description="env steps between saves of the resume state (learner, "
-                                                             "replay, counters); None: at every evaluation")
-    batch_size: BatchSize = 256
-    hidden: Layers = Field(default_factory=lambda: [256, 256], description="hidden layer widths of new networks (a "
-                                                                           "loaded policy keeps its own)")
-    gamma: Gamma = 0.99
-    tau: Tau = 0.005
-    log_every: int = Field(1000, gt=0, description="env steps between training-metric records (TensorBoard)")
-    replay_capacity: int = Field(1_000_000, gt=0, description="transitions the online replay D_on holds (oldest dropped)")
-    # -- runtime (how the run is spread over processes; see docs/design.md, "Runtime")
     num_rollout_workers: int = Field(1, gt=0, description="rollout actors stepping envs")
     envs_per_worker: int = Field(1, gt=0, validation_alias=AliasChoices("envs_per_worker", "num_envs"),
                                  description="envs each rollout worker steps as one vector (batched inference); "
@@ -178,6 +162,33 @@ class FinetuneConfig(LearnerBackendFields):
                                                                "one GPU); None: one if the cluster has one and `device` allows")
     actor_cpus: float | None = Field(None, gt=0, description="Ray CPUs of the learner and of each rollout actor; None: an "
                                                              "equal share of at most one")
+
+
+class FinetuneConfig(StrictModel):
+    """Fields every online method has."""
+
+    algo: str = Field(description=ALGO_DOC)
+    env: Env = None
+    env_kwargs: EnvKwargs = Field(default_factory=dict)
+    policy: str | None = Field(None, description="starting policy: a checkpoint directory (o2o pretrain, o2o convert-rllib)")
+    dataset: str | None = Field(None, description="offline dataset D_off: d4rl:..., minari:... or an .hdf5 path")
+    allow_other_env_dataset: bool = Field(False, description="use a dataset recorded for another env than `env` (refused "
+                                                             "otherwise); scores then use `env`'s references")
+    seed: Seed = 0
+    online_steps: OnlineSteps = 100_000
+    eval_every: int = Field(5000, gt=0, description="env steps between evaluations (each also writes a policy checkpoint)")
+    eval_episodes: int = Field(10, gt=0, description="episodes per evaluation (deterministic policy, separate envs)")
+    resume_every: int | None = Field(None, gt=0, description="env steps between saves of the resume state (learner, "
+                                                             "replay, counters); None: at every evaluation")
+    batch_size: BatchSize = 256
+    hidden: Layers = Field(default_factory=lambda: [256, 256], description="hidden layer widths of new networks (a "
+                                                                           "loaded policy keeps its own)")
+    gamma: Gamma = 0.99
+    tau: Tau = 0.005
+    log_every: int = Field(1000, gt=0, description="env steps between training-metric records (TensorBoard)")
+    replay_capacity: int = Field(1_000_000, gt=0, description="transitions the online replay D_on holds (oldest dropped)")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="how the run executes: workers, shards, "
+                                   "rate limiter, broadcast, device, learner backend (--resume may change it)")
     init_std: float = Field(0.1, gt=0.0, description="σ0 when a deterministic policy becomes a stochastic family; PORL's "
                                                      "pre-sample noise σ for a deterministic π_pre")
     ref_min_score: float | None = Field(None, description="return scoring 0 in normalised scores; None: the dataset's, "
@@ -436,15 +447,14 @@ class IQLFinetuneConfig(FinetuneConfig):
         return True
 
 
-# Fields that say how a run is spread over processes and devices, not what it computes: they do
-# not invalidate cached offline stages and may change on --resume (the learner backend computes
-# the same updates, graphed or eager: a GPU run can be resumed eagerly to debug it).
-RUNTIME_FIELDS = frozenset({"num_rollout_workers", "envs_per_worker", "replay_shards", "min_replay_size",
-                            "samples_per_insert_tolerance", "broadcast_every", "learner_backend", "learner_threads",
-                            "learner_gpus", "actor_cpus"})
-# What an offline stage's result does not depend on: the runtime, the device, the online budget
-# and how often the online phase evaluates and logs (`RunDir.stage_key` leaves them out).
-STAGE_CACHE_IGNORED = RUNTIME_FIELDS | {"device", "online_steps", "eval_every", "eval_episodes", "log_every"}
+# What an offline stage's result does not depend on (`RunDir.stage_key` leaves it out): the
+# runtime section, the online budget and how often the online phase evaluates and logs ...
+STAGE_CACHE_IGNORED = frozenset({"runtime", "online_steps", "eval_every", "eval_episodes", "log_every"})
+# ... but for the runtime fields that change a GPU's numbers. They stay in the key at its top
+# level, where they were when the config was flat, so stages cached before are still found.
+STAGE_KEY_RUNTIME_FIELDS = ("graph_steps", "graph_compile", "graph_tf32")
+# Top-level keys of the flat config that now live in `runtime` (`num_envs`: envs_per_worker's alias).
+MOVED_TO_RUNTIME = frozenset(RuntimeConfig.model_fields) | {"num_envs"}
 
 FINETUNE_CONFIGS: dict[str, type[FinetuneConfig]] = {
     cls.model_fields["algo"].default: cls
@@ -539,8 +549,34 @@ def finetune_config(algo: str | None, config_file: str | None = None, overrides:
     if file_layer.get("algo", algo) != algo:
         raise UserError(f"config file '{config_file}' is for algo '{file_layer['algo']}', not '{algo}': pass the matching --algo or file")
     schema = FINETUNE_CONFIGS[algo]
+    refuse_moved_keys(sets or [], {f"config file '{config_file}'": file_layer, "config": overrides or {}})
     _check_off_blocks(schema, sets or [], file_layer)
     return build_config(schema, file_layer, parse_overrides(sets or []), overrides or {}, {"algo": algo})
+
+
+def refuse_moved_keys(sets: list[str], layers: dict[str, dict[str, Any]]) -> None:
+    """A flat key of the runtime section (the config before it had one) in a `--set` item or a
+    layer (keyed by where it comes from) is named with its new place."""
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        top = key.split(".", 1)[0]
+        if top in MOVED_TO_RUNTIME:
+            raise UserError(f"--set {item}: `{top}` is now `runtime.{top}`: use --set runtime.{item.strip()}")
+    for where, layer in layers.items():
+        moved = sorted(MOVED_TO_RUNTIME & set(layer))
+        if moved:
+            raise UserError(f"{where}: {', '.join(f'`{k}` is now `runtime.{k}`' for k in moved)}: move "
+                            f"{'it' if len(moved) == 1 else 'them'} under a `runtime:` mapping")
+
+
+def nested_runtime(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before the runtime section existed (a run's config.yaml), its flat runtime
+    fields moved under `runtime`; a config saved since is returned as it is."""
+    flat = {k: v for k, v in saved.items() if k in MOVED_TO_RUNTIME}
+    if not flat:
+        return saved
+    rest = {k: v for k, v in saved.items() if k not in MOVED_TO_RUNTIME}
+    return {**rest, "runtime": {**saved.get("runtime", {}), **flat}}
 
 
 def _check_off_blocks(schema: type[StrictModel], sets: list[str], file_layer: dict[str, Any]) -> None:
@@ -571,7 +607,7 @@ def _demo_finetune() -> PORLConfig:
     # policy at hand-over. Measured: docs/results.md.
     return PORLConfig(online_steps=12_000, presample_steps=2000, presample_utd=10, utd=4, hidden=[128, 128],
                       constraint=ConstraintConfig(lambda_init=10.0), eval_every=1000, eval_episodes=10,
-                      log_every=500, learner_threads=2)
+                      log_every=500, runtime=RuntimeConfig(learner_threads=2))
 
 
 class DemoConfig(StrictModel):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 # Pendulum, a few hundred env steps, evaluations every 100, training scalars every 50.
 COMMON = {"env": "Pendulum-v1", "seed": 3, "hidden": [32, 32], "eval_every": 100, "eval_episodes": 2,
-          "log_every": 50, "batch_size": 32, "device": "cpu"}
+          "log_every": 50, "batch_size": 32, "runtime": {"device": "cpu"}}
 # Each case: algo, starting policy ("bc", "bc-det" or None), fields.
 CASES = {
     "sac": ("sac", None, {"online_steps": 300, "random_start_steps": 100, "learning_starts": 100}),

@@ -100,7 +100,43 @@ def test_stage_cache_key_leaves_out_runtime_and_evaluation_fields_only():
 
     config = finetune_config("o2sac").model_dump()
     key = RunDir.stage_key(config)
-    elsewhere = {"num_rollout_workers": 8, "envs_per_worker": 4, "learner_backend": "eager", "device": "cpu",
-                 "online_steps": 5, "eval_every": 7, "eval_episodes": 3, "log_every": 9}
+    runtime = {**config["runtime"], "num_rollout_workers": 8, "envs_per_worker": 4, "learner_backend": "eager",
+               "device": "cpu", "learner_threads": 2}
+    elsewhere = {"runtime": runtime, "online_steps": 5, "eval_every": 7, "eval_episodes": 3, "log_every": 9}
     assert RunDir.stage_key({**config, **elsewhere}) == key
     assert RunDir.stage_key({**config, "align_steps": 1}) != key
+    # TF32 (and the compiled, graphed kernels) change a GPU's numbers: they stay in the key.
+    assert RunDir.stage_key({**config, "runtime": {**config["runtime"], "graph_tf32": False}}) != key
+
+
+def test_stage_cache_key_is_the_one_computed_before_the_runtime_section():
+    """A stage cached by the flat config (runtime fields at the top level) is still found: these
+    keys were computed by the code before the section, for the same configs."""
+    from distributed_o2o.runtime.run_dir import RunDir
+
+    before = {"o2sac": "258eb48c90dde757", "o2td3": "0b5effd0d2499ebd", "o2ppo": "b2556f40765a8245", "porl": "cbd148dbdb04d7da"}
+    for algo, key in before.items():
+        config = finetune_config(algo, None, {"env": "Pendulum-v1", "runtime": {"graph_tf32": False, "num_rollout_workers": 3}})
+        assert RunDir.stage_key(config.model_dump()) == key, algo
+
+
+@pytest.mark.parametrize("sets, file_text, message", [
+    (["num_rollout_workers=8"], "", "--set num_rollout_workers=8: `num_rollout_workers` is now "
+                                    "`runtime.num_rollout_workers`: use --set runtime.num_rollout_workers=8"),
+    (["device.x=1"], "", "`device` is now `runtime.device`"),
+    ([], "algo: sac\nnum_envs: 2\nlearner_threads: 2\n", "`learner_threads` is now `runtime.learner_threads`, `num_envs` is "
+                                                          "now `runtime.num_envs`: move them under a `runtime:` mapping"),
+])
+def test_a_flat_runtime_key_is_named_with_its_new_place(tmp_path, sets, file_text, message):
+    file = tmp_path / "c.yaml"
+    file.write_text(file_text)
+    with pytest.raises(UserError) as err:
+        finetune_config("sac", str(file) if file_text else None, sets=sets)
+    assert message in str(err.value)
+
+
+def test_the_runtime_section_is_read_from_a_file_and_set_items(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("algo: sac\nruntime:\n  num_rollout_workers: 4\n  num_envs: 3\n")
+    config = finetune_config("sac", str(file), sets=["runtime.replay_shards=2"])
+    assert (config.runtime.num_rollout_workers, config.runtime.envs_per_worker, config.runtime.replay_shards) == (4, 3, 2)

@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import torch
 import pytest
+import yaml
 from conftest import latest_save, make_weak_bc
 
 from distributed_o2o.cli.main import main
@@ -168,7 +169,7 @@ def test_a_resumed_run_continues_its_env_and_noise_streams_instead_of_repeating_
     (["--algo", "porl", "--env", ENV, "--policy", "{policy}", "--set", "utdd=3"], "unknown config key 'utdd'"),
     (["--algo", "nosuch", "--env", ENV], "unknown algorithm 'nosuch'"),
     (["--resume", "{tmp}/nothing"], "is not a run directory"),
-    (["--algo", "sac", "--env", ENV, "--learner-backend", "graph", "--set", "device=cpu"], "learner_backend 'graph' needs a CUDA device"),
+    (["--algo", "sac", "--env", ENV, "--learner-backend", "graph", "--set", "runtime.device=cpu"], "learner_backend 'graph' needs a CUDA device"),
 ])
 def test_bad_finetune_input_is_one_line_and_exit_2(args, message, weak_bc, tmp_path, capsys):
     out = [] if "--resume" in args else ["--out", str(tmp_path / "run")]
@@ -187,19 +188,24 @@ def test_resume_extends_the_budget_keeps_runtime_changes_and_refuses_other_chang
     capsys.readouterr()
     for flags, message in [(["--seed", "3"], "'seed' cannot change (0 in"), (["--set", "utd=2"], "'utd' cannot change"),
                            (["--algo", "porl"], "'algo' cannot change"), (["--online-steps", "100"], "at env step 200"),
-                           (["--out", "elsewhere"], "drop --out")]:
+                           (["--out", "elsewhere"], "drop --out"),
+                           (["--set", "envs_per_worker=2"], "`envs_per_worker` is now `runtime.envs_per_worker`")]:
         assert main(["finetune", "--resume", out, "--mode", "local", "--quiet", *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (flags, err)
-    # The same value as saved is no change; a runtime field and the budget may change.
+    # A run saved before the config had a runtime section (its fields at the top level) continues.
+    config_file = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(config_file.read_text())
+    config_file.write_text(yaml.safe_dump({**saved, **saved.pop("runtime")}, sort_keys=False))
+    # The same value as saved is no change; runtime fields and the budget may change.
     assert main(["finetune", "--resume", out, "--mode", "local", "--quiet", "--seed", "0", "--online-steps", "400",
-                 "--envs-per-worker", "2"]) == 0
+                 "--envs-per-worker", "2", "--set", "runtime.broadcast_every=2"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["env_steps"] == 400
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["env_steps"] for m in metrics] == [0, 200, 400]
-    saved = (tmp_path / "run" / "config.yaml").read_text()
-    assert "online_steps: 400" in saved and "envs_per_worker: 2" in saved
+    saved = yaml.safe_load(config_file.read_text())
+    assert saved["online_steps"] == 400 and saved["runtime"]["envs_per_worker"] == 2 and saved["runtime"]["broadcast_every"] == 2
 
 
 @pytest.mark.parametrize("args, message", [
@@ -223,7 +229,7 @@ def test_local_mode_is_bit_identical_per_seed(tmp_path):
     from safetensors.numpy import load_file
 
     fields = {"online_steps": 300, "eval_every": 300, "eval_episodes": 2, "random_start_steps": 100, "learning_starts": 100,
-              "hidden": [16, 16], "envs_per_worker": 2, "num_rollout_workers": 2}
+              "hidden": [16, 16], "runtime": {"envs_per_worker": 2, "num_rollout_workers": 2}}
     runs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         summary = run_finetune(finetune_config("sac", None, {"env": ENV, "seed": seed, **fields}), tmp_path / name,

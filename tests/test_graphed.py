@@ -16,7 +16,7 @@ from distributed_o2o.algorithms.baselines import SAC
 from distributed_o2o.algorithms.o2sac import O2SAC
 from distributed_o2o.algorithms.policies import TanhGaussianPolicy
 from distributed_o2o.algorithms.porl import PORL
-from distributed_o2o.config import O2SACConfig, PORLConfig, SACConfig, finetune_config
+from distributed_o2o.config import O2SACConfig, PORLConfig, RuntimeConfig, SACConfig, finetune_config
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.graphed import DeviceReplay, GraphedUpdater, graphed_updater
 from distributed_o2o.runtime.learner import Learner
@@ -136,7 +136,7 @@ def test_run_refuses_to_sample_an_empty_replay():
 
 @pytest.mark.parametrize("backend, expected", [("eager", None), ("auto", None), ("graph", UserError)])
 def test_backend_choice_on_cpu(backend, expected):
-    config = SACConfig(hidden=HIDDEN, batch_size=B, learner_backend=backend)
+    config = SACConfig(hidden=HIDDEN, batch_size=B, runtime=RuntimeConfig(learner_backend=backend))
     algo = SAC(config, OBS, ACT, CPU)
     if expected is UserError:
         with pytest.raises(UserError, match="CUDA"):
@@ -154,7 +154,7 @@ def mirrored_ids(updater: GraphedUpdater) -> list[int]:
 
 
 def test_learner_mirrors_every_shard_row_once_and_refills_after_a_restore():
-    config = finetune_config("sac", None, {"env": "Pendulum-v1", "hidden": HIDDEN, "batch_size": B, "device": "cpu"})
+    config = finetune_config("sac", None, {"env": "Pendulum-v1", "hidden": HIDDEN, "batch_size": B, "runtime": {"device": "cpu"}})
     learner = Learner(config, OBS, ACT)
     assert learner.graphed is None  # on the CPU: the eager path
     shards = [ReplayService(OBS, ACT, capacity=16, seed=j) for j in range(2)]

@@ -12,7 +12,7 @@ from distributed_o2o.algorithms.base import Batch
 from distributed_o2o.algorithms.iql_online import IQLFinetune
 from distributed_o2o.algorithms.offline.iql import IQLPretrainer
 from distributed_o2o.algorithms.offline.train import set_obs_stats
-from distributed_o2o.config import IQLFinetuneConfig, PretrainConfig
+from distributed_o2o.config import IQLFinetuneConfig, PretrainConfig, RuntimeConfig
 
 OBS_DIM, ACT_DIM = 3, 2
 
@@ -26,7 +26,7 @@ def synthetic_batch(seed: int, size: int = 64) -> Batch:
 
 
 def config(**kwargs) -> IQLFinetuneConfig:
-    return IQLFinetuneConfig(hidden=[32, 32], device="cpu", **kwargs)
+    return IQLFinetuneConfig(hidden=[32, 32], runtime=RuntimeConfig(device="cpu"), **kwargs)
 
 
 @pytest.fixture

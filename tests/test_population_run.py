@@ -22,7 +22,7 @@ from distributed_o2o.runtime.population import PopulationLearner, PopulationRepl
 
 ENV = "Pendulum-v1"
 TINY = {"env": ENV, "hidden": [16, 16], "online_steps": 200, "eval_every": 100, "eval_episodes": 1, "batch_size": 16,
-        "random_start_steps": 50, "learning_starts": 50, "device": "cpu", "log_every": 50}
+        "random_start_steps": 50, "learning_starts": 50, "runtime": {"device": "cpu"}, "log_every": 50}
 VOLATILE = ("wall_time_s", "updates_per_s")
 
 

@@ -25,7 +25,7 @@ from distributed_o2o.runtime.resume_state import ResumeStore
 
 ENV = "Pendulum-v1"
 SMALL = {"env": ENV, "hidden": [32, 32], "batch_size": 64, "eval_episodes": 2, "log_every": 200,
-         "random_start_steps": 200, "learning_starts": 600, "num_rollout_workers": 2}
+         "random_start_steps": 200, "learning_starts": 600, "runtime": {"num_rollout_workers": 2}}
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ class TestOneNode:
     def test_a_dead_learner_ends_the_run_with_one_line_and_resume_continues(self, tmp_path, capsys):
         out = tmp_path / "run"
         args = ["finetune", "--algo", "sac", "--out", str(out), "--online-steps", "1600", "--quiet", "--mode", "ray",
-                "--num-rollout-workers", "2", *[f"--set={k}={v}" for k, v in SMALL.items() if k != "num_rollout_workers"],
+                "--num-rollout-workers", "2", *[f"--set={k}={v}" for k, v in SMALL.items() if k != "runtime"],
                 "--set", "eval_every=800"]
         killer = _kill_after(out, "learner-0", saved_step=800, no_restart=True)
         assert main(args) == 1
@@ -174,7 +174,7 @@ def test_the_job_script_joins_the_cluster_and_places_actors_by_resource(tmp_path
             return True
 
         recorder = _in_background(record_placement)
-        settings = [part for key, value in SMALL.items() if key not in ("env", "num_rollout_workers")
+        settings = [part for key, value in SMALL.items() if key not in ("env", "runtime")
                     for part in ("--set", f"{key}={json.dumps(value)}")]
         job = Path(__file__).parents[1] / "cluster" / "o2o_job.py"
         subprocess.run([sys.executable, str(job), "--algo", "sac", "--env", ENV, "--num-rollout-workers", "2",

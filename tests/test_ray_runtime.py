@@ -15,7 +15,7 @@ from conftest import latest_save, make_weak_bc
 import ray
 import torch
 
-from distributed_o2o.config import finetune_config
+from distributed_o2o.config import finetune_config, merge_layers
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime import learner as learner_module
 from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
@@ -77,12 +77,12 @@ def test_rate_limiter_holds_the_learner_inside_the_band():
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"min_replay_size": 2000, "replay_capacity": 1000}, "exceeds replay_capacity 1000"),
-    ({"min_replay_size": 2000, "online_steps": 1000}, "exceeds online_steps 1000"),
-    ({"samples_per_insert_tolerance": 64 * 10}, "narrower than one rollout chunk"),
+    ({"runtime": {"min_replay_size": 2000}, "replay_capacity": 1000}, "exceeds replay_capacity 1000"),
+    ({"runtime": {"min_replay_size": 2000}, "online_steps": 1000}, "exceeds online_steps 1000"),
+    ({"runtime": {"samples_per_insert_tolerance": 64 * 10}}, "narrower than one rollout chunk"),
 ])
 def test_limits_that_would_stall_are_refused_before_any_work(tmp_path, fields, message):
-    config = finetune_config("sac", None, {**SMALL, "online_steps": 5000, "envs_per_worker": 16, "learning_starts": 0, **fields})
+    config = finetune_config("sac", None, merge_layers({**SMALL, "online_steps": 5000, "runtime": {"envs_per_worker": 16}, "learning_starts": 0}, fields))
     with pytest.raises(UserError, match=message):
         run_finetune(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the first evaluation
@@ -132,7 +132,7 @@ def test_a_shard_hands_out_the_rows_inserted_since_a_cursor():
 
 
 def test_placement_follows_custom_resources_and_refuses_too_few_rollout_slots():
-    config = finetune_config("sac", None, {**SMALL, "num_rollout_workers": 3})
+    config = finetune_config("sac", None, {**SMALL, "runtime": {"num_rollout_workers": 3}})
     nodes = [{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0, "learner": 1.0}},
              {"Alive": True, "Resources": {"CPU": 8.0, "rollout": 2.0}},
              {"Alive": False, "Resources": {"CPU": 8.0, "rollout": 8.0}}]
@@ -145,7 +145,7 @@ def test_placement_follows_custom_resources_and_refuses_too_few_rollout_slots():
     assert plan_resources(nodes[:1], finetune_config("sac", None, SMALL), gpu_wanted=False)["learner"]["num_gpus"] == 0
     # In a trial's placement group (a sweep, Tune) the group places the actors: no custom resources,
     # and the trial's shares (learner_gpus, actor_cpus) are what is asked for.
-    packed = finetune_config("sac", None, {**SMALL, "num_rollout_workers": 3, "learner_gpus": 0.5, "actor_cpus": 0.8})
+    packed = finetune_config("sac", None, {**SMALL, "runtime": {"num_rollout_workers": 3, "learner_gpus": 0.5, "actor_cpus": 0.8}})
     plan = plan_resources(nodes, packed, gpu_wanted=True, in_placement_group=True)
     assert plan["learner"] == {"num_cpus": 0.8, "num_gpus": 0.5} and plan["rollout"] == {"num_cpus": 0.8}
 
@@ -161,7 +161,7 @@ def test_mode_and_address_are_checked(tmp_path):
 def test_resume_may_change_the_shard_count_and_ignores_an_interrupted_save(tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = finetune_config("sac", None, {**SMALL, "online_steps": 600, "eval_every": 300, "random_start_steps": 100,
-                                           "learning_starts": 100, "replay_shards": 2, "envs_per_worker": 2})
+                                           "learning_starts": 100, "runtime": {"replay_shards": 2, "envs_per_worker": 2}})
     original = learner_module.Learner.update_from_replay
 
     def failing(self, count, env_step, sizes):
@@ -180,7 +180,7 @@ def test_resume_may_change_the_shard_count_and_ignores_an_interrupted_save(tmp_p
     (incoming / "replay-0.npz").write_bytes((latest_save(out) / "replay-0.npz").read_bytes()[:100])
     with pytest.raises(UserError, match="'utd' cannot change"):
         resume_finetune(out, progress=False, changes={"utd": 2})
-    summary = resume_finetune(out, progress=False, changes={"replay_shards": 1})
+    summary = resume_finetune(out, progress=False, changes={"runtime": {"replay_shards": 1}})
     assert summary["env_steps"] == 600 and summary["updates"] == 600 - 100 + 1
     assert sorted(p.name for p in latest_save(out).iterdir()) == ["manifest.json", "replay.npz", "state.json", "state.safetensors"]
     saved = np.load(latest_save(out) / "replay.npz")
@@ -253,7 +253,7 @@ def _train_scalars(run: Path, tag: str) -> list[float]:
 @pytest.mark.slow
 def test_ray_mode_counts_evaluates_and_checkpoints_like_the_local_mode(tmp_path, ray_instance):
     fields = {**SMALL, "online_steps": 1200, "eval_every": 600, "random_start_steps": 150, "learning_starts": 300,
-              "num_rollout_workers": 2, "envs_per_worker": 2, "replay_shards": 2}
+              "runtime": {"num_rollout_workers": 2, "envs_per_worker": 2, "replay_shards": 2}}
     config = finetune_config("sac", None, fields)
     local = run_finetune(config, tmp_path / "local", mode="local", progress=False)
     out = tmp_path / "ray"
@@ -283,7 +283,7 @@ def weak_bc(tmp_path_factory):
 def test_o2ppo_trains_on_whole_fragments_from_the_same_actors(tmp_path, ray_instance, weak_bc):
     config = finetune_config("o2ppo", None, {**SMALL, **weak_bc, "online_steps": 1200, "eval_every": 600, "reevaluate_steps": 50,
                                              "rollout_steps": 200, "minibatch_size": 50, "epochs": 2,
-                                             "num_rollout_workers": 2, "envs_per_worker": 2})
+                                             "runtime": {"num_rollout_workers": 2, "envs_per_worker": 2}})
     local = run_finetune(config, tmp_path / "local", mode="local", progress=False)
     summary = run_finetune(config, tmp_path / "ray", mode="ray", progress=False)
     # 2 workers x 2 envs x 50 steps = one 200-step fragment set per update.
@@ -311,7 +311,7 @@ def test_learner_threads_sets_the_cpu_learner_actors_torch_threads(ray_instance,
     # On 2 CPUs with one rollout actor and one shard the automatic share would be 1 thread.
     out = tmp_path / "run"
     config = finetune_config("sac", None, {**SMALL, "online_steps": 400, "eval_every": 400, "random_start_steps": 100,
-                                           "learning_starts": 100, "learner_threads": 2})
+                                           "learning_starts": 100, "runtime": {"learner_threads": 2}})
     seen: list[int] = []
 
     def probe() -> None:
@@ -335,7 +335,7 @@ def test_a_resumed_ray_run_starts_each_env_stream_anew(ray_instance, tmp_path):
     stream's first observation after the resume is not its first observation of the run."""
     out = tmp_path / "run"
     config = finetune_config("sac", None, {**SMALL, "online_steps": 200, "eval_every": 200, "random_start_steps": 400,
-                                           "learning_starts": 100, "envs_per_worker": 2})
+                                           "learning_starts": 100, "runtime": {"envs_per_worker": 2}})
     run_finetune(config, out, mode="ray", progress=False)
     resume_finetune(out, mode="ray", progress=False, changes={"online_steps": 400})
     saved = np.load(latest_save(out) / "replay.npz")

@@ -64,10 +64,10 @@ def test_builder_maps_to_the_project_config():
               .training(utd=2, constraint={"eps_end": 0.5}))
     project = config.finetune_config(1234)
     assert (project.algo, project.env, project.env_kwargs) == ("o2sac", "Pendulum-v1", {"g": 9.0})
-    assert (project.num_rollout_workers, project.envs_per_worker, project.seed) == (3, 4, 7)
+    assert (project.runtime.num_rollout_workers, project.runtime.envs_per_worker, project.seed) == (3, 4, 7)
     assert (project.online_steps, project.utd, project.constraint.eps_end) == (1234, 2, 0.5)
     # RLlib's default of 0 env runners samples in the main process: one rollout worker.
-    assert O2SACConfig().environment("Pendulum-v1").finetune_config(10).num_rollout_workers == 1
+    assert O2SACConfig().environment("Pendulum-v1").finetune_config(10).runtime.num_rollout_workers == 1
 
 
 def test_porl_trains_two_iterations_and_round_trips_a_checkpoint(bc_policy, tmp_path):

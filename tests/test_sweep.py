@@ -30,7 +30,7 @@ TINY = {
         "porl": {"algo": "porl", "policy": "bc", "set": {"presample_steps": 200, "presample_utd": 1, "utd": 1, "num_critics": 2}},
         "sac": {"algo": "sac", "set": {"random_start_steps": 200, "learning_starts": 200}},
     },
-    "set": {"hidden": [16, 16], "eval_every": 200, "eval_episodes": 1, "batch_size": 32, "device": "cpu"},
+    "set": {"hidden": [16, 16], "eval_every": 200, "eval_episodes": 1, "batch_size": 32, "runtime": {"device": "cpu"}},
     "resources": {"mode": "local", "cpus_per_trial": 1, "max_concurrent": 1},
 }
 
@@ -71,14 +71,14 @@ def test_stage_cache_paths_follow_settings_not_the_study(tmp_path):
 
 
 def test_ray_mode_trials_fit_their_placement_group(tmp_path):
-    spec = {**TINY, "set": {**TINY["set"], "num_rollout_workers": 3},
+    spec = {**TINY, "set": {**TINY["set"], "runtime": {"num_rollout_workers": 3}},
             "resources": {"mode": "ray", "gpus_per_trial": 0.5, "cpus_per_trial": 5, "max_concurrent": 4}}
     file = write_sweep(tmp_path / "s.yaml", spec)
     plan = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
     config = plan.trials[0].config
     bundles = trial_bundles(plan.spec.resources, config)
     assert len(bundles) == 2 + 3 and sum(b["CPU"] for b in bundles) == pytest.approx(5.0)
-    assert bundles[1]["GPU"] == 0.5 and config.learner_gpus == 0.5 and config.actor_cpus == pytest.approx(1.0)
+    assert bundles[1]["GPU"] == 0.5 and config.runtime.learner_gpus == 0.5 and config.runtime.actor_cpus == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -231,14 +231,14 @@ def test_ray_mode_trial_runs_its_actors_in_its_placement_group(tmp_path):
     from distributed_o2o.sweep.run import run_sweep
 
     spec = {**TINY, "seeds": [0], "methods": {"sac": TINY["methods"]["sac"]},
-            "set": {**TINY["set"], "num_rollout_workers": 1},
+            "set": {**TINY["set"], "runtime": {"num_rollout_workers": 1}},
             "resources": {"mode": "ray", "cpus_per_trial": 2, "max_concurrent": 1}}
     file = write_sweep(tmp_path / "s.yaml", spec)
     failed = run_sweep(file, tmp_path / "out", cache=tmp_path / "cache", say=lambda line: None, ray_init={"num_cpus": 2})
     assert failed == []
     run = tmp_path / "out" / "runs" / "Pendulum-v1" / "sac" / "seed_0"
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 400
-    assert yaml.safe_load((run / "config.yaml").read_text())["actor_cpus"] == pytest.approx(2 / 3)  # driver, learner, 1 rollout
+    assert yaml.safe_load((run / "config.yaml").read_text())["runtime"]["actor_cpus"] == pytest.approx(2 / 3)  # driver, learner, 1 rollout
 
 
 def test_a_population_method_runs_its_seeds_as_one_trial_writing_per_seed_runs(tmp_path):

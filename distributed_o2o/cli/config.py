@@ -15,7 +15,7 @@ import typer
 from pydantic import BaseModel
 
 from distributed_o2o.cli import command_group
-from distributed_o2o.config import (FINETUNE_CONFIGS, RUNTIME_FIELDS, LearnerBackendFields, StrictModel, finetune_config,
+from distributed_o2o.config import (FINETUNE_CONFIGS, LearnerBackendFields, StrictModel, finetune_config,
                                     parse_overrides, pretrain_config)
 from distributed_o2o.errors import UserError
 
@@ -30,7 +30,7 @@ GROUPS: dict[str, frozenset[str]] = {
                       "steps"}),
     "evaluation and logging": frozenset({"eval_every", "eval_episodes", "ref_min_score", "ref_max_score", "log_every",
                                          "resume_every"}),
-    "runtime": RUNTIME_FIELDS - set(LearnerBackendFields.model_fields) | {"device", "threads"},
+    "runtime": frozenset({"device", "threads"}),  # a pretraining's; a fine-tuning has a `runtime` block
     "learner backend (GPU)": frozenset(LearnerBackendFields.model_fields),
 }
 ORDER = ("run", "algorithm", "evaluation and logging", "runtime", "learner backend (GPU)")

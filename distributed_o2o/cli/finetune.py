@@ -30,9 +30,9 @@ def finetune(
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDRESS", help="Join this Ray cluster (e.g. auto or "
                                                                         "ray://host:10001) instead of starting a local one."),
     num_rollout_workers: Optional[int] = typer.Option(None, "--num-rollout-workers", min=1, metavar="N", help="Rollout actors (config: "
-                                                                                     "num_rollout_workers)."),
+                                                                                     "runtime.num_rollout_workers)."),
     envs_per_worker: Optional[int] = typer.Option(None, "--envs-per-worker", min=1, metavar="N", help="Envs each rollout actor steps as one vector."),
-    replay_shards: Optional[int] = typer.Option(None, "--replay-shards", min=1, metavar="N", help="Replay service shards (config: replay_shards)."),
+    replay_shards: Optional[int] = typer.Option(None, "--replay-shards", min=1, metavar="N", help="Replay service shards (config: runtime.replay_shards)."),
     learner_backend: Optional[str] = typer.Option(None, "--learner-backend", metavar="auto|graph|eager",
                                                   help="auto: CUDA graphs for the SAC family on a GPU, eager otherwise; "
                                                        "graph: insist; eager: never (debugging)."),
@@ -50,21 +50,24 @@ def finetune(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Fine-tune a policy online (PORL, O2SAC, O2TD3, O2PPO or a baseline)."""
-    from distributed_o2o.config import finetune_config, merge_layers, parse_overrides, read_yaml
+    from distributed_o2o.config import finetune_config, merge_layers, parse_overrides, read_yaml, refuse_moved_keys
     from distributed_o2o.errors import UserError
     from distributed_o2o.runtime.driver import RunAborted
     from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
     from distributed_o2o.runtime.transport import ComponentFailed
 
+    runtime = {k: v for k, v in {"num_rollout_workers": num_rollout_workers, "envs_per_worker": envs_per_worker,
+                                 "replay_shards": replay_shards, "learner_backend": learner_backend}.items() if v is not None}
     explicit = {k: v for k, v in {"algo": algo, "env": env, "policy": policy, "dataset": dataset, "online_steps": online_steps,
-                                  "seed": seed, "num_rollout_workers": num_rollout_workers, "envs_per_worker": envs_per_worker,
-                                  "replay_shards": replay_shards, "learner_backend": learner_backend}.items() if v is not None}
+                                  "seed": seed, "runtime": runtime or None}.items() if v is not None}
     try:
         population = _population_seeds(seeds, seed, resume)
         if resume is not None:
             if out is not None:
                 raise UserError(f"--resume continues '{resume}' in place: drop --out")
-            changes = merge_layers(read_yaml(config) if config else {}, merge_layers(parse_overrides(set_), explicit))
+            file_layer = read_yaml(config) if config else {}
+            refuse_moved_keys(set_, {f"config file '{config}'": file_layer})
+            changes = merge_layers(file_layer, merge_layers(parse_overrides(set_), explicit))
             summary = resume_finetune(resume, mode, progress=not quiet, address=address, changes=changes)
         else:
             if out is None:

@@ -18,7 +18,7 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.result import TRAINING_ITERATION
 
-from distributed_o2o.config import RUNTIME_FIELDS, FinetuneConfig, finetune_config
+from distributed_o2o.config import FinetuneConfig, finetune_config, merge_layers
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
 from distributed_o2o.runtime.run_dir import RunDir
@@ -70,12 +70,12 @@ class O2OConfig(AlgorithmConfig):
         if self.env_config:
             overrides["env_kwargs"] = dict(self.env_config)
         # RLlib's 0 env runners means sampling in the main process: one rollout worker here.
-        overrides["num_rollout_workers"] = max(1, self.num_env_runners)
-        overrides["envs_per_worker"] = self.num_envs_per_env_runner
+        runtime = {"num_rollout_workers": max(1, self.num_env_runners), "envs_per_worker": self.num_envs_per_env_runner}
         if self.seed is not None:
             overrides["seed"] = self.seed
         if self.num_gpus_per_learner > 0:
-            overrides["device"] = "cuda"
+            runtime["device"] = "cuda"
+        overrides["runtime"] = merge_layers(overrides.get("runtime", {}), runtime)
         return finetune_config(self.ALGO, None, overrides)
 
 
@@ -116,9 +116,8 @@ class O2OAlgorithm(Algorithm):
         if not run_dir.config_file.exists():
             summary = run_finetune(config, self.run_path, mode=self.config.o2o_mode, progress=False)
         else:  # the run continues with its saved config; only the horizon (and the runtime fields) move
-            changes = {k: v for k, v in config.model_dump().items() if k in RUNTIME_FIELDS}
             summary = resume_finetune(self.run_path, mode=self.config.o2o_mode, progress=False,
-                                      changes={**changes, "online_steps": target})
+                                      changes={"runtime": config.runtime.model_dump(), "online_steps": target})
         self.env_steps, self.updates = summary["env_steps"], summary["updates"]
         return _result(summary)
 

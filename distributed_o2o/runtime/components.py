@@ -75,7 +75,7 @@ class RunInputs:
         return {"ref_min_score": self.ref_min, "ref_max_score": self.ref_max}
 
     def shard_capacity(self, config: FinetuneConfig) -> int:
-        return -(-config.replay_capacity // config.replay_shards)
+        return -(-config.replay_capacity // config.runtime.replay_shards)
 
 
 def _check_inputs(config: FinetuneConfig) -> None:
@@ -147,15 +147,15 @@ def make_learner(builder: Builder, config: FinetuneConfig, inputs: RunInputs, se
 
 def make_rollout_workers(builder: Builder, config: FinetuneConfig, policy_arch: dict, seeds: list[int] | None = None) -> list[Any]:
     seed = config.seed if seeds is None else seeds
-    return [builder.create(_role("rollout", seeds), i, config.env, config.envs_per_worker, seed, policy_arch, config.env_kwargs, i)
-            for i in range(config.num_rollout_workers)]
+    return [builder.create(_role("rollout", seeds), i, config.env, config.runtime.envs_per_worker, seed, policy_arch, config.env_kwargs, i)
+            for i in range(config.runtime.num_rollout_workers)]
 
 
 def make_replays(builder: Builder, config: FinetuneConfig, inputs: RunInputs, seeds: list[int] | None = None) -> list[Any]:
     capacity = inputs.shard_capacity(config)
     return [builder.create(_role("replay", seeds), j, inputs.obs_dim, inputs.act_dim, capacity, part,
                            config.seed + j if seeds is None else [seed + j for seed in seeds])
-            for j, part in enumerate(shard_offline(inputs.replay_offline, config.replay_shards))]
+            for j, part in enumerate(shard_offline(inputs.replay_offline, config.runtime.replay_shards))]
 
 
 def make_evaluator(builder: Builder, config: FinetuneConfig, inputs: RunInputs, index: int = 0) -> Any:
@@ -181,7 +181,7 @@ def build_components(builder: Builder, config: FinetuneConfig, inputs: RunInputs
         evaluator = [make_evaluator(builder, config.model_copy(update={"seed": seed}), inputs, k) for k, seed in enumerate(seeds)]
     builder.ready()
     transport.call(learner, "attach_replay", replays)
-    return Components(transport, learner, workers, replays, evaluator, envs_per_worker=config.envs_per_worker,
+    return Components(transport, learner, workers, replays, evaluator, envs_per_worker=config.runtime.envs_per_worker,
                       chunk_transitions=builder.chunk_transitions, collects_per_worker=builder.collects_per_worker,
                       max_updates_per_call=MAX_UPDATES_PER_CALL, shard_capacity=inputs.shard_capacity(config),
                       seeds=seeds, references=inputs.references)
@@ -197,7 +197,7 @@ class LocalBuilder:
 
     def __init__(self, config: FinetuneConfig):
         self.transport = LocalTransport()
-        self.chunk_transitions = config.envs_per_worker
+        self.chunk_transitions = config.runtime.envs_per_worker
         self.collects_per_worker = 1
 
     def create(self, role: str, index: int, *args: Any, **kwargs: Any) -> Any:

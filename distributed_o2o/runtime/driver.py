@@ -20,7 +20,6 @@ from typing import Any
 from rich.console import Console
 
 from distributed_o2o.checkpoint import DamagedState, load_state, save_checkpoint, save_state
-from distributed_o2o.config import RUNTIME_FIELDS
 from distributed_o2o.errors import UserError, first_line
 from distributed_o2o.progress import progress_bar
 from distributed_o2o.provenance import provenance
@@ -104,7 +103,7 @@ class Driver:
         self.on_policy = False
         self.segment_start = time.perf_counter()
         self.eval_rate = Rate()  # updates/s between evaluations (of this segment after a resume)
-        self.broadcast = Broadcast(self.t, components.learner, components.workers, config.broadcast_every)
+        self.broadcast = Broadcast(self.t, components.learner, components.workers, config.runtime.broadcast_every)
         self.online = OnlineLoop(config, components, self.counters, self.broadcast, [s.run_dir for s in self.seats],
                                  self.console, progress)
         self.resume = ResumeState(run_dir.resume_dir, components, self.counters, config.resume_every, config.online_steps,
@@ -156,9 +155,7 @@ class Driver:
     def _offline_stages(self) -> None:
         """Each stage, or its cached result (every agent's, for a population: each sub-run
         caches its agent's, as a separate run would)."""
-        # Runtime fields (workers, shards, limiter...) do not change what a stage computes.
-        keys = [RunDir.stage_key({k: v for k, v in seat.config.model_dump().items() if k not in RUNTIME_FIELDS})
-                for seat in self.seats]
+        keys = [RunDir.stage_key(seat.config.model_dump()) for seat in self.seats]
         for name, steps in self.t.call(self.c.learner, "stage_plan"):
             cached = [self._cached_stage(seat.run_dir.stage_file(name), name, key) for seat, key in zip(self.seats, keys)]
             if all(state is not None for state in cached):

@@ -15,7 +15,7 @@ from typing import Any, get_args
 import torch
 
 from distributed_o2o.algorithms.registry import algorithm_class
-from distributed_o2o.config import RUNTIME_FIELDS, FinetuneConfig, RunMode, finetune_config, merge_layers
+from distributed_o2o.config import FinetuneConfig, RunMode, finetune_config, merge_layers, nested_runtime
 from distributed_o2o.durable import check_writable
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.components import Components, RunInputs, build_local_components, load_inputs
@@ -30,8 +30,8 @@ from distributed_o2o.runtime.run_dir import RunDir
 
 
 MODES = get_args(RunMode)
-# What `--resume` may change: how the run is spread over processes, and its env-step budget.
-RESUMABLE_CHANGES = RUNTIME_FIELDS | {"online_steps"}
+# What `--resume` may change: how the run executes, and its env-step budget.
+RESUMABLE_CHANGES = frozenset({"runtime", "online_steps"})
 
 
 @contextmanager
@@ -44,7 +44,7 @@ def _components(config: FinetuneConfig, mode: str, run_dir: RunDir, address: str
     inputs = load_inputs(config)  # every input is checked before any note or work
     if seeds is not None:
         check_population_memory(config, inputs, len(seeds), learner_here=address is None)
-    on_this_cpu = address is None and config.device != "cuda" and not torch.cuda.is_available()
+    on_this_cpu = address is None and config.runtime.device != "cuda" and not torch.cuda.is_available()
     if on_this_cpu:  # the learner will run here, without a GPU
         check_learner_backend(config, algorithm_class(config.algo), on_gpu=False)
         if announce:
@@ -88,7 +88,7 @@ def run_finetune(config: FinetuneConfig, out_dir: str | Path, mode: str = "local
 def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = True, address: str | None = None,
                     changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Continue a run from its last resume save with its saved config. `changes` may set how it
-    is spread over processes (RUNTIME_FIELDS: workers, shards...) and raise `online_steps`
+    executes (its `runtime` section: workers, shards, device...) and raise `online_steps`
     (extending the run); any other field given must keep its saved value. A run that stopped
     before its first save starts again from its config, reusing its cached offline stages.
     A population run continues all its agents (its config: population.yaml's)."""
@@ -100,7 +100,7 @@ def resume_finetune(run_path: str | Path, mode: str = "local", progress: bool = 
             raise UserError(f"'{run_path}' is not a run directory (config.yaml is missing): pass the --out of an earlier "
                             "`o2o finetune`")
         seeds = None if population is None else population["seeds"]
-        saved_config = run_dir.read_config() if population is None else population["config"]
+        saved_config = nested_runtime(run_dir.read_config() if population is None else population["config"])
         source = run_dir.config_file if population is None else run_dir.path / POPULATION_FILE
         config = _resumed_config(source, saved_config, changes or {})
         if seeds is not None:  # its budget may have been extended
@@ -129,8 +129,8 @@ def _resumed_config(source: Path, saved: dict[str, Any], changes: dict[str, Any]
     for name in type(config).model_fields:
         if name not in RESUMABLE_CHANGES and getattr(config, name) != getattr(before, name):
             raise UserError(f"--resume continues the saved config: '{name}' cannot change ({getattr(before, name)!r} in "
-                            f"{source}, {getattr(config, name)!r} given); only --online-steps and runtime "
-                            "fields (--num-rollout-workers, ...) may, or start a new run with another --out")
+                            f"{source}, {getattr(config, name)!r} given); only --online-steps and the runtime section "
+                            "(--num-rollout-workers, --set runtime.KEY=...) may, or start a new run with another --out")
     return config
 
 

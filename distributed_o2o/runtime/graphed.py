@@ -33,6 +33,7 @@ from distributed_o2o.algorithms.base import Algorithm, Batch
 from distributed_o2o.algorithms.capturable import Capturable, PhaseCycle
 from distributed_o2o.algorithms.optim import stack_scalars
 from distributed_o2o.algorithms.population import Population
+from distributed_o2o.config import FinetuneConfig, LearnerBackendFields, PretrainConfig
 from distributed_o2o.errors import UserError
 
 # Updates of each (phase, offline rows) that run eagerly before capture: lazy initialisation
@@ -320,11 +321,17 @@ def graphed_updater(config, algorithm: Algorithm | Capturable | Population, obs_
     on_gpu = torch.device(device).type == "cuda"
     algorithm_cls = algorithm_cls or type(algorithm)
     check_learner_backend(config, algorithm_cls, on_gpu)
-    if config.learner_backend == "eager" or not graph_supported(algorithm_cls, on_gpu):
+    backend = _backend_fields(config)
+    if backend.learner_backend == "eager" or not graph_supported(algorithm_cls, on_gpu):
         return None
     capacity = config.replay_capacity if capacity is None else capacity
-    return GraphedUpdater(algorithm, obs_dim, act_dim, capacity, device, config.graph_steps, config.graph_compile,
-                          config.graph_tf32)
+    return GraphedUpdater(algorithm, obs_dim, act_dim, capacity, device, backend.graph_steps, backend.graph_compile,
+                          backend.graph_tf32)
+
+
+def _backend_fields(config: PretrainConfig | FinetuneConfig) -> LearnerBackendFields:
+    """A pretraining keeps the learner-backend fields at its top level, a fine-tuning in `runtime`."""
+    return config.runtime if isinstance(config, FinetuneConfig) else config
 
 
 def graph_supported(algorithm_cls: type, on_gpu: bool) -> bool:
@@ -335,7 +342,7 @@ def graph_supported(algorithm_cls: type, on_gpu: bool) -> bool:
 def check_learner_backend(config, algorithm_cls: type, on_gpu: bool) -> None:
     """Refuse `learner_backend: graph` where the graphed path cannot run (the Ray runtime asks
     before it starts the learner actor, from the GPU its plan gives the learner)."""
-    if config.learner_backend == "graph" and not graph_supported(algorithm_cls, on_gpu):
+    if _backend_fields(config).learner_backend == "graph" and not graph_supported(algorithm_cls, on_gpu):
         raise UserError(f"learner_backend 'graph' needs a CUDA device and an algorithm with a capturable update (SAC "
                         f"or TD3 family, or an offline pretrainer; got '{config.algo}' "
                         f"{'on a GPU' if on_gpu else 'without a GPU'}); use 'auto' or 'eager'")

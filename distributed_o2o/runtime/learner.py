@@ -33,7 +33,8 @@ def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for, but torch sees no CUDA GPU here: use --set device=auto or cpu")
+        raise UserError("device 'cuda' was asked for, but torch sees no CUDA GPU here: use device auto or cpu "
+                        "(o2o finetune: --set runtime.device=..., o2o pretrain: --set device=...)")
     return torch.device(requested)
 
 
@@ -70,7 +71,7 @@ class Learner:
     def __init__(self, config, obs_dim: int, act_dim: int, policy=None, pretrained: dict | None = None,
                  offline: dict[str, np.ndarray] | None = None):
         self.seed = config.seed
-        self.device = pick_device(config.device)
+        self.device = pick_device(config.runtime.device)
         data = None if offline is None else OfflineData(offline, self.device)
         self.algorithm: Algorithm = build_agent(config, config.seed, obs_dim, act_dim, self.device, policy, pretrained, data)
         self.offline_generator: torch.Generator | None = None if data is None else self.algorithm.offline_data.generator

@@ -45,7 +45,7 @@ class PopulationLearner(Learner):
         require_population_support(algorithm_class(config.algo))
         self.seeds = list(seeds)
         self.seed = self.seeds[0]
-        self.device = pick_device(config.device)
+        self.device = pick_device(config.runtime.device)
         data = None if offline is None else OfflineData(offline, self.device)  # D_off on the device once
         self.agents = [build_agent(config, seed, obs_dim, act_dim, self.device, copy.deepcopy(policy),
                                    {k: copy.deepcopy(m) for k, m in (pretrained or {}).items()}, data) for seed in self.seeds]

@@ -81,7 +81,7 @@ def check_population_memory(config, inputs, num_agents: int, learner_here: bool)
         raise UserError(f"a population of {num_agents} needs about {host / 2**30:.1f} GiB of replay memory "
                         f"({num_agents} x replay_capacity {config.replay_capacity}), more than {MEMORY_SHARE:.0%} of "
                         f"this machine's {total / 2**30:.1f} GiB: {fix}")
-    if learner_here and config.device != "cpu" and torch.cuda.is_available():
+    if learner_here and config.runtime.device != "cpu" and torch.cuda.is_available():
         gpu = torch.cuda.get_device_properties(0).total_memory
         if device > MEMORY_SHARE * gpu:
             raise UserError(f"a population of {num_agents} needs about {device / 2**30:.1f} GiB of GPU memory for its "

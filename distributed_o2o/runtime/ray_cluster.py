@@ -43,11 +43,11 @@ def plan_resources(nodes: list[dict], config, gpu_wanted: bool, in_placement_gro
     """
     alive = [n["Resources"] for n in nodes if n.get("Alive")]
     total = lambda key: sum(r.get(key, 0.0) for r in alive)  # noqa: E731
-    workers = config.num_rollout_workers
-    if config.device == "cuda" and total("GPU") < 1:
-        raise UserError("device 'cuda' was asked for, but the Ray cluster has no GPU: use --set device=auto or a cluster with a GPU")
-    share = config.actor_cpus or min(1.0, total("CPU") / (1 + workers))
-    gpus = 1 if config.learner_gpus is None else config.learner_gpus
+    workers = config.runtime.num_rollout_workers
+    if config.runtime.device == "cuda" and total("GPU") < 1:
+        raise UserError("device 'cuda' was asked for, but the Ray cluster has no GPU: use --set runtime.device=auto or a cluster with a GPU")
+    share = config.runtime.actor_cpus or min(1.0, total("CPU") / (1 + workers))
+    gpus = 1 if config.runtime.learner_gpus is None else config.runtime.learner_gpus
     learner: dict[str, Any] = {"num_cpus": share, "num_gpus": gpus if gpu_wanted and total("GPU") >= gpus > 0 else 0}
     rollout: dict[str, Any] = {"num_cpus": share}
     if in_placement_group:
@@ -69,8 +69,8 @@ def learner_threads(nodes: list[dict], config) -> int:
     alive = [n["Resources"] for n in nodes if n.get("Alive")]
     learner_nodes = [r for r in alive if r.get("learner", 0) > 0]
     if learner_nodes:
-        return max(1, int(learner_nodes[0].get("CPU", 0)) - config.replay_shards)
-    return max(1, int(sum(r.get("CPU", 0) for r in alive)) - config.num_rollout_workers - config.replay_shards)
+        return max(1, int(learner_nodes[0].get("CPU", 0)) - config.runtime.replay_shards)
+    return max(1, int(sum(r.get("CPU", 0) for r in alive)) - config.runtime.num_rollout_workers - config.runtime.replay_shards)
 
 
 def init_ray(address: str | None, **kwargs: Any) -> None:

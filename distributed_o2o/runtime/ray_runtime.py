@@ -227,10 +227,10 @@ class RayBuilder:
         self.run_id = run_id(run_path)
         self.actors: list[Any] = []
         in_group = ray.util.get_current_placement_group() is not None
-        self.plan = plan_resources(ray.nodes(), config, gpu_wanted=config.device != "cpu", in_placement_group=in_group)
+        self.plan = plan_resources(ray.nodes(), config, gpu_wanted=config.runtime.device != "cpu", in_placement_group=in_group)
         check_learner_backend(config, algorithm_class(config.algo), on_gpu=self.plan["learner"]["num_gpus"] > 0)
         # In a placement group a CPU learner has its bundle's share, not the node's CPUs.
-        self.threads = config.learner_threads or (max(1, int(self.plan["learner"]["num_cpus"])) if in_group
+        self.threads = config.runtime.learner_threads or (max(1, int(self.plan["learner"]["num_cpus"])) if in_group
                                                   else learner_threads(ray.nodes(), config))
         self.near_learner: dict[str, Any] = {}  # scheduling on the learner's node, once it is known
 

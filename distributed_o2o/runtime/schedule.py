@@ -78,8 +78,8 @@ def size_limiter(cfg: Any, c: Components, schedule: Schedule, owed: float) -> Ra
     # The chunk that earns the most updates, over the UTDs of the run.
     chunk, utd = max(((chunk_steps(c, u) * c.envs_per_worker, u) for u in schedule.utd_values()),
                      key=lambda x: x[0] * x[1], default=(0, 0.0))
-    tolerance = cfg.samples_per_insert_tolerance
-    check_rate_limits(min_replay_size=cfg.min_replay_size, capacity=cfg.replay_capacity, online_steps=cfg.online_steps,
+    tolerance = cfg.runtime.samples_per_insert_tolerance
+    check_rate_limits(min_replay_size=cfg.runtime.min_replay_size, capacity=cfg.replay_capacity, online_steps=cfg.online_steps,
                       chunk=chunk, utd=utd, batch_size=cfg.batch_size, tolerance=tolerance)
     if tolerance is None:  # room for a chunk per worker and one learner call
         max_lag = len(c.workers) * chunk * utd + c.max_updates_per_call

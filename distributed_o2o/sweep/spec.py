@@ -12,7 +12,7 @@
       porl: {algo: porl, config: ../porl.yaml, policy: bc}
       rlpd: {algo: rlpd, dataset: medium, grid: {utd: [10, 20]}}
       sac5: {algo: sac, population: true}  # all its seeds as one trial: one population run (SAC family)
-    set: {num_rollout_workers: 8}         # fields for every trial
+    set: {runtime: {num_rollout_workers: 8}}  # fields for every trial
     resources: {mode: ray, gpus_per_trial: 1, cpus_per_trial: 10, max_concurrent: 2}
 
 A trial is env x method x grid point x seed; its fine-tuning config is built (and validated)
@@ -284,7 +284,8 @@ def _fit_packing(config: FinetuneConfig, resources: Resources) -> FinetuneConfig
     """The runtime fields that make a ray-mode trial's actors fit its placement group."""
     if resources.mode == "ray":
         share = trial_bundles(resources, config)[1]["CPU"]
-        config = config.model_copy(update={"learner_gpus": resources.gpus_per_trial, "actor_cpus": share})
+        config = config.model_copy(update={"runtime": config.runtime.model_copy(
+            update={"learner_gpus": resources.gpus_per_trial, "actor_cpus": share})})
     return config
 
 
@@ -293,5 +294,5 @@ def trial_bundles(resources: Resources, config: FinetuneConfig) -> list[dict[str
     learner (with the trial's GPUs) and each rollout actor, `cpus_per_trial` split evenly."""
     if resources.mode == "local":
         return [{"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial}]
-    share = resources.cpus_per_trial / (config.num_rollout_workers + 2)
-    return [{"CPU": share}, {"CPU": share, "GPU": resources.gpus_per_trial}] + [{"CPU": share}] * config.num_rollout_workers
+    share = resources.cpus_per_trial / (config.runtime.num_rollout_workers + 2)
+    return [{"CPU": share}, {"CPU": share, "GPU": resources.gpus_per_trial}] + [{"CPU": share}] * config.runtime.num_rollout_workers

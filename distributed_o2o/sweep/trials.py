@@ -50,16 +50,16 @@ def trial_status(run_dir: Path, online_steps: int) -> TrialStatus:
 
 
 def check_unchanged(trial: Trial) -> None:
-    """A trial directory from an earlier sweep run must hold the same config (runtime fields aside)."""
+    """A trial directory from an earlier sweep run must hold the same config (its runtime section aside)."""
     import yaml
 
-    from distributed_o2o.config import RUNTIME_FIELDS
+    from distributed_o2o.config import nested_runtime
 
     config_file = trial.run_dir / "config.yaml"
     if not config_file.is_file():
         return
-    saved, wanted = yaml.safe_load(config_file.read_text()), trial.config.model_dump()
-    changed = sorted(k for k in set(saved) | set(wanted) if k not in RUNTIME_FIELDS and saved.get(k) != wanted.get(k))
+    saved, wanted = nested_runtime(yaml.safe_load(config_file.read_text())), trial.config.model_dump()
+    changed = sorted(k for k in set(saved) | set(wanted) if k != "runtime" and saved.get(k) != wanted.get(k))
     if changed:
         raise UserError(f"trial {trial.id} already ran with another {', '.join(changed)} (in {trial.run_dir}): "
                         "a changed sweep needs a new --out, or remove that trial's directory")

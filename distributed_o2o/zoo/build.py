@@ -102,7 +102,7 @@ def medium_replay(run: RunDir, env_steps: int) -> dict[str, np.ndarray]:
     files = save.replay_files() if save is not None else []
     if len(files) != 1:
         raise UserError(f"run '{run.path}' saved {len(files)} replay files; the medium-replay needs the single-shard "
-                        "replay (replay_shards: 1) to know the insertion order")
+                        "replay (runtime.replay_shards: 1) to know the insertion order")
     with np.load(files[0]) as saved:
         if int(saved["inserted"]) != len(saved["rewards"]):
             raise UserError(f"the replay of '{run.path}' wrapped around (replay_capacity below the run's env steps): "
