@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from distributed_o2o.errors import UserError
 
@@ -164,8 +165,22 @@ class RuntimeConfig(LearnerBackendFields):
                                                              "equal share of at most one")
 
 
+# Top-level keys of the flat config that now live in `runtime` (`num_envs`: envs_per_worker's alias).
+MOVED_TO_RUNTIME = frozenset(RuntimeConfig.model_fields) | {"num_envs"}
+
+
 class FinetuneConfig(StrictModel):
     """Fields every online method has."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runtime_fields_moved(cls, data: Any) -> Any:
+        """A runtime field at the top level (the config before it had a `runtime` section) is
+        named with its new place, wherever it comes from (a file, --set, a sweep, Python)."""
+        moved = sorted(MOVED_TO_RUNTIME & set(data)) if isinstance(data, dict) else []
+        if moved:  # `_one_line` words it
+            raise PydanticCustomError("moved_to_runtime", "runtime fields at the top level: {moved}", {"moved": moved})
+        return data
 
     algo: str = Field(description=ALGO_DOC)
     env: Env = None
@@ -453,9 +468,6 @@ STAGE_CACHE_IGNORED = frozenset({"runtime", "online_steps", "eval_every", "eval_
 # ... but for the runtime fields that change a GPU's numbers. They stay in the key at its top
 # level, where they were when the config was flat, so stages cached before are still found.
 STAGE_KEY_RUNTIME_FIELDS = ("graph_steps", "graph_compile", "graph_tf32")
-# Top-level keys of the flat config that now live in `runtime` (`num_envs`: envs_per_worker's alias).
-MOVED_TO_RUNTIME = frozenset(RuntimeConfig.model_fields) | {"num_envs"}
-
 FINETUNE_CONFIGS: dict[str, type[FinetuneConfig]] = {
     cls.model_fields["algo"].default: cls
     for cls in (SACConfig, NaiveConfig, PORLConfig, RLPDConfig, WSRLConfig, O2SACConfig, O2TD3Config, O2PPOConfig, IQLFinetuneConfig)
@@ -468,9 +480,18 @@ def _one_line(exc: ValidationError) -> str:
         where = ".".join(str(x) for x in err["loc"]) or "config"
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown config key '{where}'")
+        elif err["type"] == "moved_to_runtime":
+            parts.append(_moved_to_runtime(err["ctx"]["moved"], "".join(f"{x}." for x in err["loc"])))
         else:
             parts.append(f"'{where}': {err['msg']}")
     return "; ".join(parts)
+
+
+def _moved_to_runtime(moved: list[str], prefix: str) -> str:
+    """`num_rollout_workers` is now `runtime.num_rollout_workers`: ... (`prefix`: where the config is nested)."""
+    names = ", ".join(f"`{prefix}{k}` is now `{prefix}runtime.{k}`" for k in moved)
+    example = f"{prefix}runtime.{moved[0] if len(moved) == 1 else 'KEY'}"
+    return f"{names}: write {'it' if len(moved) == 1 else 'them'} under a `runtime:` mapping (--set {example}=...)"
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -549,24 +570,8 @@ def finetune_config(algo: str | None, config_file: str | None = None, overrides:
     if file_layer.get("algo", algo) != algo:
         raise UserError(f"config file '{config_file}' is for algo '{file_layer['algo']}', not '{algo}': pass the matching --algo or file")
     schema = FINETUNE_CONFIGS[algo]
-    refuse_moved_keys(sets or [], {f"config file '{config_file}'": file_layer, "config": overrides or {}})
     _check_off_blocks(schema, sets or [], file_layer)
     return build_config(schema, file_layer, parse_overrides(sets or []), overrides or {}, {"algo": algo})
-
-
-def refuse_moved_keys(sets: list[str], layers: dict[str, dict[str, Any]]) -> None:
-    """A flat key of the runtime section (the config before it had one) in a `--set` item or a
-    layer (keyed by where it comes from) is named with its new place."""
-    for item in sets:
-        key = item.partition("=")[0].strip()
-        top = key.split(".", 1)[0]
-        if top in MOVED_TO_RUNTIME:
-            raise UserError(f"--set {item}: `{top}` is now `runtime.{top}`: use --set runtime.{item.strip()}")
-    for where, layer in layers.items():
-        moved = sorted(MOVED_TO_RUNTIME & set(layer))
-        if moved:
-            raise UserError(f"{where}: {', '.join(f'`{k}` is now `runtime.{k}`' for k in moved)}: move "
-                            f"{'it' if len(moved) == 1 else 'them'} under a `runtime:` mapping")
 
 
 def nested_runtime(saved: dict[str, Any]) -> dict[str, Any]:

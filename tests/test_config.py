@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed_o2o.config import FINETUNE_CONFIGS, PretrainConfig, build_config, finetune_config, parse_overrides
+from distributed_o2o.config import FINETUNE_CONFIGS, DemoConfig, PretrainConfig, build_config, finetune_config, parse_overrides
 from distributed_o2o.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -121,18 +121,23 @@ def test_stage_cache_key_is_the_one_computed_before_the_runtime_section():
 
 
 @pytest.mark.parametrize("sets, file_text, message", [
-    (["num_rollout_workers=8"], "", "--set num_rollout_workers=8: `num_rollout_workers` is now "
-                                    "`runtime.num_rollout_workers`: use --set runtime.num_rollout_workers=8"),
-    (["device.x=1"], "", "`device` is now `runtime.device`"),
+    (["num_rollout_workers=8"], "", "invalid SACConfig: `num_rollout_workers` is now `runtime.num_rollout_workers`: write it "
+                                    "under a `runtime:` mapping (--set runtime.num_rollout_workers=...)"),
     ([], "algo: sac\nnum_envs: 2\nlearner_threads: 2\n", "`learner_threads` is now `runtime.learner_threads`, `num_envs` is "
-                                                          "now `runtime.num_envs`: move them under a `runtime:` mapping"),
+                                                          "now `runtime.num_envs`: write them under a `runtime:` mapping"),
 ])
 def test_a_flat_runtime_key_is_named_with_its_new_place(tmp_path, sets, file_text, message):
     file = tmp_path / "c.yaml"
     file.write_text(file_text)
     with pytest.raises(UserError) as err:
         finetune_config("sac", str(file) if file_text else None, sets=sets)
-    assert message in str(err.value)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_flat_runtime_key_inside_another_config_names_where_it_is():
+    with pytest.raises(UserError, match=r"`finetune.device` is now `finetune.runtime.device`: .*--set finetune.runtime.device="):
+        build_config(DemoConfig, {"finetune": {"device": "cpu"}})
+    assert build_config(PretrainConfig, {"device": "cpu", "learner_backend": "eager"}).device == "cpu"  # flat there
 
 
 def test_the_runtime_section_is_read_from_a_file_and_set_items(tmp_path):

@@ -87,6 +87,7 @@ def test_ray_mode_trials_fit_their_placement_group(tmp_path):
     ({"methods": {"x": {"algo": "rlpd", "dataset": "missing"}}}, "names dataset 'missing'"),
     ({"methods": {"x": {"algo": "porl", "policy": "missing"}}}, "names policy 'missing'"),
     ({"methods": {"x": {"algo": "sac", "set": {"utd_ratio": 2}}}}, "method 'x'.*unknown config key 'utd_ratio'"),
+    ({"set": {"num_rollout_workers": 2}}, "`num_rollout_workers` is now `runtime.num_rollout_workers`"),
     ({"datasets": {"rand": {"random": 10, "quality": "medium"}}}, "exactly one of"),
     ({"methods": {"x": {"algo": "o2td3", "population": True}}}, "method 'x' \\(population: true\\): 'o2td3' cannot train"),
     ({"methods": {"x": {"algo": "porl", "policy": "bc", "population": True}},

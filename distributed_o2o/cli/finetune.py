@@ -50,7 +50,7 @@ def finetune(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Fine-tune a policy online (PORL, O2SAC, O2TD3, O2PPO or a baseline)."""
-    from distributed_o2o.config import finetune_config, merge_layers, parse_overrides, read_yaml, refuse_moved_keys
+    from distributed_o2o.config import finetune_config, merge_layers, parse_overrides, read_yaml
     from distributed_o2o.errors import UserError
     from distributed_o2o.runtime.driver import RunAborted
     from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
@@ -65,9 +65,7 @@ def finetune(
         if resume is not None:
             if out is not None:
                 raise UserError(f"--resume continues '{resume}' in place: drop --out")
-            file_layer = read_yaml(config) if config else {}
-            refuse_moved_keys(set_, {f"config file '{config}'": file_layer})
-            changes = merge_layers(file_layer, merge_layers(parse_overrides(set_), explicit))
+            changes = merge_layers(read_yaml(config) if config else {}, merge_layers(parse_overrides(set_), explicit))
             summary = resume_finetune(resume, mode, progress=not quiet, address=address, changes=changes)
         else:
             if out is None:
