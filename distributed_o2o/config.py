@@ -237,12 +237,17 @@ class SACConfig(FinetuneConfig):
     policy_average_tau: float | None = Field(
         None, gt=0.0, le=1.0, description="not in the specifications: π̄ ← (1−τ)π̄ + τπ per update, π̄ deployed (evaluated, "
                                           "checkpointed) while π acts and learns; None: off")
+    actor_num_min_critics: int | None = Field(
+        None, gt=0, description="not in the specifications: critics (drawn at random) whose minimum the actor maximises; "
+                                "None: num_min_critics, as the target (the specification's)")
     actor_warmup_steps: int = Field(
         0, ge=0, description="not in the specifications: the actor's learning rate rises linearly from 0 to actor_lr "
                              "over this many env steps from the first step the actor learns (PORL: the hand-over); 0: off")
 
     @model_validator(mode="after")
     def _min_critics_within_critics(self) -> SACConfig:
+        if (self.actor_num_min_critics or 0) > self.num_critics:
+            raise ValueError(f"actor_num_min_critics ({self.actor_num_min_critics}) exceeds num_critics ({self.num_critics})")
         if self.num_min_critics > self.num_critics:
             raise ValueError(f"num_min_critics ({self.num_min_critics}) exceeds num_critics ({self.num_critics}): the "
                              "target takes the minimum over a subset of the critics")

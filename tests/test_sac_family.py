@@ -181,6 +181,20 @@ def test_porl_actor_warmup_holds_the_policy_at_hand_over_and_reaches_the_full_ra
     assert restored.critic_optimizer.param_groups[0]["lr"] == config.critic_lr
 
 
+def test_actor_num_min_critics_makes_the_actor_maximise_the_min_over_that_many_members():
+    config = small(PORLConfig, num_critics=4, num_min_critics=2, actor_num_min_critics=4)
+    algo = PORL(config, OBS, ACT, CPU, policy=pretrained())
+    obs = random_batch(0).obs
+    torch.manual_seed(1)
+    loss = algo.actor_loss(obs)[0]
+    torch.manual_seed(1)
+    actions, log_prob = algo.policy.sample(obs)
+    expected = (algo.alpha * log_prob - algo.critic(obs, actions).min(dim=0).values).mean()
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="actor_num_min_critics"):
+        small(PORLConfig, num_critics=4, actor_num_min_critics=5)
+
+
 def test_porl_constraint_anchors_pi_ref_to_pi_pre_at_hand_over():
     """Optional (not in the PORL spec): from the first update after the pre-sample, the actor
     loss and the critic target carry λ·(log π_θ − log π_ref) with π_ref = π_pre."""

@@ -133,6 +133,11 @@ class SACCore(Capturable, Algorithm):
         return self.temperature.log_alpha
 
     @property
+    def actor_min_critics(self) -> int:
+        """Members whose minimum the actor maximises (the target's number unless configured)."""
+        return self.config.actor_num_min_critics or self.num_min_critics
+
+    @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
 
@@ -158,7 +163,7 @@ class SACCore(Capturable, Algorithm):
         """L_π = E[α log π(a|s) − min Q(s,a) + penalty], a ~ π (`sample`, or drawn here);
         also the detached sample."""
         actions, log_prob = self.policy.sample(obs) if sample is None else sample
-        objective = self.alpha * log_prob - self.critic.min_q(obs, actions, self.num_min_critics)
+        objective = self.alpha * log_prob - self.critic.min_q(obs, actions, self.actor_min_critics)
         penalty = self.penalty(obs, actions, log_prob)
         if penalty is not None:
             objective = objective + penalty

@@ -50,6 +50,9 @@ def finetune(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Fine-tune a policy online (PORL, O2SAC, O2TD3, O2PPO or a baseline)."""
+    from distributed_o2o.runtime.timings import breakdown_line, process_started
+
+    started = process_started()  # the summary's time breakdown counts the imports and Ray's start too
     from distributed_o2o.config import finetune_config, merge_layers, parse_overrides, read_yaml
     from distributed_o2o.errors import UserError
     from distributed_o2o.runtime.driver import RunAborted
@@ -66,16 +69,17 @@ def finetune(
             if out is not None:
                 raise UserError(f"--resume continues '{resume}' in place: drop --out")
             changes = merge_layers(read_yaml(config) if config else {}, merge_layers(parse_overrides(set_), explicit))
-            summary = resume_finetune(resume, mode, progress=not quiet, address=address, changes=changes)
+            summary = resume_finetune(resume, mode, progress=not quiet, address=address, changes=changes, started=started)
         else:
             if out is None:
                 raise UserError("no run directory given: pass --out DIR")
             cfg = finetune_config(algo, config, explicit, sets=set_)
-            summary = run_finetune(cfg, out, mode, progress=not quiet, address=address, seeds=population)
+            summary = run_finetune(cfg, out, mode, progress=not quiet, address=address, seeds=population, started=started)
     except (RunAborted, ComponentFailed) as exc:  # an actor died: one line, not a traceback
         raise _Stopped(str(exc)) from None
     for run in summary.get("runs", [summary]):
         print_summary(run)
+    print(breakdown_line(summary["time_breakdown_s"]))
 
 
 def _population_seeds(seeds: str | None, seed: int | None, resume: str | None) -> list[int] | None:

@@ -28,6 +28,7 @@ from distributed_o2o.runtime.components import Components
 from distributed_o2o.runtime.online import OnlineLoop
 from distributed_o2o.runtime.resume_state import ResumeState
 from distributed_o2o.runtime.run_dir import Rate, RunDir
+from distributed_o2o.runtime.timings import Timings
 from distributed_o2o.runtime.transport import ComponentFailed
 
 
@@ -85,10 +86,13 @@ class Seat:
 
 class Driver:
     """Drives one run. A population run (`components.seeds`) has one sub-run per seed, each in
-    `run_dir / seed_<n>` and written as a separate run with that seed writes it."""
+    `run_dir / seed_<n>` and written as a separate run with that seed writes it. `timings`
+    counts where the run's time goes (timings.py); the learner's parts join it at the end."""
 
-    def __init__(self, config, run_dir: RunDir, components: Components, progress: bool = True):
+    def __init__(self, config, run_dir: RunDir, components: Components, progress: bool = True,
+                 timings: Timings | None = None):
         self.config, self.run_dir, self.c = config, run_dir, components
+        self.timings = timings or Timings()
         self.t = components.transport
         self.counters = Counters()
         self.console = Console(stderr=True, quiet=not progress)
@@ -105,7 +109,7 @@ class Driver:
         self.eval_rate = Rate()  # updates/s between evaluations (of this segment after a resume)
         self.broadcast = Broadcast(self.t, components.learner, components.workers, config.runtime.broadcast_every)
         self.online = OnlineLoop(config, components, self.counters, self.broadcast, [s.run_dir for s in self.seats],
-                                 self.console, progress)
+                                 self.console, progress, self.timings)
         self.resume = ResumeState(run_dir.resume_dir, components, self.counters, config.resume_every, config.online_steps,
                                   None if components.seeds is None else [seat.records for seat in self.seats])
 
@@ -127,16 +131,20 @@ class Driver:
         self.eval_rate = Rate()
         self.on_policy = self.t.call(self.c.learner, "is_on_policy")
         if resume:
-            self._restore()
+            with self.timings.part("resume"):
+                self._restore()
         self.online.plan(self.on_policy)  # refuses a configuration that would stall, before any work
         # On a resume too: an extended budget or new runtime fields hold for later resumes.
         for seat in self.seats:
             seat.run_dir.write_config(seat.config.model_dump())
         if not resume:
-            self._offline_stages()
-            self._handover()
+            with self.timings.part("offline_stages"):
+                self._offline_stages()
+            with self.timings.part("handover"):
+                self._handover()
             self._evaluate_and_save(initial=True)
-        self.online.run(self.on_policy, at_boundary=self._evaluate_if_due, status=self._bar_text)
+        with self.timings.part("online"):  # its evaluations and waiting are counted as such
+            self.online.run(self.on_policy, at_boundary=self._evaluate_if_due, status=self._bar_text)
         self._evaluate_if_due(final=True)
         return self._finish()
 
@@ -211,13 +219,16 @@ class Driver:
         in flight (the replay files are written while the evaluator plays its episodes)."""
         self.online.settle_syncs()
         due = self.resume.due(initial)
-        saves = self.resume.begin() if due else []
-        self._evaluate(initial)
-        for future in saves:
-            self.t.get(future)
-        if due:  # at a quiet point: nothing running or reserved
-            self.counters.owed_updates = self.online.owed_updates()
-            self.resume.commit(self._wall_time(), self.on_policy)
+        with self.timings.part("resume"):
+            saves = self.resume.begin() if due else []
+        with self.timings.part("evaluations"):
+            self._evaluate(initial)
+        with self.timings.part("resume"):
+            for future in saves:
+                self.t.get(future)
+            if due:  # at a quiet point: nothing running or reserved
+                self.counters.owed_updates = self.online.owed_updates()
+                self.resume.commit(self._wall_time(), self.on_policy)
 
     def _evaluate(self, initial: bool = False) -> None:
         """Every agent's evaluation, each on its own evaluator (a population's all at once)."""
@@ -260,9 +271,10 @@ class Driver:
         if initial:
             mine.initial = line
         mine.best_return = max(mine.best_return, record["return_mean"])
-        save_checkpoint(run_dir.checkpoint_dir(c.env_steps), self.t.call(learner, "checkpoint_modules", *seat.agent),
-                        env_id=seat.config.env, algo=seat.config.algo, config=seat.config.model_dump(),
-                        extra={"env_steps": c.env_steps, "updates": c.updates, "eval": line, **self.c.references})
+        with self.timings.part("checkpoints"):
+            save_checkpoint(run_dir.checkpoint_dir(c.env_steps), self.t.call(learner, "checkpoint_modules", *seat.agent),
+                            env_id=seat.config.env, algo=seat.config.algo, config=seat.config.model_dump(),
+                            extra={"env_steps": c.env_steps, "updates": c.updates, "eval": line, **self.c.references})
         return line
 
     def _bar_text(self) -> str:
@@ -288,7 +300,9 @@ class Driver:
 
     def _finish(self) -> dict[str, Any]:
         """The summaries, written into the run directories, which are closed: the run's, or for a
-        population {"seeds", "runs": each sub-run's}."""
+        population {"seeds", "runs": each sub-run's}. The learner's parts join `timings` here."""
+        for name, seconds in self.t.call(self.c.learner, "time_spent").items():
+            self.timings.add(name, seconds)
         summaries = [self._finish_agent(seat) for seat in self.seats]
         self.run_dir.close()
         if self.c.seeds is None:

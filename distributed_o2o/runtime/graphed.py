@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from distributed_o2o.algorithms.optim import stack_scalars
 from distributed_o2o.algorithms.population import Population
 from distributed_o2o.config import FinetuneConfig, LearnerBackendFields, PretrainConfig
 from distributed_o2o.errors import UserError
+from distributed_o2o.runtime.timings import Timings
 
 # Updates of each (phase, offline rows) that run eagerly before capture: lazy initialisation
 # (optimiser state, cuBLAS workspaces, compilation) must not happen inside a capture.
@@ -179,6 +180,9 @@ class GraphedUpdater:
         self.sums: dict[tuple, torch.Tensor] = {}
         self.signature: tuple = ()
         self.side_stream = torch.cuda.Stream(self.device) if self.use_graphs else None
+        # Host seconds of the warm-up steps and captures as `compile` (timed only; no sync added).
+        # The learner shares this object, so its update time leaves them out.
+        self.timings = Timings()
 
     def add(self, chunk: dict[str, np.ndarray], agent: int | None = None) -> None:
         self.replay.add(chunk, agent)
@@ -241,12 +245,13 @@ class GraphedUpdater:
         """The graph of one update of each of `phases` in turn, captured now if missing."""
         key = (phases, num_offline_rows)
         if key not in self.graphs:
-            self._check_signature()  # the warm-up may have created the optimisers' state
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"), self._precision():
-                for phase in phases:
-                    self._step((phase, num_offline_rows))
-            self.graphs[key] = graph
+            with self.timings.part("compile"):
+                self._check_signature()  # the warm-up may have created the optimisers' state
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"), self._precision():
+                    for phase in phases:
+                        self._step((phase, num_offline_rows))
+                self.graphs[key] = graph
         return self.graphs[key]
 
     # ------------------------------------------------------------------ the runtime's call
@@ -276,7 +281,8 @@ class GraphedUpdater:
             at = (position + done) % len(phases)
             if not self.use_graphs or min(self.warm[key] for key in keys) < WARMUP_STEPS:
                 key = (phases[at], num_offline_rows)
-                self._eager_step(key)
+                with self.timings.part("compile") if self.use_graphs else nullcontext():  # warm-up: compiles
+                    self._eager_step(key)
                 self.warm[key] += 1
                 done += 1
             elif at == 0 and whole_cycles and num_updates - done >= whole_cycles:

@@ -25,6 +25,7 @@ from distributed_o2o.runtime.broadcast import policy_weights
 from distributed_o2o.runtime.graphed import graphed_updater
 from distributed_o2o.runtime.replay import split_rows
 from distributed_o2o.runtime.streams import stream_seed
+from distributed_o2o.runtime.timings import LEARNER_PARTS, Timings
 
 BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
 
@@ -83,6 +84,9 @@ class Learner:
     def _init_runtime(self, config, offline: dict[str, np.ndarray] | None) -> None:
         if self.graphed is not None and offline is not None:
             self.graphed.set_offline(offline)
+        # Seconds in online update calls ("learner") and compiling ("compile": the graphed
+        # updater's, whose Timings this is, so that "learner" leaves it out).
+        self.timings = Timings() if self.graphed is None else self.graphed.timings
         self.cursors: list[int] = []
         self.stages = {stage.name: stage for stage in self.algorithm.offline_stages()}
         self.batch_size = config.batch_size
@@ -190,6 +194,10 @@ class Learner:
         in proportion to their sizes, D_off rows at the algorithm's offline ratio); returns the
         new version and the mean metrics. The graphed path samples its device mirror instead,
         after pulling the shards' new rows into it."""
+        with self.timings.part("learner"):
+            return self._update_from_replay(count, env_step, online_sizes)
+
+    def _update_from_replay(self, count: int, env_step: int, online_sizes: list[int]) -> tuple[int, dict[str, float]]:
         if self.graphed is not None:
             self.pull_new_rows()
             metrics = self._finite(self.graphed.run(count, env_step, self.offline_ratio(env_step)), f"env step {env_step}")
@@ -219,6 +227,10 @@ class Learner:
 
     def update_on_policy(self, count: int, env_step: int) -> tuple[int, dict[str, float]]:
         """One on-policy update on the `count` fragments queued in the shards (served once)."""
+        with self.timings.part("learner"):
+            return self._update_on_policy(count, env_step)
+
+    def _update_on_policy(self, count: int, env_step: int) -> tuple[int, dict[str, float]]:
         fragments = [f for shard in self.shards for f in self._ask(shard, "take_fragments")]
         if len(fragments) != count:
             raise RuntimeError(f"expected {count} queued fragments, found {len(fragments)}")
@@ -236,6 +248,10 @@ class Learner:
         metrics = self._finite(self.algorithm.update_rollout(rollout, env_step), f"env step {env_step}")
         self.version += 1
         return metrics
+
+    def time_spent(self) -> dict[str, float]:
+        """Seconds of each of LEARNER_PARTS so far (timings.py)."""
+        return {name: self.timings.seconds.get(name, 0.0) for name in LEARNER_PARTS}
 
     def on_evaluation(self, score: float, env_step: int) -> None:
         self.algorithm.on_evaluation(score, env_step)

@@ -34,6 +34,7 @@ from distributed_o2o.runtime.components import Components
 from distributed_o2o.runtime.replay import RateLimiter
 from distributed_o2o.runtime.run_dir import Rate, RunDir
 from distributed_o2o.runtime.schedule import Schedule, chunk_steps, size_limiter
+from distributed_o2o.runtime.timings import Timings
 from distributed_o2o.runtime.transport import ComponentFailed
 
 # A rollout worker that Ray is restarting is asked again after this long, and given up if it
@@ -56,8 +57,9 @@ class _Flight:
 
 class OnlineLoop:
     def __init__(self, config, components: Components, counters, broadcast: Broadcast, run_dirs: list[RunDir],
-                 console: Console, progress: bool):
+                 console: Console, progress: bool, timings: Timings):
         self.config, self.c, self.counters, self.broadcast = config, components, counters, broadcast
+        self.timings = timings  # the driver's: its blocking waits count as "waiting"
         self.t = components.transport
         # One run directory per agent; a population's learner and replay report per agent (lists).
         self.run_dirs, self.console, self.progress = run_dirs, console, progress
@@ -155,9 +157,12 @@ class OnlineLoop:
             if not self.pending:
                 if retry is None:
                     return
-                time.sleep(retry)  # every worker that could collect is restarting
+                with self.timings.part("waiting"):
+                    time.sleep(retry)  # every worker that could collect is restarting
                 continue
-            self._handle(self.t.wait(list(self.pending), num_returns=1, timeout=retry), bar, task)
+            with self.timings.part("waiting"):
+                ready = self.t.wait(list(self.pending), num_returns=1, timeout=retry)
+            self._handle(ready, bar, task)
 
     def _start_publish(self) -> bool:
         future = self.broadcast.start_publish()
@@ -270,7 +275,8 @@ class OnlineLoop:
                 arrived = 0
                 for future, i in rounds.items():
                     try:
-                        receipt = self.t.get(future)
+                        with self.timings.part("waiting"):
+                            receipt = self.t.get(future)
                     except ComponentFailed as exc:
                         if exc.role != "rollout":
                             raise
@@ -282,7 +288,9 @@ class OnlineLoop:
                 if not arrived:
                     time.sleep(self._next_retry() or 0.0)
                     continue
-                self.broadcast.learner_version, metrics = self.t.call(self.c.learner, "update_on_policy", arrived, c.env_steps)
+                with self.timings.part("waiting"):
+                    self.broadcast.learner_version, metrics = self.t.call(self.c.learner, "update_on_policy", arrived,
+                                                                          c.env_steps)
                 self._add_train_metrics(metrics)
                 c.updates += 1
                 self.broadcast.publish_now()

@@ -7,6 +7,8 @@
                             (config.yaml with `seed: n`, metrics.jsonl, summary.json,
                             checkpoints/, stages/, tb/)
     RUN/resume/             the resume saves of all agents together (resume_state.py)
+    RUN/summary.json        the seeds and the run's time breakdown (timings.py), recorded once
+                            here: the sub-runs' summaries leave it out
 """
 
 from __future__ import annotations

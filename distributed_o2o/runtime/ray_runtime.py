@@ -39,6 +39,7 @@ from distributed_o2o.runtime.population import PopulationLearner, PopulationRepl
 from distributed_o2o.runtime.ray_cluster import NAMESPACE, init_ray, learner_threads, plan_resources, run_id
 from distributed_o2o.runtime.replay import ReplayService
 from distributed_o2o.runtime.rollout import RolloutWorker
+from distributed_o2o.runtime.timings import Timings
 from distributed_o2o.runtime.transport import ComponentFailed
 
 # Transitions per rollout chunk at most (while updates are due, a chunk also holds no more than
@@ -263,12 +264,14 @@ class RayBuilder:
 
 
 @contextmanager
-def ray_components(config, inputs: RunInputs, run_path: str | Path, address: str | None,
+def ray_components(config, inputs: RunInputs, run_path: str | Path, address: str | None, timings: Timings,
                    seeds: list[int] | None = None) -> Iterator[Components]:
-    """Start (or join) Ray, create the run's actors, and remove them (and a Ray we started) after."""
+    """Start (or join) Ray, create the run's actors, and remove them (and a Ray we started) after.
+    Ray's start counts in `timings` as "ray_start"."""
     started = not ray.is_initialized()
     if started:
-        init_ray(address)
+        with timings.part("ray_start"):
+            init_ray(address)
     builder = None
     try:
         builder = RayBuilder(config, run_path)

@@ -2,8 +2,8 @@
 
     config.yaml            the resolved config
     metrics.jsonl          one line per evaluation (return, normalised score, updates/s)
-    summary.json           initial/final/best evaluation and checkpoint, env steps, updates, wall time,
-                           seed, package versions, git commit
+    summary.json           initial/final/best evaluation and checkpoint, env steps, updates, wall time
+                           and where it went (timings.py), seed, package versions, git commit
     tb/                    TensorBoard events
     stages/<name>.*        learner state after each offline stage (cache)
     checkpoints/step_N/    policy (+ critic) checkpoint at each evaluation (`o2o eval` reads it)
