@@ -37,7 +37,7 @@ def test_a_run_records_and_prints_where_its_time_went(tmp_path, capsys):
     out = tmp_path / "run"
     sets = [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
     assert main(["finetune", "--algo", "sac", "--env", ENV, "--out", str(out), "--mode", "local", "--quiet",
-                 "--set", "device=cpu", *(arg for s in sets for arg in ("--set", s))]) == 0
+                 "--set", "runtime.device=cpu", *(arg for s in sets for arg in ("--set", s))]) == 0
     breakdown = json.loads((out / "summary.json").read_text())["time_breakdown_s"]
     check_breakdown(breakdown)
     assert breakdown["compile"] == 0  # the eager learner compiles nothing
@@ -48,7 +48,7 @@ def test_a_run_records_and_prints_where_its_time_went(tmp_path, capsys):
 
 def test_a_population_records_its_breakdown_once_in_its_own_summary(tmp_path):
     out = tmp_path / "population"
-    config = finetune_config("sac", None, {"env": ENV, "device": "cpu", **TINY})
+    config = finetune_config("sac", None, {"env": ENV, "runtime": {"device": "cpu"}, **TINY})
     summary = run_finetune(config, out, progress=False, seeds=[0, 1])
     written = json.loads((out / "summary.json").read_text())
     assert written == {"seeds": [0, 1], "run_dir": str(out), "time_breakdown_s": summary["time_breakdown_s"]}
@@ -80,7 +80,7 @@ def test_the_process_start_is_read_from_proc():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the graphed path needs CUDA")
 def test_the_graphed_learner_counts_its_warm_up_and_captures_as_compile(tmp_path):
-    config = finetune_config("sac", None, {"env": ENV, "device": "cuda", **TINY})
+    config = finetune_config("sac", None, {"env": ENV, "runtime": {"device": "cuda"}, **TINY})
     breakdown = run_finetune(config, tmp_path / "run", progress=False)["time_breakdown_s"]
     check_breakdown(breakdown)
     assert breakdown["compile"] > breakdown["learner"]  # compilation dominates so short a run

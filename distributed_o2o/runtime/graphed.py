@@ -317,7 +317,8 @@ def cycle_counts(phases: tuple, position: int, num_updates: int) -> Counter:
 
 def graphed_updater(config, algorithm: Algorithm | Capturable | Population, obs_dim: int, act_dim: int,
                     device: torch.device, capacity: int | None = None, algorithm_cls: type | None = None) -> GraphedUpdater | None:
-    """The graphed path where `config.learner_backend` picks it (None: the eager learner).
+    """The graphed path where the config's `learner_backend` (a fine-tuning's in `runtime`) picks it
+    (None: the eager learner).
 
     "auto" picks it on CUDA for a `Capturable` algorithm; "graph" insists and fails without
     CUDA or for another; "eager" never picks it. `capacity`: online rows of the device mirror
