@@ -98,7 +98,10 @@ def measure(name: str, device: str, updates: int, warmup: int, chunk: int, seed:
     replay = ReplayService(OBS_DIM, ACT_DIM, capacity=100_000, offline=offline, seed=seed)
     replay.add({**random_transitions(rng, 20_000), "policy_version": np.zeros(20_000, np.int32)})
     ratio = learner.offline_ratio(env_step)
-    pool = [replay.sample(256, ratio) for _ in range(max(chunk, warmup))]  # as the driver hands them over
+    # Batches drawn as the eager learner draws them: the offline rows of its ratio, one gather.
+    n_off = int(round(learner.batch_size * ratio))
+    stacked = replay.sample_many(max(chunk, warmup), learner.batch_size - n_off, n_off)
+    pool = [{k: v[i] for k, v in stacked.items()} for i in range(max(chunk, warmup))]
     run_baseline = baseline_runner(baseline, torch_device)
 
     def run_learner(batches: list[dict[str, np.ndarray]]) -> None:
