@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from distributed_o2o.errors import UserError
 from distributed_o2o.runtime import learner as learner_module
 from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
 
+ROOT = Path(__file__).resolve().parents[1]
 ENV = "Pendulum-v1"
 SMALL = {"hidden": [64, 64], "eval_episodes": 5, "log_every": 500}
 
@@ -55,6 +57,41 @@ def test_porl_improves_a_weak_bc_policy(tmp_path, weak_bc):
     assert (run / "checkpoints" / "step_000006000" / "metadata.json").exists()
     # Every checkpoint the run wrote evaluates with `o2o eval`.
     assert main(["eval", "--policy", str(run / "checkpoints" / "step_000006000"), "--env", ENV, "--episodes", "2", "--json"]) == 0
+
+
+@pytest.fixture(scope="module")
+def good_policy(tmp_path_factory):
+    """A SAC policy trained 5k steps on Pendulum (its evaluations from -140 to -630 by start state)."""
+    out = tmp_path_factory.mktemp("good") / "sac"
+    _run("sac", out, online_steps=5000, eval_every=2500, random_start_steps=1000, learning_starts=1000)
+    return str(sorted((out / "checkpoints").iterdir())[-1])
+
+
+# How far below the mean of π_pre's own evaluations an evaluation after hand-over may fall.
+COLLAPSE_MARGIN = 500.0
+
+
+def _porl_around_hand_over(config_file: str, out, policy: str) -> tuple[float, float]:
+    """(mean of the evaluations up to the hand-over, lowest evaluation after it) of a PORL run
+    from `policy`: 1k pre-sample steps, then 500 steps of fine-tuning, evaluated every 250."""
+    config = finetune_config("porl", str(ROOT / "configs" / config_file),
+                             {"env": ENV, **SMALL, "eval_episodes": 10, "policy": policy, "online_steps": 1500,
+                              "eval_every": 250, "presample_steps": 1000})
+    run_finetune(config, out, progress=False)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    before = [m["return_mean"] for m in metrics if m["env_steps"] <= 1000]
+    return float(np.mean(before)), min(m["return_mean"] for m in metrics if m["env_steps"] > 1000)
+
+
+@pytest.mark.slow
+def test_the_hand_over_constraint_prevents_the_collapse_of_the_specification(tmp_path, good_policy):
+    """From a good π_pre, PORL as specified collapses within 250 env steps of hand-over (its fresh
+    critic has seen 1k transitions); with the hand-over constraint no evaluation after hand-over
+    falls more than COLLAPSE_MARGIN below π_pre's level."""
+    before, lowest = _porl_around_hand_over("porl.yaml", tmp_path / "spec", good_policy)
+    assert lowest < before - COLLAPSE_MARGIN  # the task shows the collapse
+    before, lowest = _porl_around_hand_over("porl-constrained.yaml", tmp_path / "constrained", good_policy)
+    assert lowest >= before - COLLAPSE_MARGIN
 
 
 @pytest.mark.slow
