@@ -4,6 +4,7 @@ Ray Tune, killed half-way and run again."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -162,11 +163,11 @@ def test_killed_sweep_finishes_the_remaining_trials_only(tmp_path):
     assert {g["handover_env_step"] for g in groups if g["method"] == "porl"} == {200}
 
 
-@pytest.mark.parametrize("name", ["smoke", "hopper-porl"])
-def test_shipped_sweep_files_plan(tmp_path, name):
-    file = ROOT / "configs" / "sweeps" / f"{name}.yaml"
+@pytest.mark.parametrize("file", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda f: f.stem)
+def test_shipped_sweep_files_plan(tmp_path, file):
     plan = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
-    assert len(plan.trials) == len(plan.spec.methods) * len(plan.spec.seed_list()) * len(plan.spec.envs)
+    points = sum(math.prod(len(values) for values in m.grid.values()) for m in plan.spec.methods.values())
+    assert len(plan.trials) == points * len(plan.spec.seed_list()) * len(plan.spec.envs)
     assert len({t.run_dir for t in plan.trials}) == len(plan.trials)
 
 
