@@ -70,7 +70,7 @@ def test_a_long_cpu_run_is_announced_with_its_estimate_and_the_cpu_preset(tmp_pa
     assert planned_updates(spec) == 5000 * 10 + 95_000 * 4
     assert "430,000 gradient updates" in cpu_note(spec, 11, 3) and "--config configs/cpu/porl.yaml" in cpu_note(spec, 11, 3)
     monkeypatch.setattr(finetune_module, "build_local_components",
-                        lambda config, inputs: (_ for _ in ()).throw(RuntimeError("stop here")))
+                        lambda config, inputs, seeds: (_ for _ in ()).throw(RuntimeError("stop here")))
     with pytest.raises(RuntimeError, match="stop here"):  # the note comes after the input checks, before any work
         run_finetune(finetune_config("sac", None, {"env": "Hopper-v5", "online_steps": 10_000_000}), tmp_path / "run",
                      mode="local", progress=False)

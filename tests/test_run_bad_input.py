@@ -191,7 +191,7 @@ def test_unknown_env_kwargs_and_a_missing_cuda_are_one_line(tmp_path, capsys):
     import torch
 
     if not torch.cuda.is_available():
-        _assert_one_line_exit_2(capsys, ["finetune", "--algo", "sac", "--env", ENV, "--set", "device=cuda", "--out",
+        _assert_one_line_exit_2(capsys, ["finetune", "--algo", "sac", "--env", ENV, "--set", "runtime.device=cuda", "--out",
                                          str(tmp_path / "b"), "--mode", "local"], "device 'cuda' was asked for")
 
 
