@@ -12,6 +12,12 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 
 
+def read_metrics_file(file: Path) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl`, one JSON object a line (blank lines skipped); [] when
+    the file does not exist. A damaged line raises `json.JSONDecodeError`."""
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
+
+
 class MetricsLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -36,8 +42,7 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        file = self.metrics_file
-        return [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+        return read_metrics_file(self.metrics_file)
 
     def flush(self) -> None:
         if self._writer is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from distributed_o2o.errors import UserError
+from distributed_o2o.metrics_log import read_metrics_file
 
 METRICS = ("auto", "return", "score")
 PRETRAIN_STEP = "step"  # the x of a pretraining line; a fine-tuning line's is "env_steps"
@@ -26,7 +27,7 @@ def read_curve(run: str | Path) -> list[dict]:
         raise UserError(f"'{run}' has no metrics.jsonl: pass the --out directory of an `o2o finetune` run "
                         "(or of an `o2o pretrain`, for its losses)")
     try:
-        lines = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        lines = read_metrics_file(file)
     except json.JSONDecodeError as exc:
         raise UserError(f"'{file}' is not JSON lines ({exc}): the run directory is damaged") from None
     if not lines:

@@ -18,6 +18,7 @@ import yaml
 
 from distributed_o2o.data.scores import normalized_score
 from distributed_o2o.errors import UserError
+from distributed_o2o.metrics_log import METRICS_FILE, read_metrics_file
 
 
 @dataclass
@@ -68,7 +69,7 @@ def read_run(path: Path) -> RunRecord | None:
     """The run at `path`, or None when it has no evaluation yet."""
     try:
         config = yaml.safe_load((path / "config.yaml").read_text())
-        metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        metrics = read_metrics_file(path / METRICS_FILE)
     except (yaml.YAMLError, json.JSONDecodeError, OSError) as exc:
         raise UserError(f"run directory '{path}' has an unreadable config.yaml or metrics.jsonl ({exc}): "
                         "remove it from the report's inputs") from None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distributed_o2o.errors import UserError
+from distributed_o2o.metrics_log import METRICS_FILE, read_metrics_file
 from distributed_o2o.sweep.spec import Resources, Trial, trial_bundles
 
 TRIAL_FILE = "trial.json"  # the trial's identity (env, method, seed, grid, dataset): `o2o report` groups by it
@@ -34,12 +35,12 @@ class TrialStatus:
 
 
 def trial_status(run_dir: Path, online_steps: int) -> TrialStatus:
-    summary, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
-    if summary.is_file() and metrics.is_file():
+    summary = run_dir / "summary.json"
+    if summary.is_file():
         steps = json.loads(summary.read_text()).get("env_steps", 0)
-        lines = metrics.read_text().splitlines()
+        records = read_metrics_file(run_dir / METRICS_FILE)
         # Done: the budget reached, and the evaluations end where the summary does.
-        if steps >= online_steps and lines and json.loads(lines[-1])["env_steps"] == steps:
+        if steps >= online_steps and records and records[-1]["env_steps"] == steps:
             return TrialStatus("done", steps)
     from distributed_o2o.runtime.resume_state import ResumeStore
 
