@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 from distributed_o2o.cli.main import main
+from distributed_o2o.config import PretrainConfig
 from distributed_o2o.errors import UserError
-from distributed_o2o.sweep.spec import load_sweep, plan_sweep, trial_bundles
+from distributed_o2o.sweep.spec import load_sweep, plan_sweep, policy_cache_key, trial_bundles
+from distributed_o2o.sweep.trials import check_unchanged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +71,34 @@ def test_stage_cache_paths_follow_settings_not_the_study(tmp_path):
     threads = {**TINY, "policies": {"bc": {**TINY["policies"]["bc"], "set": {"hidden": [16, 16], "threads": 1}}}}
     fifth = plan_sweep(load_sweep(write_sweep(tmp_path / "v.yaml", threads)), file, tmp_path / "a", tmp_path / "cache")
     assert fifth.policies[0].path == first.policies[0].path  # how many threads trained it is not what it is
+
+
+def test_a_field_added_to_the_pretrain_config_at_its_default_keeps_cached_policies_found():
+    class WithNewField(PretrainConfig):
+        some_later_option: int = 7
+
+    config = PretrainConfig(algo="bc", env="Pendulum-v1", steps=300, hidden=[16, 16])
+    later = WithNewField(**config.model_dump())
+    assert policy_cache_key(later, "d.hdf5") == policy_cache_key(config, "d.hdf5")
+    assert policy_cache_key(WithNewField(**config.model_dump(), some_later_option=8), "d.hdf5") != policy_cache_key(config, "d.hdf5")
+    graphed = config.model_copy(update={"learner_backend": "graph", "graph_tf32": False, "device": "cuda"})
+    assert policy_cache_key(graphed, "d.hdf5") == policy_cache_key(config, "d.hdf5")  # how it ran, not what it is
+    assert policy_cache_key(config.model_copy(update={"seed": 1}), "d.hdf5") != policy_cache_key(config, "d.hdf5")
+
+
+def test_a_trial_saved_before_a_config_field_existed_is_unchanged_at_that_fields_default(tmp_path):
+    import yaml
+
+    file = write_sweep(tmp_path / "s.yaml", TINY)
+    trial = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache").trials[0]
+    saved = trial.config.model_dump()
+    del saved["actor_warmup_steps"]  # as a run made before the field was added wrote it
+    trial.run_dir.mkdir(parents=True)
+    (trial.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_unchanged(trial)
+    (trial.run_dir / "config.yaml").write_text(yaml.safe_dump({**saved, "actor_warmup_steps": 10}))
+    with pytest.raises(UserError, match="already ran with another actor_warmup_steps"):
+        check_unchanged(trial)
 
 
 def test_ray_mode_trials_fit_their_placement_group(tmp_path):

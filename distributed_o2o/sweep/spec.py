@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from distributed_o2o.config import (FINETUNE_CONFIGS, FinetuneConfig, PretrainConfig, StrictModel, build_config,
-                                    finetune_config, merge_layers, pretrain_config, read_yaml)
+from distributed_o2o.config import (FINETUNE_CONFIGS, FinetuneConfig, LearnerBackendFields, PretrainConfig, StrictModel,
+                                    build_config, finetune_config, merge_layers, pretrain_config, read_yaml)
 from distributed_o2o.errors import UserError
 
 
@@ -177,6 +177,18 @@ class SweepPlan:
     trials: list[Trial]
 
 
+# How a pretraining ran, not what it made: a sweep on another machine or backend finds the same policy.
+POLICY_KEY_IGNORED = frozenset({"dataset", "threads", "device", "log_every", *LearnerBackendFields.model_fields})
+
+
+def policy_cache_key(config: PretrainConfig, dataset: str) -> str:
+    """The cache key of a pretrained policy: its settings that differ from the defaults (so a field
+    added to PretrainConfig later, at its default, leaves every cached policy's key as it was)."""
+    settings = config.model_dump(exclude=set(POLICY_KEY_IGNORED), exclude_defaults=True)
+    return short_hash({"config": {**settings, "algo": config.algo, "env": config.env, "steps": config.steps},
+                       "dataset": dataset})
+
+
 def load_sweep(path: str | Path) -> SweepSpec:
     return build_config(SweepSpec, read_yaml(path))
 
@@ -226,10 +238,7 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path, out: str | Path, cache: 
             explicit = {"algo": recipe.algo, "env": env, "dataset": data.spec(), "seed": own_seed or 0,
                         **({"steps": recipe.steps} if recipe.steps else {})}
             config = pretrain_config(_resolve(base, recipe.config), recipe.set, explicit)
-            # The key holds what the policy is, not how its training ran (`threads`): a sweep
-            # run on another machine finds the same policy.
-            key = short_hash({"config": config.model_dump(exclude={"dataset", "threads"}),
-                              "dataset": data.path.name if data.recipe.source is None else data.spec()})
+            key = policy_cache_key(config, data.path.name if data.recipe.source is None else data.spec())
             suffix = "" if own_seed is None else f"-seed{own_seed}"
             job = PolicyJob(name, env, own_seed, config, data, cache / "policies" / f"{env}-{name}{suffix}-{key}")
         policies[name, env, own_seed] = job

@@ -60,7 +60,10 @@ def check_unchanged(trial: Trial) -> None:
     if not config_file.is_file():
         return
     saved, wanted = nested_runtime(yaml.safe_load(config_file.read_text())), trial.config.model_dump()
-    changed = sorted(k for k in set(saved) | set(wanted) if k != "runtime" and saved.get(k) != wanted.get(k))
+    # A field added to the config since the trial ran counts as unchanged at its default.
+    defaults = type(trial.config)().model_dump()
+    changed = sorted(k for k in set(saved) | set(wanted)
+                     if k != "runtime" and saved.get(k, defaults.get(k)) != wanted.get(k))
     if changed:
         raise UserError(f"trial {trial.id} already ran with another {', '.join(changed)} (in {trial.run_dir}): "
                         "a changed sweep needs a new --out, or remove that trial's directory")
