@@ -243,6 +243,11 @@ class SACConfig(FinetuneConfig):
     actor_warmup_steps: int = Field(
         0, ge=0, description="not in the specifications: the actor's learning rate rises linearly from 0 to actor_lr "
                              "over this many env steps from the first step the actor learns (PORL: the hand-over); 0: off")
+    validated_deployment: bool = Field(
+        False, description="not in the specifications: the deployed policy (evaluated, checkpointed) is the starting "
+                           "policy until a learnt candidate (π̄ where set, else π), scored at an evaluation, matches the "
+                           "best such score so far; then a copy of that candidate, reported from the next evaluation on "
+                           "(its fresh episodes)")
 
     @model_validator(mode="after")
     def _min_critics_within_critics(self) -> SACConfig:
@@ -612,12 +617,13 @@ def _demo_pretrain() -> PretrainConfig:
 
 def _demo_finetune() -> PORLConfig:
     # PORL sized for about 7 minutes on 2 CPU cores: a 2k-step pre-sample at UTD 10, then UTD 4,
-    # 10 critics of 128x128 (the BC policy keeps its 64x64), and the optional hand-over
-    # constraint (configs/porl-constrained.yaml), which keeps the fresh critic from wrecking the
-    # policy at hand-over. Measured: docs/results.md.
+    # 10 critics of 128x128 (the BC policy keeps its 64x64), the optional hand-over constraint
+    # (configs/porl-constrained.yaml), which slows the fresh critic's wrecking of the policy at
+    # hand-over, and the validated deployment (configs/porl-stable.yaml), which keeps a learnt
+    # policy from being delivered before it has scored as well as the best. Measured: README.
     return PORLConfig(online_steps=12_000, presample_steps=2000, presample_utd=10, utd=4, hidden=[128, 128],
-                      constraint=ConstraintConfig(lambda_init=10.0), eval_every=1000, eval_episodes=10,
-                      log_every=500, runtime=RuntimeConfig(learner_threads=2))
+                      constraint=ConstraintConfig(lambda_init=10.0), validated_deployment=True, eval_every=1000,
+                      eval_episodes=10, log_every=500, runtime=RuntimeConfig(learner_threads=2))
 
 
 class DemoConfig(StrictModel):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import pytest
 import yaml
+from safetensors.torch import load_file
 from conftest import latest_save, make_weak_bc
 
 from distributed_o2o.cli.main import main
@@ -287,6 +288,28 @@ def test_evaluations_log_the_sampled_and_online_returns_on_shared_start_states(t
     assert metrics[0]["online_return_mean"] == metrics[0]["return_mean"]
     checkpoint = tmp_path / "porl" / "checkpoints" / "step_000000400"
     assert {"policy", "online_policy"} <= set(json.loads((checkpoint / "metadata.json").read_text())["modules"])
+
+
+def test_a_validated_deployment_changes_only_to_a_candidate_that_scored_as_well_as_any_before(tmp_path, weak_bc):
+    """Each evaluation scores the deployed policy (π_pre at first) and logs the candidate π̄; the
+    next point deploys the candidate as it was scored if its score matched the best candidate
+    score so far, else keeps the deployed policy: a reported score is never of the policy that
+    was chosen on the same episodes."""
+    _, metrics = _run("porl", tmp_path / "porl", policy=weak_bc["policy"], online_steps=1200, eval_every=200,
+                      presample_steps=200, presample_utd=1, utd=1, num_critics=2, eval_episodes=2,
+                      policy_average_tau=0.05, validated_deployment=True)
+    assert all("candidate_return_mean" in m for m in metrics)
+    assert metrics[0]["candidate_return_mean"] == metrics[0]["return_mean"]  # π̄ = π_pre = deployed at 0
+
+    def weights(m, module):
+        return load_file(tmp_path / "porl" / "checkpoints" / f"step_{m['env_steps']:09d}" / f"{module}.safetensors")
+
+    best = -float("inf")
+    for before, after in zip(metrics, metrics[1:]):
+        passed = before["candidate_return_mean"] >= best
+        best = max(best, before["candidate_return_mean"])
+        expected = weights(before, "policy_average" if passed else "policy")
+        assert all(torch.equal(expected[k], v) for k, v in weights(after, "policy").items())
 
 
 def test_an_evaluation_leaves_the_training_random_stream_alone():

@@ -239,6 +239,34 @@ def test_policy_average_is_the_deployed_policy_and_follows_the_policy_by_polyak_
     assert same(params(restored.policy_average), params(algo.policy_average))
 
 
+def test_validated_deployment_deploys_a_candidate_only_when_it_matches_the_best_candidate_score():
+    """The deployed policy starts as π_pre; a candidate (π̄) is copied in when its score is at
+    least the best so far, and a worse one leaves the deployed policy as it was; both survive a
+    save and restore. Without π̄ the candidate is π, scored by the "online_" evaluation."""
+    config = small(PORLConfig, presample_steps=0, policy_average_tau=0.5, validated_deployment=True)
+    algo = PORL(config, OBS, ACT, CPU, policy=pretrained())
+    pi_pre = params(algo.policy)
+    runs, candidate = algo.evaluation_policies()
+    assert candidate == "candidate_" and runs["candidate_"][0] is algo.policy_average
+    assert runs[""][0] is algo.deployed_policy() is algo.validated and same(params(algo.validated), pi_pre)
+    assert algo.offer_candidate(10.0)
+    algo.update(random_batch(0), env_step=0)
+    moved = params(algo.policy_average)
+    assert not same(moved, pi_pre) and same(params(algo.validated), pi_pre)  # learning does not touch it
+    assert not algo.offer_candidate(9.0) and same(params(algo.validated), pi_pre)
+    assert algo.offer_candidate(10.0) and same(params(algo.validated), moved)
+    algo.update(random_batch(1), env_step=1)
+    restored = PORL(config, OBS, ACT, CPU, policy=pretrained(seed=1))
+    restored.load_state_dict(algo.state_dict())
+    assert same(params(restored.validated), moved) and not restored.offer_candidate(9.5)
+    assert algo.modules()["policy"] is algo.validated and algo.modules()["policy_average"] is algo.policy_average
+
+    plain = PORL(small(PORLConfig, presample_steps=0, validated_deployment=True), OBS, ACT, CPU, policy=pretrained())
+    runs, candidate = plain.evaluation_policies()
+    assert candidate == "online_" and runs["online_"][0] is plain.policy and "candidate_" not in runs
+    assert PORL(small(PORLConfig), OBS, ACT, CPU, policy=pretrained()).evaluation_policies()[1] is None
+
+
 def test_porl_average_reference_is_the_policy_average_started_at_pi_pre():
     """constraint.reference average: at hand-over π_ref is π̄ (= π_pre then); it moves with π̄,
     and evaluations do not replace it."""

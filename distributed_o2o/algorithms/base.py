@@ -139,6 +139,32 @@ class Algorithm(ABC):
         unless the method keeps another, e.g. a Polyak average)."""
         return self.acting_policy()
 
+    def candidate_policy(self) -> Policy:
+        """The learnt policy offered for deployment at each evaluation (`offer_candidate`); the
+        deployed one itself where deployment is not validated."""
+        return self.deployed_policy()
+
+    def offer_candidate(self, score: float) -> bool:
+        """Called with the candidate's evaluation score where it is not the deployed policy;
+        True when it became the deployed policy."""
+        return False
+
+    def evaluation_policies(self) -> tuple[dict[str, tuple[Policy, bool]], str | None]:
+        """What an evaluation plays, by metric prefix: (policy, deterministic). The deployed
+        policy's mode scores the run (""); the acting policy's samples (what the agent collects,
+        "stochastic_"), the acting policy's mode where another is deployed ("online_") and a
+        validated deployment's candidate ("candidate_") are logged beside it. Second: the prefix
+        whose score `offer_candidate` takes (None without a validated deployment)."""
+        acting, deployed, candidate = self.acting_policy(), self.deployed_policy(), self.candidate_policy()
+        runs = {"": (deployed, True), "stochastic_": (acting, False)}
+        if deployed is not acting:
+            runs["online_"] = (acting, True)
+        if candidate is deployed:
+            return runs, None
+        if candidate is not acting:
+            runs["candidate_"] = (candidate, True)
+        return runs, "online_" if candidate is acting else "candidate_"
+
     def updates_due(self, env_step: int) -> int:
         """Gradient steps owed per env step once `env_step` steps were collected (the UTD)."""
         return 0

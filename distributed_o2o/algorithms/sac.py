@@ -91,6 +91,10 @@ class SACCore(Capturable, Algorithm):
         self.target_critic = frozen_copy(self.critic)
         # π̄, the deployed policy when `policy_average_tau` is set (π keeps acting and learning).
         self.policy_average = None if config.policy_average_tau is None else frozen_copy(self.policy)
+        # The validated deployment: a copy of the starting policy, replaced by a candidate that
+        # scores at least the best candidate score so far (`offer_candidate`).
+        self.validated = frozen_copy(self.policy) if config.validated_deployment else None
+        self.validated_score = -math.inf
         self.num_min_critics = config.num_min_critics
         self.temperature = Temperature(self.initial_alpha(), device)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
@@ -254,8 +258,21 @@ class SACCore(Capturable, Algorithm):
     def acting_policy(self) -> Policy:
         return self.policy
 
-    def deployed_policy(self) -> Policy:
+    def candidate_policy(self) -> Policy:
+        """The learnt policy the run would deploy without validation: π̄ where kept, else π."""
         return self.policy if self.policy_average is None else self.policy_average
+
+    def deployed_policy(self) -> Policy:
+        return self.candidate_policy() if self.validated is None else self.validated
+
+    def offer_candidate(self, score: float) -> bool:
+        """The validated deployment's test: the candidate, scored `score` at an evaluation, is
+        deployed (a copy) when it matches the best candidate score so far. True when deployed."""
+        if self.validated is None or score < self.validated_score:
+            return False
+        self.validated_score = float(score)
+        self.validated.load_state_dict(self.candidate_policy().state_dict())
+        return True
 
     def updates_due(self, env_step: int) -> int:
         return self.config.utd if env_step >= self.config.learning_starts else 0
@@ -265,8 +282,9 @@ class SACCore(Capturable, Algorithm):
 
     # ------------------------------------------------------------------ state
     def modules(self) -> dict[str, nn.Module]:
-        online = {} if self.policy_average is None else {"online_policy": self.policy}
-        return {"policy": self.deployed_policy(), **online, "critic": self.critic}
+        online = {} if self.deployed_policy() is self.policy else {"online_policy": self.policy}
+        average = {} if self.validated is None or self.policy_average is None else {"policy_average": self.policy_average}
+        return {"policy": self.deployed_policy(), **online, **average, "critic": self.critic}
 
     def state_dict(self) -> dict:
         """A snapshot: copied, so later updates do not alter it."""
@@ -287,6 +305,8 @@ class SACCore(Capturable, Algorithm):
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "alpha_optimizer": self.alpha_optimizer.state_dict(),
             **({} if self.policy_average is None else {"policy_average": self.policy_average.state_dict()}),
+            **({} if self.validated is None else {"validated": self.validated.state_dict(),
+                                                  "validated_score": self.validated_score}),
         }
 
     def restore(self, state: dict) -> None:
@@ -300,3 +320,6 @@ class SACCore(Capturable, Algorithm):
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         if self.policy_average is not None:
             self.policy_average.load_state_dict(state["policy_average"])
+        if self.validated is not None:
+            self.validated.load_state_dict(state["validated"])
+            self.validated_score = float(state["validated_score"])

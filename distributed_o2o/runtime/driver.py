@@ -236,25 +236,22 @@ class Driver:
         arch = self.t.call(self.c.learner, "policy_arch")
         updates_per_s = round(self.eval_rate(self.counters.updates), 2)
         started = [self._start_evaluation(seat, arch) for seat in self.seats]
-        for seat, futures in zip(self.seats, started):
-            self.last_eval = self._record_evaluation(seat, futures, updates_per_s, initial)
+        for seat, runs in zip(self.seats, started):
+            self.last_eval = self._record_evaluation(seat, runs, updates_per_s, initial)
 
-    def _start_evaluation(self, seat: Seat, arch: dict) -> dict[str, Any]:
-        """The deployed policy's mode scores the agent; the acting policy's samples (what the agent
-        collects) and, where another policy is deployed, its mode are logged beside it. The
-        evaluator calls' futures, by metric prefix."""
-        learner, step = self.c.learner, self.counters.env_steps
-        acting = self.t.call(learner, "acting_weights", *seat.agent)
-        deployed = self.t.call(learner, "deployed_weights", *seat.agent)
-        runs = {"": (deployed or acting, True), "stochastic_": (acting, False)}
-        if deployed is not None:
-            runs["online_"] = (acting, True)
+    def _start_evaluation(self, seat: Seat, arch: dict) -> tuple[dict[str, Any], str | None]:
+        """The evaluator calls' futures, by metric prefix (`Algorithm.evaluation_policies`), and
+        the prefix of a validated deployment's candidate."""
+        runs, candidate = self.t.call(self.c.learner, "evaluation_weights", *seat.agent)
+        step = self.counters.env_steps
         return {prefix: self.t.submit(seat.evaluator, "evaluate", arch, weights, deterministic, step)
-                for prefix, (weights, deterministic) in runs.items()}
+                for prefix, (weights, deterministic) in runs.items()}, candidate
 
-    def _record_evaluation(self, seat: Seat, futures: dict[str, Any], updates_per_s: float, initial: bool) -> dict[str, Any]:
+    def _record_evaluation(self, seat: Seat, started: tuple[dict[str, Any], str | None], updates_per_s: float,
+                           initial: bool) -> dict[str, Any]:
         """The agent's evaluation line, metrics and checkpoint."""
         c, mine, learner = self.counters, seat.records, self.c.learner
+        futures, candidate = started
         records = {prefix: self.t.get(future) for prefix, future in futures.items()}
         mine.eval_env_steps += sum(r.pop("env_steps") for r in records.values())
         record = records[""]
@@ -275,6 +272,10 @@ class Driver:
             save_checkpoint(run_dir.checkpoint_dir(c.env_steps), self.t.call(learner, "checkpoint_modules", *seat.agent),
                             env_id=seat.config.env, algo=seat.config.algo, config=seat.config.model_dump(),
                             extra={"env_steps": c.env_steps, "updates": c.updates, "eval": line, **self.c.references})
+        # A candidate that passes is deployed from here on (after the checkpoint of the policy this
+        # line scored): the next point's fresh episodes report it.
+        if candidate is not None:
+            self.t.call(learner, "offer_candidate", records[candidate]["return_mean"], *seat.agent)
         return line
 
     def _bar_text(self) -> str:

@@ -267,12 +267,13 @@ class Learner:
     def acting_weights(self) -> dict[str, torch.Tensor]:
         return policy_weights(self.algorithm.acting_policy())
 
-    def deployed_weights(self) -> dict[str, torch.Tensor] | None:
-        """The deployed policy's weights where it is not the acting policy (else None)."""
-        policy = self.algorithm.deployed_policy()
-        if policy is self.algorithm.acting_policy():
-            return None
-        return policy_weights(policy)
+    def evaluation_weights(self) -> tuple[dict[str, tuple[dict[str, torch.Tensor], bool]], str | None]:
+        """`Algorithm.evaluation_policies` with each policy's weights."""
+        runs, candidate = self.algorithm.evaluation_policies()
+        return {prefix: (policy_weights(policy), deterministic) for prefix, (policy, deterministic) in runs.items()}, candidate
+
+    def offer_candidate(self, score: float) -> bool:
+        return self.algorithm.offer_candidate(score)
 
     def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
         return self.algorithm.modules()

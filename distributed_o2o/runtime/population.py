@@ -118,9 +118,13 @@ class PopulationLearner(Learner):
     def acting_weights(self, agent: int = 0) -> dict[str, torch.Tensor]:
         return policy_weights(self.agents[agent].acting_policy())
 
-    def deployed_weights(self, agent: int = 0) -> dict[str, torch.Tensor] | None:
-        policy = self.agents[agent].deployed_policy()
-        return None if policy is self.agents[agent].acting_policy() else policy_weights(policy)
+    def evaluation_weights(self, agent: int = 0) -> tuple[dict[str, tuple[dict[str, torch.Tensor], bool]], str | None]:
+        """`Algorithm.evaluation_policies` with each policy's weights."""
+        runs, candidate = self.agents[agent].evaluation_policies()
+        return {prefix: (policy_weights(policy), deterministic) for prefix, (policy, deterministic) in runs.items()}, candidate
+
+    def offer_candidate(self, score: float, agent: int = 0) -> bool:
+        return self.agents[agent].offer_candidate(score)
 
     def checkpoint_modules(self, agent: int = 0) -> dict[str, torch.nn.Module]:
         return self.population.modules(agent)
