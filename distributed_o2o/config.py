@@ -53,7 +53,8 @@ Gamma = Annotated[Discount, Field(description="discount factor γ")]
 Tau = Annotated[Discount, Field(description="Polyak step τ of the target networks, per update")]
 OnlineSteps = Annotated[int, Field(ge=0, description="online env-step budget (pre-sample and warm-up steps included)")]
 Utd = Annotated[int, Field(gt=0, description="gradient updates per env step (update-to-data ratio)")]
-LearningStarts = Annotated[int, Field(ge=0, description="env steps before the first online update")]
+LearningStarts = Annotated[int, Field(ge=0, description="env steps before the first online update (the one gate of "
+                                                           "when updates start)")]
 RandomStartSteps = Annotated[int, Field(ge=0, description="first env steps acted uniformly at random")]
 OfflineRatio = Annotated[float, Field(ge=0.0, le=1.0, description="fraction of each batch drawn from D_off (the rest from D_on)")]
 NumCritics = Annotated[int, Field(gt=0, description="critics in the Q ensemble (K)")]
@@ -145,14 +146,20 @@ class RuntimeConfig(LearnerBackendFields):
     so they stay in the stage cache key). docs/design.md, "Config".
     """
 
+    @model_validator(mode="before")
+    @classmethod
+    def _min_replay_size_removed(cls, data: Any) -> Any:
+        """`min_replay_size` gated updates beside `learning_starts`; the one gate is `learning_starts`."""
+        if isinstance(data, dict) and "min_replay_size" in data:
+            raise PydanticCustomError("removed_min_replay_size", "min_replay_size is removed")
+        return data
+
     device: Device = "auto"
     num_rollout_workers: int = Field(1, gt=0, description="rollout actors stepping envs")
     envs_per_worker: int = Field(1, gt=0, validation_alias=AliasChoices("envs_per_worker", "num_envs"),
                                  description="envs each rollout worker steps as one vector (batched inference); "
                                              "`num_envs` is accepted too")
     replay_shards: int = Field(1, gt=0, description="replay service shards")
-    min_replay_size: int = Field(1, gt=0, description="updates are owed only for transitions inserted once the replay "
-                                                      "holds this many")
     samples_per_insert_tolerance: int | None = Field(
         None, gt=0, description="sampled transitions (updates x batch_size) the learner may fall behind UTD x batch_size "
                                 "per insert before rollouts pause; None: one rollout chunk per worker plus one learner call")
@@ -177,6 +184,8 @@ class FinetuneConfig(StrictModel):
     def _runtime_fields_moved(cls, data: Any) -> Any:
         """A runtime field at the top level (the config before it had a `runtime` section) is
         named with its new place, wherever it comes from (a file, --set, a sweep, Python)."""
+        if isinstance(data, dict) and "min_replay_size" in data:
+            raise PydanticCustomError("removed_min_replay_size", "min_replay_size is removed")
         moved = sorted(MOVED_TO_RUNTIME & set(data)) if isinstance(data, dict) else []
         if moved:  # `_one_line` words it
             raise PydanticCustomError("moved_to_runtime", "runtime fields at the top level: {moved}", {"moved": moved})
@@ -492,6 +501,9 @@ def _one_line(exc: ValidationError) -> str:
             parts.append(f"unknown config key '{where}'")
         elif err["type"] == "moved_to_runtime":
             parts.append(_moved_to_runtime(err["ctx"]["moved"], "".join(f"{x}." for x in err["loc"])))
+        elif err["type"] == "removed_min_replay_size":
+            parts.append(f"'{'' if where == 'config' else where + '.'}min_replay_size' is removed: updates start at "
+                         "`learning_starts` (env steps), the one gate; set that instead")
         else:
             parts.append(f"'{where}': {err['msg']}")
     return "; ".join(parts)
@@ -585,13 +597,16 @@ def finetune_config(algo: str | None, config_file: str | None = None, overrides:
 
 
 def nested_runtime(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config saved before the runtime section existed (a run's config.yaml), its flat runtime
-    fields moved under `runtime`; a config saved since is returned as it is."""
-    flat = {k: v for k, v in saved.items() if k in MOVED_TO_RUNTIME}
-    if not flat:
-        return saved
-    rest = {k: v for k, v in saved.items() if k not in MOVED_TO_RUNTIME}
-    return {**rest, "runtime": {**saved.get("runtime", {}), **flat}}
+    """A run's saved config.yaml in today's form: flat runtime fields (saved before the runtime
+    section existed) moved under `runtime`, and the removed `min_replay_size` dropped where it
+    was 1, the value that gated nothing (any other value is refused when validated)."""
+    moved = MOVED_TO_RUNTIME | {"min_replay_size"}
+    flat = {k: v for k, v in saved.items() if k in moved}
+    rest = {k: v for k, v in saved.items() if k not in moved}
+    runtime = {**saved.get("runtime", {}), **flat}
+    if runtime.get("min_replay_size") == 1:
+        del runtime["min_replay_size"]
+    return {**rest, "runtime": runtime} if runtime or "runtime" in saved else rest
 
 
 def _check_off_blocks(schema: type[StrictModel], sets: list[str], file_layer: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from distributed_o2o.config import FINETUNE_CONFIGS, DemoConfig, PretrainConfig, build_config, finetune_config, parse_overrides
+from distributed_o2o.config import (FINETUNE_CONFIGS, DemoConfig, PretrainConfig, build_config, finetune_config, nested_runtime,
+                                    parse_overrides)
 from distributed_o2o.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -147,6 +148,25 @@ def test_a_flat_runtime_key_inside_another_config_names_where_it_is():
     with pytest.raises(UserError, match=r"`finetune.device` is now `finetune.runtime.device`: .*--set finetune.runtime.device="):
         build_config(DemoConfig, {"finetune": {"device": "cpu"}})
     assert build_config(PretrainConfig, {"device": "cpu", "learner_backend": "eager"}).device == "cpu"  # flat there
+
+
+@pytest.mark.parametrize("sets", [["runtime.min_replay_size=100"], ["min_replay_size=100"]])
+def test_the_removed_second_update_gate_is_named_with_the_one_gate(sets):
+    with pytest.raises(UserError) as err:
+        finetune_config("sac", None, sets=sets)
+    assert "min_replay_size' is removed: updates start at `learning_starts`" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_saved_config_with_the_removed_gate_at_its_no_op_value_still_loads():
+    """Runs saved before `runtime.min_replay_size` was removed wrote it as 1 (nothing gated):
+    resuming them reads the config without it; another value is refused, naming the gate."""
+    saved = finetune_config("sac", None, {"env": "Pendulum-v1"}).model_dump()
+    nested = {**saved, "runtime": {**saved["runtime"], "min_replay_size": 1}}
+    flat = {**{k: v for k, v in saved.items() if k != "runtime"}, **saved["runtime"], "min_replay_size": 1}
+    for old in (nested, flat):
+        assert finetune_config("sac", None, nested_runtime(old)).model_dump() == saved
+    with pytest.raises(UserError, match="learning_starts"):
+        finetune_config("sac", None, nested_runtime({**saved, "runtime": {"min_replay_size": 500}}))
 
 
 def test_the_runtime_section_is_read_from_a_file_and_set_items(tmp_path):

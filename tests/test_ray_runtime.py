@@ -76,24 +76,19 @@ def test_rate_limiter_holds_the_learner_inside_the_band():
     assert limiter.owed == 2 and limiter.lag() == 2
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"runtime": {"min_replay_size": 2000}, "replay_capacity": 1000}, "exceeds replay_capacity 1000"),
-    ({"runtime": {"min_replay_size": 2000}, "online_steps": 1000}, "exceeds online_steps 1000"),
-    ({"runtime": {"samples_per_insert_tolerance": 64 * 10}}, "narrower than one rollout chunk"),
-])
-def test_limits_that_would_stall_are_refused_before_any_work(tmp_path, fields, message):
-    config = finetune_config("sac", None, merge_layers({**SMALL, "online_steps": 5000, "runtime": {"envs_per_worker": 16}, "learning_starts": 0}, fields))
-    with pytest.raises(UserError, match=message):
+def test_limits_that_would_stall_are_refused_before_any_work(tmp_path):
+    fields = {**SMALL, "online_steps": 5000, "runtime": {"envs_per_worker": 16, "samples_per_insert_tolerance": 64 * 10},
+              "learning_starts": 0}
+    config = finetune_config("sac", None, fields)
+    with pytest.raises(UserError, match="narrower than one rollout chunk"):
         run_finetune(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before the first evaluation
 
 
 def test_the_band_must_hold_one_chunk_and_one_update():
-    check_rate_limits(min_replay_size=100, capacity=1000, online_steps=5000, chunk=256, utd=2, batch_size=64,
-                      tolerance=(256 * 2 + 1) * 64)
+    check_rate_limits(chunk=256, utd=2, batch_size=64, tolerance=(256 * 2 + 1) * 64)
     with pytest.raises(UserError, match="set it to at least 32832"):
-        check_rate_limits(min_replay_size=100, capacity=1000, online_steps=5000, chunk=256, utd=2, batch_size=64,
-                          tolerance=(256 * 2 + 1) * 64 - 1)
+        check_rate_limits(chunk=256, utd=2, batch_size=64, tolerance=(256 * 2 + 1) * 64 - 1)
 
 
 def test_shards_split_batches_by_size_and_serve_fragments_once():

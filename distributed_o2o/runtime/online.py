@@ -88,8 +88,7 @@ class OnlineLoop:
         """Fetch the schedule (acting spec and updates due per env step) and size the rate
         limiter (schedule.py), refusing limits under which the run would stall, before any work."""
         cfg, c = self.config, self.counters
-        self.schedule = Schedule(self.t.call(self.c.learner, "schedule", c.env_steps, max(cfg.online_steps, c.env_steps + 1)),
-                                 cfg.runtime.min_replay_size)
+        self.schedule = Schedule(self.t.call(self.c.learner, "schedule", c.env_steps, max(cfg.online_steps, c.env_steps + 1)))
         if not on_policy:
             self.limiter = size_limiter(cfg, self.c, self.schedule, c.owed_updates)
 

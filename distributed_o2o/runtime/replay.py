@@ -224,16 +224,9 @@ class RateLimiter:
         self.running -= n
 
 
-def check_rate_limits(*, min_replay_size: int, capacity: int, online_steps: int, chunk: int, utd: float,
-                      batch_size: int, tolerance: float | None) -> None:
-    """Refuse a limiter configuration that could never sample or would stall both sides;
-    `chunk` transitions at `utd` is the rollout chunk that earns the most updates."""
-    if min_replay_size > capacity:
-        raise UserError(f"min_replay_size {min_replay_size} exceeds replay_capacity {capacity}: the replay can never hold "
-                        "that many transitions, so no update would ever run; lower min_replay_size")
-    if 0 < online_steps < min_replay_size:
-        raise UserError(f"min_replay_size {min_replay_size} exceeds online_steps {online_steps}: no update would ever run; "
-                        "lower min_replay_size or raise online_steps")
+def check_rate_limits(*, chunk: int, utd: float, batch_size: int, tolerance: float | None) -> None:
+    """Refuse a limiter band under which rollouts and learner would stall each other; `chunk`
+    transitions at `utd` is the rollout chunk that earns the most updates."""
     if tolerance is not None and utd > 0:
         needed = (chunk * utd + 1) * batch_size
         if tolerance < needed:

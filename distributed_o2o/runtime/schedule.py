@@ -20,16 +20,16 @@ from distributed_o2o.runtime.replay import RateLimiter, check_rate_limits
 class Schedule:
     """The algorithm's acting spec and owed updates per env step, fetched once as runs.
 
-    Transition t (the one that brings the count to t) earns `updates_due(t)` updates, none
-    while t < `min_replay_size`; the transition taken at count t acts with `acting(t)`.
+    Transition t (the one that brings the count to t, from 1) earns `updates_due(t)` updates
+    (the algorithm's gate, `learning_starts`, is in them); the transition taken at count t acts
+    with `acting(t)`.
     Past the fetched range the last run continues.
     """
 
-    def __init__(self, runs: list[tuple[int, Any, float]], min_replay_size: int):
+    def __init__(self, runs: list[tuple[int, Any, float]]):
         self.starts = [r[0] for r in runs]
         self.specs = [r[1] for r in runs]
         self.utds = [r[2] for r in runs]
-        self.min_replay_size = min_replay_size
 
     def _index(self, t: int) -> int:
         return max(0, bisect.bisect_right(self.starts, t) - 1)
@@ -47,7 +47,7 @@ class Schedule:
 
     def earned(self, lo: int, hi: int) -> float:
         """Updates earned by the transitions that take the count from lo to hi."""
-        total, a = 0.0, max(lo + 1, self.min_replay_size)
+        total, a = 0.0, lo + 1
         i = self._index(a)
         while a <= hi:
             last = self.starts[i + 1] - 1 if i + 1 < len(self.starts) else hi
@@ -58,12 +58,12 @@ class Schedule:
 
     def utd(self, t: int) -> float:
         """Updates earned by transition t."""
-        return 0.0 if t < self.min_replay_size else self.utds[self._index(t)]
+        return self.utds[self._index(t)]
 
     def utd_values(self) -> set[float]:
         """The UTDs of the run that earn updates."""
         ends = self.starts[1:] + [math.inf]
-        return {u for u, end in zip(self.utds, ends) if u > 0 and end > self.min_replay_size}
+        return {u for u, end in zip(self.utds, ends) if u > 0 and end > 1}
 
 
 def chunk_steps(c: Components, utd: float) -> int:
@@ -79,8 +79,7 @@ def size_limiter(cfg: Any, c: Components, schedule: Schedule, owed: float) -> Ra
     chunk, utd = max(((chunk_steps(c, u) * c.envs_per_worker, u) for u in schedule.utd_values()),
                      key=lambda x: x[0] * x[1], default=(0, 0.0))
     tolerance = cfg.runtime.samples_per_insert_tolerance
-    check_rate_limits(min_replay_size=cfg.runtime.min_replay_size, capacity=cfg.replay_capacity, online_steps=cfg.online_steps,
-                      chunk=chunk, utd=utd, batch_size=cfg.batch_size, tolerance=tolerance)
+    check_rate_limits(chunk=chunk, utd=utd, batch_size=cfg.batch_size, tolerance=tolerance)
     if tolerance is None:  # room for a chunk per worker and one learner call
         max_lag = len(c.workers) * chunk * utd + c.max_updates_per_call
     else:
