@@ -20,7 +20,7 @@ REPS = 500
 
 def write_run(root: Path, name: str, env: str, method: str, seed: int, steps: list[int], scores: list[float | None],
               returns: list[float] | None = None, handover: int = 0, online_steps: int | None = None,
-              finished: bool = True, trial: bool = True) -> Path:
+              finished: bool = True, trial: bool = True, learner_returns: list[float] | None = None) -> Path:
     """A run directory as the driver (and a sweep) leaves it, with the given evaluation scores."""
     path = root / name
     path.mkdir(parents=True)
@@ -29,6 +29,8 @@ def write_run(root: Path, name: str, env: str, method: str, seed: int, steps: li
                                                       "online_steps": online_steps, "dataset": None}))
     returns = returns or [0.0] * len(steps)
     lines = [{"env_steps": s, "return_mean": r, "return_std": 0.0, "normalized_score": n} for s, n, r in zip(steps, scores, returns)]
+    for line, learner in zip(lines, learner_returns or []):
+        line["online_return_mean"] = learner
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     if finished:
         (path / "summary.json").write_text(json.dumps({"env_steps": online_steps, "handover_env_step": handover, "wall_time_s": 10.0}))
@@ -70,7 +72,20 @@ def test_stability_figures(tmp_path):
     assert g["lowest_after_handover"]["value"] == 5.0
     assert g["dip"]["value"] == 30.0  # 50 - 20: the 5 at step 3000 lies past the first 10% of online steps
     assert g["last_10pct"]["value"] == 90.0  # ceil(10% of 6 evaluations) = the last one
-    assert g["handover_env_step"] == 1000
+    assert g["last_5"]["value"] == pytest.approx((50 + 20 + 5 + 70 + 90) / 5)
+    assert g["handover_env_step"] == 1000 and g["learner_lowest_after_handover"] is None  # it delivers what it learns
+
+
+def test_the_learning_policys_own_lowest_is_reported_on_the_deployed_scores_scale(tmp_path):
+    """A run that delivers another policy logs the learning one's mode (`online_return_mean`);
+    its lowest after hand-over is normalised as the run normalised its own scores (here score =
+    return / 10 + 5, the map read off the run's evaluations)."""
+    returns = [400.0, 450.0, 450.0, 600.0]
+    write_run(tmp_path, "r", "Hopper-v5", "porl", 0, [0, 1000, 2000, 3000], [r / 10 + 5 for r in returns], returns=returns,
+              handover=1000, online_steps=3000, learner_returns=[400.0, 450.0, 30.0, 600.0])
+    g = group(build_report([tmp_path], reps=REPS), "porl")
+    assert g["lowest_after_handover"]["value"] == pytest.approx(50.0)
+    assert g["learner_lowest_after_handover"]["value"] == pytest.approx(8.0)  # 30 / 10 + 5
 
 
 def test_one_run_is_reported_with_n_runs_1(tmp_path):

@@ -1,11 +1,12 @@
 """`o2o report`: the figures of each group of runs, aggregates over envs, and the files.
 
 Per group (env, dataset, method), over its finished runs (seeds pooled), each an IQM with a 95%
-bootstrap CI: the score at the final evaluation; the mean over the last 10% of evaluations;
-the score just before hand-over (the last evaluation at or before the env step from which the
+bootstrap CI: the score at the final evaluation; the mean over the last 10% of evaluations and
+over the last five; the score just before hand-over (the last evaluation at or before the env step from which the
 learnt policy acts: PORL's pre-sample end, WSRL's warm-up end, else step 0); the lowest score
-after hand-over; and the dip: the score before hand-over minus the lowest within the first 10%
-of the online steps after it.
+after hand-over; the dip: the score before hand-over minus the lowest within the first 10%
+of the online steps after it; and, where the run delivers another policy than the one learning
+(a Polyak average, a validated deployment), the learning policy's own lowest after hand-over.
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ def run_figures(run: RunRecord) -> dict[str, float]:
         window = run.steps == run.steps[after][0]
     last = max(1, math.ceil(0.1 * len(run.scores)))
     start = float(run.scores[before][-1]) if before.any() else math.nan
+    learner = run.learner_scores
     return {
         "final": float(run.scores[-1]),
         "last_10pct": float(run.scores[-last:].mean()),
+        "last_5": float(run.scores[-5:].mean()),
         "before_handover": start,
         "lowest_after_handover": float(run.scores[after].min()) if after.any() else math.nan,
         "dip": start - float(run.scores[window].min()) if window.any() else math.nan,
+        "learner_lowest_after_handover": float(learner[after].min()) if learner is not None and after.any() else math.nan,
     }
 
 
@@ -73,7 +77,7 @@ def build_report(roots: list[str | Path], baseline: str | None = None, reps: int
                  "iqm": final["value"], "ci_low": final["ci_low"], "ci_high": final["ci_high"],
                  "final_scores": [f["final"] for f in figures],
                  "wall_time_s_mean": _mean([r.wall_time_s for r in members])}
-        for name in ("last_10pct", "before_handover", "lowest_after_handover", "dip"):
+        for name in ("last_10pct", "last_5", "before_handover", "lowest_after_handover", "dip", "learner_lowest_after_handover"):
             group[name] = _estimate([f[name] for f in figures], reps)
         base = _baseline_group(groups, env, dataset, baseline) if baseline not in (None, method) else None
         if base is not None:
@@ -147,23 +151,28 @@ def write_markdown(report: dict[str, Any], path: Path, curve_files: dict[str, st
               f"{report['n_unfinished']} unfinished and left out.", "",
               "Each figure: interquartile mean (IQM) over a group's runs (seeds) with its 95% stratified bootstrap "
               f"confidence interval (rliable, percentile method, {report['bootstrap_reps']:,} resamples). "
-              "*final*: the last evaluation; *last 10%*: each run's mean over its last 10% of evaluations; "
-              "*before*: the last evaluation at or before hand-over (the env step from which the learnt policy acts); "
-              "*lowest after*: the lowest evaluation after it; *dip*: before minus the lowest within the first 10% of "
-              "online steps after hand-over. Env steps include any pre-sample stage.", ""]
+              "*final*: the last evaluation; *last 10%*, *last 5*: each run's mean over its last 10% of evaluations, "
+              "over its last five; *before*: the last evaluation at or before hand-over (the env step from which the "
+              "learnt policy acts); *lowest after*: the lowest evaluation after it; *dip*: before minus the lowest "
+              "within the first 10% of online steps after hand-over; *learner's lowest after*: where the run delivers "
+              "another policy than the one learning (a Polyak average, a validated deployment), the learning policy's "
+              "own lowest evaluation after hand-over (its mode, `online_return_mean`). Env steps include any pre-sample "
+              "stage.", ""]
     baseline = report["baseline"]
     by_env: dict[str, list[dict]] = defaultdict(list)
     for group in report["groups"]:
         by_env[group["env"]].append(group)
     for env, groups in by_env.items():
         lines += [f"## {env}", ""]
-        header = ["method", "dataset", "runs", "final", "last 10%", "before", "lowest after", "dip", "score", "wall s"]
+        header = ["method", "dataset", "runs", "final", "last 10%", "last 5", "before", "lowest after", "dip",
+                  "learner's lowest after", "score", "wall s"]
         if baseline:
             header.append(f"P({baseline} > method)")
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for g in groups:
             row = [g["method"], g["dataset"], str(g["n_runs"]), _fmt({"value": g["iqm"], "ci_low": g["ci_low"], "ci_high": g["ci_high"]}),
-                   _fmt(g["last_10pct"]), _fmt(g["before_handover"]), _fmt(g["lowest_after_handover"]), _fmt(g["dip"]),
+                   _fmt(g["last_10pct"]), _fmt(g["last_5"]), _fmt(g["before_handover"]), _fmt(g["lowest_after_handover"]),
+                   _fmt(g["dip"]), _fmt(g["learner_lowest_after_handover"]),
                    g["score"] + ("" if g["score"] == "raw return" else f" ({g['references']} references)"),
                    "-" if g["wall_time_s_mean"] is None else f"{g['wall_time_s_mean']:.0f}"]
             if baseline:

@@ -30,6 +30,9 @@ class RunRecord:
     seed: int
     steps: np.ndarray  # env steps of the evaluations (pre-sample included)
     scores: np.ndarray  # normalised score (or raw return, see `normalised`) at each evaluation
+    # The learning policy's mode at each evaluation, on the scores' scale, where the run delivers
+    # another policy (a Polyak average, a validated deployment: `online_return_mean`); else None.
+    learner_scores: np.ndarray | None
     normalised: bool
     references: str  # where the normalisation came from
     handover_step: int
@@ -80,23 +83,41 @@ def read_run(path: Path) -> RunRecord | None:
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     steps = np.array([m["env_steps"] for m in metrics], dtype=np.int64)
+    returns = np.array([m["return_mean"] for m in metrics], float)
     if all(m.get("normalized_score") is not None for m in metrics):
         scores, normalised, refs = np.array([m["normalized_score"] for m in metrics], float), True, "the run's"
+        to_scores = _affine(returns, scores, config["env"])
     else:
-        returns = np.array([m["return_mean"] for m in metrics], float)
         found = _references(config["env"])
         if found is None:
             scores, normalised, refs = returns, False, "none (raw return)"
+            to_scores = lambda x: x  # noqa: E731
         else:
             low, high, refs = found
             scores, normalised = normalized_score(returns, ref_min=low, ref_max=high), True
+            to_scores = lambda x: normalized_score(x, ref_min=low, ref_max=high)  # noqa: E731
+    learner = None
+    if all("online_return_mean" in m for m in metrics):
+        learner = to_scores(np.array([m["online_return_mean"] for m in metrics], float))
     dataset = trial.get("dataset") or (Path(config["dataset"]).stem if config.get("dataset") else "-")
     online_steps = int(config.get("online_steps", steps[-1]))
     return RunRecord(path=path, env=trial.get("env", config["env"]), dataset=dataset, method=trial.get("method", config["algo"]),
-                     seed=int(trial.get("seed", config.get("seed", 0))), steps=steps, scores=scores, normalised=normalised,
+                     seed=int(trial.get("seed", config.get("seed", 0))), steps=steps, scores=scores, learner_scores=learner,
+                     normalised=normalised,
                      references=refs, handover_step=int((summary or {}).get("handover_env_step", 0)),
                      online_steps=online_steps, finished=_finished(summary, steps, online_steps),
                      wall_time_s=(summary or {}).get("wall_time_s"))
+
+
+def _affine(returns: np.ndarray, scores: np.ndarray, env: str):
+    """Return -> score as the run normalised its own evaluations (an affine map, read off two
+    evaluations with different returns; with none, the env's references)."""
+    lo, hi = int(np.argmin(returns)), int(np.argmax(returns))
+    if returns[hi] > returns[lo]:
+        slope = (scores[hi] - scores[lo]) / (returns[hi] - returns[lo])
+        return lambda x: scores[lo] + slope * (x - returns[lo])
+    found = _references(env)
+    return (lambda x: x) if found is None else (lambda x: normalized_score(x, ref_min=found[0], ref_max=found[1]))
 
 
 def _finished(summary: dict | None, steps: np.ndarray, online_steps: int) -> bool:
