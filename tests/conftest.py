@@ -69,3 +69,22 @@ def latest_save(run: Path) -> Path:
     saves = ResumeStore(run / "resume").saves()
     assert saves, f"{run} has no resume save"
     return saves[0]
+
+
+def assert_validated_deployment(run_dir: Path, metrics: list[dict], candidate_module: str, candidate_score: str) -> None:
+    """The rule of a validated deployment, read off a run's checkpoints: the policy checkpointed
+    (and scored) at each evaluation after the first is the previous evaluation's candidate, as
+    it was then, when that candidate's score matched the best candidate score so far, else the
+    previous point's policy."""
+    from safetensors.torch import load_file
+
+    def weights(m, module):
+        return load_file(run_dir / "checkpoints" / f"step_{m['env_steps']:09d}" / f"{module}.safetensors")
+
+    best = -float("inf")
+    for before, after in zip(metrics, metrics[1:]):
+        passed = before[candidate_score] >= best
+        best = max(best, before[candidate_score])
+        expected = weights(before, candidate_module if passed else "policy")
+        assert all(torch.equal(expected[k], v) for k, v in weights(after, "policy").items())
+

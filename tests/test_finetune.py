@@ -14,8 +14,7 @@ import numpy as np
 import torch
 import pytest
 import yaml
-from safetensors.torch import load_file
-from conftest import latest_save, make_weak_bc
+from conftest import assert_validated_deployment, latest_save, make_weak_bc
 
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import PretrainConfig, finetune_config
@@ -300,16 +299,7 @@ def test_a_validated_deployment_changes_only_to_a_candidate_that_scored_as_well_
                       policy_average_tau=0.05, validated_deployment=True)
     assert all("candidate_return_mean" in m for m in metrics)
     assert metrics[0]["candidate_return_mean"] == metrics[0]["return_mean"]  # π̄ = π_pre = deployed at 0
-
-    def weights(m, module):
-        return load_file(tmp_path / "porl" / "checkpoints" / f"step_{m['env_steps']:09d}" / f"{module}.safetensors")
-
-    best = -float("inf")
-    for before, after in zip(metrics, metrics[1:]):
-        passed = before["candidate_return_mean"] >= best
-        best = max(best, before["candidate_return_mean"])
-        expected = weights(before, "policy_average" if passed else "policy")
-        assert all(torch.equal(expected[k], v) for k, v in weights(after, "policy").items())
+    assert_validated_deployment(tmp_path / "porl", metrics, "policy_average", "candidate_return_mean")
 
 
 def test_an_evaluation_leaves_the_training_random_stream_alone():

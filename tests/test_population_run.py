@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import latest_save
+from conftest import assert_validated_deployment, latest_save
 
 from distributed_o2o.api import evaluate
 from distributed_o2o.cli.main import main
@@ -147,6 +147,18 @@ def population_with_shards(seeds=(0, 1)):
 
 def agent_of(ids: np.ndarray) -> np.ndarray:
     return ids.astype(np.int64) // 1000
+
+
+def test_each_agent_validates_its_own_deployment(tmp_path):
+    """A population with a validated deployment: each seed's sub-run follows the rule on its own
+    candidate's scores (π's mode, `online_return_mean`), as a separate run would."""
+    out = tmp_path / "pop"
+    run_finetune(sac(online_steps=500, validated_deployment=True), out, progress=False, seeds=[0, 1])
+    for seed in (0, 1):
+        run = out / f"seed_{seed}"
+        lines = metrics(run)
+        assert all("online_return_mean" in m for m in lines)
+        assert_validated_deployment(run, lines, "online_policy", "online_return_mean")
 
 
 def test_an_agent_samples_only_its_own_transitions_on_either_learner_path():
