@@ -138,6 +138,14 @@ RunMode = Literal["ray", "local"]
 DEFAULT_MODE: RunMode = "ray"
 
 
+def _refuse_min_replay_size(data: Any) -> Any:
+    """`min_replay_size` gated updates beside `learning_starts`, at the top level or in `runtime`:
+    it is removed, and named so (`_one_line`)."""
+    if isinstance(data, dict) and "min_replay_size" in data:
+        raise PydanticCustomError("removed_min_replay_size", "min_replay_size is removed")
+    return data
+
+
 class RuntimeConfig(LearnerBackendFields):
     """How a fine-tuning run executes: processes, devices, rate limiting, the learner backend.
 
@@ -149,10 +157,7 @@ class RuntimeConfig(LearnerBackendFields):
     @model_validator(mode="before")
     @classmethod
     def _min_replay_size_removed(cls, data: Any) -> Any:
-        """`min_replay_size` gated updates beside `learning_starts`; the one gate is `learning_starts`."""
-        if isinstance(data, dict) and "min_replay_size" in data:
-            raise PydanticCustomError("removed_min_replay_size", "min_replay_size is removed")
-        return data
+        return _refuse_min_replay_size(data)
 
     device: Device = "auto"
     num_rollout_workers: int = Field(1, gt=0, description="rollout actors stepping envs")
@@ -184,8 +189,7 @@ class FinetuneConfig(StrictModel):
     def _runtime_fields_moved(cls, data: Any) -> Any:
         """A runtime field at the top level (the config before it had a `runtime` section) is
         named with its new place, wherever it comes from (a file, --set, a sweep, Python)."""
-        if isinstance(data, dict) and "min_replay_size" in data:
-            raise PydanticCustomError("removed_min_replay_size", "min_replay_size is removed")
+        _refuse_min_replay_size(data)
         moved = sorted(MOVED_TO_RUNTIME & set(data)) if isinstance(data, dict) else []
         if moved:  # `_one_line` words it
             raise PydanticCustomError("moved_to_runtime", "runtime fields at the top level: {moved}", {"moved": moved})
@@ -606,7 +610,7 @@ def nested_runtime(saved: dict[str, Any]) -> dict[str, Any]:
     runtime = {**saved.get("runtime", {}), **flat}
     if runtime.get("min_replay_size") == 1:
         del runtime["min_replay_size"]
-    return {**rest, "runtime": runtime} if runtime or "runtime" in saved else rest
+    return {**rest, "runtime": runtime}
 
 
 def _check_off_blocks(schema: type[StrictModel], sets: list[str], file_layer: dict[str, Any]) -> None:

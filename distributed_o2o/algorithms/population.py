@@ -202,13 +202,6 @@ class Population:
         self._sync_reference()
         return metrics
 
-    def on_evaluation(self, agent: int, score: float, env_step: int) -> None:
-        self.agents[agent].on_evaluation(score, env_step)
-
-    def modules(self, agent: int) -> dict[str, nn.Module]:
-        """Agent `agent`'s checkpoint modules (live views of its slice)."""
-        return self.agents[agent].modules()
-
     def agent_state_dict(self, agent: int) -> dict:
         """Agent `agent`'s resume state, in the single-agent format (`SACCore.state_dict`'s copy,
         each tensor its own: a deep copy of a view would copy all K agents' storage)."""

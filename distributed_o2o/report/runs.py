@@ -10,7 +10,9 @@ recorded), else the zoo's for the env, else D4RL's; with none, raw returns (said
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +88,10 @@ def read_run(path: Path) -> RunRecord | None:
     returns = np.array([m["return_mean"] for m in metrics], float)
     if all(m.get("normalized_score") is not None for m in metrics):
         scores, normalised, refs = np.array([m["normalized_score"] for m in metrics], float), True, "the run's"
-        to_scores = _affine(returns, scores, config["env"])
+        to_scores = _affine(returns, scores) or _reference_map(config["env"])[0]
     else:
-        found = _references(config["env"])
-        if found is None:
-            scores, normalised, refs = returns, False, "none (raw return)"
-            to_scores = lambda x: x  # noqa: E731
-        else:
-            low, high, refs = found
-            scores, normalised = normalized_score(returns, ref_min=low, ref_max=high), True
-            to_scores = lambda x: normalized_score(x, ref_min=low, ref_max=high)  # noqa: E731
+        to_scores, label = _reference_map(config["env"])
+        scores, normalised, refs = to_scores(returns), label is not None, label or "none (raw return)"
     learner = None
     if all("online_return_mean" in m for m in metrics):
         learner = to_scores(np.array([m["online_return_mean"] for m in metrics], float))
@@ -109,15 +105,24 @@ def read_run(path: Path) -> RunRecord | None:
                      wall_time_s=(summary or {}).get("wall_time_s"))
 
 
-def _affine(returns: np.ndarray, scores: np.ndarray, env: str):
-    """Return -> score as the run normalised its own evaluations (an affine map, read off two
-    evaluations with different returns; with none, the env's references)."""
-    lo, hi = int(np.argmin(returns)), int(np.argmax(returns))
-    if returns[hi] > returns[lo]:
-        slope = (scores[hi] - scores[lo]) / (returns[hi] - returns[lo])
-        return lambda x: scores[lo] + slope * (x - returns[lo])
+def _reference_map(env: str) -> tuple[Callable[[np.ndarray], np.ndarray], str | None]:
+    """Return -> normalised score by `env`'s references, and where they come from (identity and
+    None for an env without references)."""
     found = _references(env)
-    return (lambda x: x) if found is None else (lambda x: normalized_score(x, ref_min=found[0], ref_max=found[1]))
+    if found is None:
+        return (lambda returns: returns), None
+    low, high, label = found
+    return partial(normalized_score, ref_min=low, ref_max=high), label
+
+
+def _affine(returns: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Return -> score as the run normalised its own evaluations (an affine map, read off two
+    evaluations with different returns; None without two)."""
+    lo, hi = int(np.argmin(returns)), int(np.argmax(returns))
+    if not returns[hi] > returns[lo]:
+        return None
+    slope = (scores[hi] - scores[lo]) / (returns[hi] - returns[lo])
+    return lambda x: scores[lo] + slope * (x - returns[lo])
 
 
 def _finished(summary: dict | None, steps: np.ndarray, online_steps: int) -> bool:

@@ -253,8 +253,15 @@ class Learner:
         """Seconds of each of LEARNER_PARTS so far (timings.py)."""
         return {name: self.timings.seconds.get(name, 0.0) for name in LEARNER_PARTS}
 
-    def on_evaluation(self, score: float, env_step: int) -> None:
-        self.algorithm.on_evaluation(score, env_step)
+    # -- one agent's calls (`agent`: its index in a population; a single run has agent 0 only)
+    def _agent(self, agent: int = 0) -> Algorithm:
+        return self.algorithm
+
+    def on_evaluation(self, score: float, env_step: int, agent: int = 0) -> None:
+        self._agent(agent).on_evaluation(score, env_step)
+
+    def offer_candidate(self, score: float, agent: int = 0) -> bool:
+        return self._agent(agent).offer_candidate(score)
 
     # -- weights and state
     def policy_arch(self) -> dict:
@@ -264,19 +271,16 @@ class Learner:
         """The acting policy's weights, published with their version (broadcast.py)."""
         return self.version, self.acting_weights()
 
-    def acting_weights(self) -> dict[str, torch.Tensor]:
-        return policy_weights(self.algorithm.acting_policy())
+    def acting_weights(self, agent: int = 0) -> dict[str, torch.Tensor]:
+        return policy_weights(self._agent(agent).acting_policy())
 
-    def evaluation_weights(self) -> tuple[dict[str, tuple[dict[str, torch.Tensor], bool]], str | None]:
+    def evaluation_weights(self, agent: int = 0) -> tuple[dict[str, tuple[dict[str, torch.Tensor], bool]], str | None]:
         """`Algorithm.evaluation_policies` with each policy's weights."""
-        runs, candidate = self.algorithm.evaluation_policies()
+        runs, candidate = self._agent(agent).evaluation_policies()
         return {prefix: (policy_weights(policy), deterministic) for prefix, (policy, deterministic) in runs.items()}, candidate
 
-    def offer_candidate(self, score: float) -> bool:
-        return self.algorithm.offer_candidate(score)
-
-    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
-        return self.algorithm.modules()
+    def checkpoint_modules(self, agent: int = 0) -> dict[str, torch.nn.Module]:
+        return self._agent(agent).modules()
 
     def state(self) -> dict:
         return {"algorithm": self.algorithm.state_dict(), "version": self.version}

@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from distributed_o2o.algorithms.base import Batch, OfflineData
+from distributed_o2o.algorithms.base import Algorithm, Batch, OfflineData
 from distributed_o2o.algorithms.population import Population, require_population_support
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.durable import sync_file
-from distributed_o2o.runtime.broadcast import policy_weights
 from distributed_o2o.runtime.graphed import graphed_updater
 from distributed_o2o.runtime.learner import BATCH_KEYS, Learner, build_agent, mean_metrics, pick_device
 from distributed_o2o.runtime.replay import COLUMNS, ReplayService
@@ -108,26 +107,12 @@ class PopulationLearner(Learner):
         self.version += len(history)
         return self._finite([mean_metrics(list(per_agent)) for per_agent in zip(*history)], f"env step {env_step}")
 
-    def on_evaluation(self, score: float, env_step: int, agent: int = 0) -> None:
-        self.population.on_evaluation(agent, score, env_step)
+    def _agent(self, agent: int = 0) -> Algorithm:
+        return self.agents[agent]
 
     # -- weights and state
     def weights(self) -> tuple[int, list[dict[str, torch.Tensor]]]:
         return self.version, [self.acting_weights(k) for k in range(len(self.agents))]
-
-    def acting_weights(self, agent: int = 0) -> dict[str, torch.Tensor]:
-        return policy_weights(self.agents[agent].acting_policy())
-
-    def evaluation_weights(self, agent: int = 0) -> tuple[dict[str, tuple[dict[str, torch.Tensor], bool]], str | None]:
-        """`Algorithm.evaluation_policies` with each policy's weights."""
-        runs, candidate = self.agents[agent].evaluation_policies()
-        return {prefix: (policy_weights(policy), deterministic) for prefix, (policy, deterministic) in runs.items()}, candidate
-
-    def offer_candidate(self, score: float, agent: int = 0) -> bool:
-        return self.agents[agent].offer_candidate(score)
-
-    def checkpoint_modules(self, agent: int = 0) -> dict[str, torch.nn.Module]:
-        return self.population.modules(agent)
 
     def state(self, *agent: int) -> dict | list[dict]:
         """Agent k's learner state (`state(k)`), in a single run's format; without k, every agent's."""

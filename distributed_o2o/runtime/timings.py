@@ -52,7 +52,7 @@ class Timings:
         """Book the seconds since the last switch to the innermost open part."""
         now = time.perf_counter()
         if self.open:
-            self.seconds[self.open[-1]] = self.seconds.get(self.open[-1], 0.0) + now - self.since
+            self.add(self.open[-1], now - self.since)
         self.since = now
 
     def add(self, name: str, seconds: float) -> None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import Batch
-from distributed_o2o.algorithms.capturable import Capturable
+from distributed_o2o.algorithms.capturable import Capturable, PhaseCycle
 from distributed_o2o.algorithms.optim import adam, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import DeterministicPolicy, Policy, TanhGaussianPolicy
 
@@ -33,8 +33,10 @@ class Pretrainer(Capturable, ABC):
         return to_floats(self.update_tensors(batch, self.eager_phase()))
 
     def eager_phase(self) -> Hashable:
-        """The phase `step` runs (decided on the host, where a captured update cannot)."""
-        return self.prepare(0)
+        """The phase `step` runs (decided on the host, where a captured update cannot): a
+        `PhaseCycle`'s next one, counted as taken."""
+        phase = self.prepare(0)
+        return phase.take() if isinstance(phase, PhaseCycle) else phase
 
     @abstractmethod
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import Batch
+from distributed_o2o.algorithms.capturable import PhaseCycle
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
 from distributed_o2o.algorithms.offline.bc import Pretrainer
 from distributed_o2o.algorithms.optim import adam, optimizer_step
 from distributed_o2o.algorithms.policies import DeterministicPolicy
-from distributed_o2o.algorithms.capturable import PhaseCycle
 from distributed_o2o.algorithms.policy_delay import CRITIC_ACTOR, policy_delay
 
 
@@ -68,9 +68,6 @@ class TD3BCPretrainer(Pretrainer):
 
     def prepare(self, step: int) -> Hashable | PhaseCycle:
         return self.delay
-
-    def eager_phase(self) -> Hashable:
-        return self.delay.take()
 
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
         loss, metrics = self.critic_loss(batch)
