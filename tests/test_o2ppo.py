@@ -134,9 +134,9 @@ def test_handover_and_reference_replacement():
     assert same_params(algo.reference.policy, start)
     algo.update_rollout(random_rollout(), env_step=0)
     assert not same_params(algo.policy, start)
-    algo.on_evaluation(5.0, env_step=2048)
+    algo.on_evaluation(5.0, 2048, algo.deployed_policy().state_dict())
     assert same_params(algo.reference.policy, start)
-    algo.on_evaluation(15.0, env_step=4096)
+    algo.on_evaluation(15.0, 4096, algo.deployed_policy().state_dict())
     assert same_params(algo.reference.policy, algo.policy)
 
 
@@ -152,7 +152,7 @@ def test_interface():
 def test_state_dict_round_trip_reproduces_next_update():
     algo = make_algo()
     algo.update_rollout(random_rollout(seed=1), env_step=100)
-    algo.on_evaluation(3.0, env_step=100)
+    algo.on_evaluation(3.0, 100, algo.deployed_policy().state_dict())
     restored = make_algo(seed=9)
     restored.load_state_dict(copy.deepcopy(algo.state_dict()))
     rollout = random_rollout(seed=2)

@@ -15,9 +15,11 @@ from conftest import latest_save, make_weak_bc
 import ray
 import torch
 
+from distributed_o2o.checkpoint import load_policy
 from distributed_o2o.config import finetune_config, merge_layers
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime import learner as learner_module
+from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
 from distributed_o2o.runtime.graphed import GraphedUpdater
 from distributed_o2o.runtime.ray_cluster import plan_resources, run_id
@@ -267,6 +269,19 @@ def test_ray_mode_counts_evaluates_and_checkpoints_like_the_local_mode(tmp_path,
     staleness = _train_scalars(out, "train/staleness")
     assert staleness and min(staleness) >= 0
     assert _train_scalars(out, "train/update_lag")
+    # Evaluations play beside the training: each line and checkpoint are still of the weights
+    # at its point (played again here with that point's start states, the evaluator's seeding).
+    evaluator = Evaluator(ENV, config.eval_episodes, config.seed + 10_000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the evaluator actor
+    try:
+        for line in (out / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            policy = load_policy(out / "checkpoints" / f"step_{record['env_steps']:09d}")
+            replayed = evaluator.evaluate(policy.arch(), policy.state_dict(), True, record["env_steps"])
+            assert replayed["return_mean"] == pytest.approx(record["return_mean"], rel=1e-5)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

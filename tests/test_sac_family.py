@@ -14,6 +14,7 @@ from distributed_o2o.algorithms.policies import TanhGaussianPolicy
 from distributed_o2o.algorithms.porl import PORL
 from distributed_o2o.config import NaiveConfig, O2SACConfig, PORLConfig, RLPDConfig, SACConfig, WSRLConfig
 from distributed_o2o.errors import UserError
+from distributed_o2o.runtime.broadcast import policy_weights
 
 OBS, ACT, HIDDEN, B = 3, 2, [32, 32], 32
 CPU = torch.device("cpu")
@@ -203,16 +204,16 @@ def test_porl_constraint_anchors_pi_ref_to_pi_pre_at_hand_over():
     config = small(PORLConfig, presample_steps=100, constraint={"lambda_init": 2.0})
     algo = PORL(config, OBS, ACT, CPU, policy=pretrained())
     pi_pre = params(algo.policy)
-    algo.on_evaluation(-5.0, env_step=0)  # π_pre's score, before there is a π_ref
+    algo.on_evaluation(-5.0, 0, algo.deployed_policy().state_dict())  # π_pre's score, before there is a π_ref
     algo.update(random_batch(0), env_step=50)
     assert algo.reference.policy is None and algo.penalty(*_sample(algo)) is None
     metrics = algo.update(random_batch(1), env_step=100)
     assert same(params(algo.reference.policy), pi_pre)
     assert metrics["lambda"] == pytest.approx(2.0, rel=1e-3) and "divergence" in metrics
     assert algo.lagrange.threshold.item() == pytest.approx(config.constraint.eps_start + (2.0 - 0.125) * 100 / 100_000)
-    algo.on_evaluation(-10.0, env_step=100)  # worse than π_pre's: π_ref stays π_pre
+    algo.on_evaluation(-10.0, 100, algo.deployed_policy().state_dict())  # worse than π_pre's: π_ref stays π_pre
     assert same(params(algo.reference.policy), pi_pre)
-    algo.on_evaluation(0.0, env_step=200)  # better: π_ref follows the policy
+    algo.on_evaluation(0.0, 200, algo.deployed_policy().state_dict())  # better: π_ref follows the policy
     assert same(params(algo.reference.policy), params(algo.policy))
 
     restored = PORL(config, OBS, ACT, CPU, policy=pretrained(seed=1))
@@ -249,16 +250,17 @@ def test_validated_deployment_deploys_a_candidate_only_when_it_matches_the_best_
     runs, candidate = algo.evaluation_policies()
     assert candidate == "candidate_" and runs["candidate_"][0] is algo.policy_average
     assert runs[""][0] is algo.deployed_policy() is algo.validated and same(params(algo.validated), pi_pre)
-    assert algo.offer_candidate(10.0)
+    assert algo.offer_candidate(10.0, policy_weights(algo.candidate_policy()))
     algo.update(random_batch(0), env_step=0)
-    moved = params(algo.policy_average)
+    moved, scored = params(algo.policy_average), policy_weights(algo.candidate_policy())
     assert not same(moved, pi_pre) and same(params(algo.validated), pi_pre)  # learning does not touch it
-    assert not algo.offer_candidate(9.0) and same(params(algo.validated), pi_pre)
-    assert algo.offer_candidate(10.0) and same(params(algo.validated), moved)
-    algo.update(random_batch(1), env_step=1)
+    assert not algo.offer_candidate(9.0, scored) and same(params(algo.validated), pi_pre)
+    algo.update(random_batch(1), env_step=1)  # training goes on while the evaluation plays
+    assert algo.offer_candidate(10.0, scored) and same(params(algo.validated), moved)  # deployed: what was scored
+    assert not same(params(algo.policy_average), moved)
     restored = PORL(config, OBS, ACT, CPU, policy=pretrained(seed=1))
     restored.load_state_dict(algo.state_dict())
-    assert same(params(restored.validated), moved) and not restored.offer_candidate(9.5)
+    assert same(params(restored.validated), moved) and not restored.offer_candidate(9.5, scored)
     assert algo.modules()["policy"] is algo.validated and algo.modules()["policy_average"] is algo.policy_average
 
     plain = PORL(small(PORLConfig, presample_steps=0, validated_deployment=True), OBS, ACT, CPU, policy=pretrained())
@@ -277,7 +279,7 @@ def test_porl_average_reference_is_the_policy_average_started_at_pi_pre():
     assert same(params(algo.policy_average), pi_pre) and algo.reference.policy is None
     algo.update(random_batch(1), env_step=100)
     assert algo.reference.policy is algo.policy_average and not same(params(algo.policy_average), pi_pre)
-    algo.on_evaluation(1e9, env_step=100)
+    algo.on_evaluation(1e9, 100, algo.deployed_policy().state_dict())
     assert algo.reference.policy is algo.policy_average
     restored = PORL(config, OBS, ACT, CPU, policy=pretrained(seed=1))
     restored.load_state_dict(algo.state_dict())
@@ -332,14 +334,14 @@ def test_o2sac_pi_ref_is_replaced_only_on_a_better_evaluation():
     algo = o2sac(prefer_aligned=True)  # hand-over scores 1 and 2: best so far 2
     ref0 = params(algo.reference.policy)
     shift_mean(algo.policy, 0.3)
-    algo.on_evaluation(1.5, env_step=1000)
+    algo.on_evaluation(1.5, 1000, algo.deployed_policy().state_dict())
     assert same(params(algo.reference.policy), ref0)
 
-    algo.on_evaluation(2.5, env_step=2000)
+    algo.on_evaluation(2.5, 2000, algo.deployed_policy().state_dict())
     assert same(params(algo.reference.policy), params(algo.policy))
     shift_mean(algo.policy, 0.3)  # π_ref is a copy, not π_θ itself
     assert not same(params(algo.reference.policy), params(algo.policy))
-    algo.on_evaluation(2.4, env_step=3000)
+    algo.on_evaluation(2.4, 3000, algo.deployed_policy().state_dict())
     assert not same(params(algo.reference.policy), params(algo.policy))
 
 
@@ -391,7 +393,7 @@ def _round_trip_porl(seed):
 
 def _round_trip_o2sac(seed):
     algo = o2sac(seed, reevaluate=3, align=3)
-    algo.on_evaluation(5.0, env_step=0)
+    algo.on_evaluation(5.0, 0, algo.deployed_policy().state_dict())
     return algo, 10_000
 
 

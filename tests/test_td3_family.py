@@ -180,9 +180,9 @@ def test_reference_replaced_only_on_better_evaluation():
     algo.handover(lambda p: 10.0)
     reference = copy.deepcopy(algo.reference.policy)
     perturb(algo.policy)
-    algo.on_evaluation(5.0, env_step=1000)
+    algo.on_evaluation(5.0, 1000, algo.deployed_policy().state_dict())
     assert same_params(algo.reference.policy, reference)
-    algo.on_evaluation(15.0, env_step=2000)
+    algo.on_evaluation(15.0, 2000, algo.deployed_policy().state_dict())
     assert same_params(algo.reference.policy, algo.policy)
     perturb(algo.policy, seed=4)  # π_ref is a copy, not an alias
     assert not same_params(algo.reference.policy, algo.policy)
@@ -204,7 +204,7 @@ def test_state_dict_round_trip_reproduces_next_update():
     stage_step(algo, "align")
     for i in range(3):
         algo.update(random_batch(16, seed=i), env_step=5000)
-    algo.on_evaluation(3.0, env_step=5000)
+    algo.on_evaluation(3.0, 5000, algo.deployed_policy().state_dict())
     state = copy.deepcopy(algo.state_dict())
     restored = make_algo(seed=9, policy_delay=2)
     restored.load_state_dict(state)

@@ -144,9 +144,10 @@ class Algorithm(ABC):
         deployed one itself where deployment is not validated."""
         return self.deployed_policy()
 
-    def offer_candidate(self, score: float) -> bool:
-        """Called with the candidate's evaluation score where it is not the deployed policy;
-        True when it became the deployed policy."""
+    def offer_candidate(self, score: float, scored: dict[str, torch.Tensor]) -> bool:
+        """Called with the candidate's evaluation score where it is not the deployed policy, and
+        its weights as scored (training may have gone on while the evaluation played); True when
+        it became the deployed policy."""
         return False
 
     def evaluation_policies(self) -> tuple[dict[str, tuple[Policy, bool]], str | None]:
@@ -187,8 +188,9 @@ class Algorithm(ABC):
         """On-policy methods: all epochs on one rollout fragment."""
         raise NotImplementedError
 
-    def on_evaluation(self, score: float, env_step: int) -> None:
-        """Called with each evaluation's mean return (O2O keeps the best policy as π_ref)."""
+    def on_evaluation(self, score: float, env_step: int, scored: dict[str, torch.Tensor]) -> None:
+        """Called with each evaluation's mean return and the deployed policy's weights as scored
+        (training may have gone on while the evaluation played; O2O keeps the best as π_ref)."""
 
     def handover(self, evaluate: Callable[[Policy], float]) -> dict[str, float]:
         """Called once after the offline stages, before interaction; `evaluate` scores a policy."""

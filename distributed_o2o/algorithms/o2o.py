@@ -55,14 +55,14 @@ class ReferencePolicy:
             self.best_copy.load_state_dict(policy.state_dict())
             self.policy = self.best_copy
 
-    def offer(self, policy: Policy, score: float) -> bool:
-        """Record `score`; True when it replaced π_ref with `policy`."""
+    def offer(self, weights: dict[str, torch.Tensor], score: float) -> bool:
+        """Record `score`; True when it replaced π_ref with the policy of `weights` (its state dict)."""
         if score <= self.best_score:
             return False
         self.best_score = float(score)
         if self.policy is not self.best_copy:  # no π_ref yet, or π̄
             return False
-        self.best_copy.load_state_dict(policy.state_dict())
+        self.best_copy.load_state_dict(weights)
         return True
 
     def state_dict(self) -> dict:
@@ -166,9 +166,9 @@ class ConstrainedFineTuning:
             self.policy_average.load_state_dict(policy.state_dict())
         self.reference.attach(policy)
 
-    def on_evaluation(self, score: float, env_step: int) -> None:
+    def on_evaluation(self, score: float, env_step: int, scored: dict[str, torch.Tensor]) -> None:
         if self.reference is not None:
-            self.reference.offer(self.deployed_policy(), score)
+            self.reference.offer(scored, score)
 
     def constraint_snapshot(self) -> dict:
         reference = self.reference.state_dict()

@@ -117,7 +117,7 @@ class O2PPO(Algorithm):
     def handover(self, evaluate: Callable[[Policy], float]) -> dict[str, float]:
         """π_ref is π_off (π_θ starts there too); its score is the best so far for `on_evaluation`."""
         score = evaluate(self.policy)
-        self.reference.offer(self.policy, score)
+        self.reference.offer(self.policy.state_dict(), score)
         return {"score_offline": float(score)}
 
     # -- stage C
@@ -182,8 +182,8 @@ class O2PPO(Algorithm):
         nn.utils.clip_grad_norm_(module.parameters(), self.config.max_grad_norm)
         optimizer.step()
 
-    def on_evaluation(self, score: float, env_step: int) -> None:
-        self.reference.offer(self.policy, score)
+    def on_evaluation(self, score: float, env_step: int, scored: dict[str, torch.Tensor]) -> None:
+        self.reference.offer(scored, score)
 
     # -- what the runtime saves
     def modules(self) -> dict[str, nn.Module]:

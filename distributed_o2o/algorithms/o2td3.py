@@ -117,8 +117,8 @@ class O2TD3(TD3):
     def handover(self, evaluate: Callable[[Policy], float]) -> dict[str, float]:
         """π_ref = the better of π_off and aligned π_θ (π_off on a tie); online starts from π_θ."""
         score_offline, score_aligned = evaluate(self.policy_offline), evaluate(self.policy)
-        self.reference.offer(self.policy_offline, score_offline)
-        reference_aligned = self.reference.offer(self.policy, score_aligned)
+        self.reference.offer(self.policy_offline.state_dict(), score_offline)
+        reference_aligned = self.reference.offer(self.policy.state_dict(), score_aligned)
         self.policy_target.load_state_dict(self.policy.state_dict())
         self.critic_target.load_state_dict(self.critic.state_dict())
         return {"score_offline": float(score_offline), "score_aligned": float(score_aligned),
@@ -156,8 +156,8 @@ class O2TD3(TD3):
     def actor_optimizers(self) -> list[torch.optim.Optimizer]:
         return [*super().actor_optimizers(), self.lagrange.optimizer]
 
-    def on_evaluation(self, score: float, env_step: int) -> None:
-        self.reference.offer(self.policy, score)
+    def on_evaluation(self, score: float, env_step: int, scored: dict[str, torch.Tensor]) -> None:
+        self.reference.offer(scored, score)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(),

@@ -265,13 +265,14 @@ class SACCore(Capturable, Algorithm):
     def deployed_policy(self) -> Policy:
         return self.candidate_policy() if self.validated is None else self.validated
 
-    def offer_candidate(self, score: float) -> bool:
-        """The validated deployment's test: the candidate, scored `score` at an evaluation, is
-        deployed (a copy) when it matches the best candidate score so far. True when deployed."""
+    def offer_candidate(self, score: float, scored: dict[str, torch.Tensor]) -> bool:
+        """The validated deployment's test: the candidate as scored `score` at an evaluation
+        (`scored`, its weights then) is deployed (a copy) when it matches the best candidate
+        score so far. True when deployed."""
         if self.validated is None or score < self.validated_score:
             return False
         self.validated_score = float(score)
-        self.validated.load_state_dict(self.candidate_policy().state_dict())
+        self.validated.load_state_dict(scored)
         return True
 
     def updates_due(self, env_step: int) -> int:

@@ -84,6 +84,20 @@ class Seat:
         return value[self.agent[0]] if self.agent else value
 
 
+@dataclass
+class PendingEvaluation:
+    """An evaluation started at one point and not yet recorded: the point, and per seat the
+    evaluator calls' futures by metric prefix, the weights they play, the prefix of a validated
+    deployment's candidate and the checkpoint's modules as they were at the point."""
+
+    env_steps: int
+    updates: int
+    updates_per_s: float
+    wall_time_s: float
+    initial: bool
+    seats: list[tuple[dict[str, Any], dict[str, dict], str | None, dict]] = field(default_factory=list)
+
+
 class Driver:
     """Drives one run. A population run (`components.seeds`) has one sub-run per seed, each in
     `run_dir / seed_<n>` and written as a separate run with that seed writes it. `timings`
@@ -103,7 +117,9 @@ class Driver:
             self.seats = [Seat(config.model_copy(update={"seed": seed}), RunDir(run_dir.path / f"seed_{seed}"),
                                evaluator, AgentRecords(), (k,))
                           for k, (seed, evaluator) in enumerate(zip(components.seeds, components.evaluator, strict=True))]
-        self.last_eval: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] | None = None  # the newest recorded evaluation line
+        self.last_eval_step = 0  # the point of the newest evaluation started
+        self.evaluation: PendingEvaluation | None = None
         self.on_policy = False
         self.segment_start = time.perf_counter()
         self.eval_rate = Rate()  # updates/s between evaluations (of this segment after a resume)
@@ -143,9 +159,16 @@ class Driver:
             with self.timings.part("handover"):
                 self._handover()
             self._evaluate_and_save(initial=True)
+        else:  # the resume state is the state before its point's evaluation: play it again
+            with self.timings.part("evaluations"):
+                self._start_evaluation(initial=self.counters.env_steps == 0)
+            self._record_evaluation()
         with self.timings.part("online"):  # its evaluations and waiting are counted as such
-            self.online.run(self.on_policy, at_boundary=self._evaluate_if_due, status=self._bar_text)
+            self.online.run(self.on_policy, at_boundary=self._evaluate_if_due, status=self._bar_text,
+                            tick=self._record_evaluation)
         self._evaluate_if_due(final=True)
+        with self.timings.part("evaluations"):
+            self._record_evaluation(wait=True)
         return self._finish()
 
     def _abort_message(self, exc: ComponentFailed) -> str:
@@ -209,73 +232,92 @@ class Driver:
     def _evaluate_if_due(self, final: bool = False) -> None:
         """The evaluation trigger: at the first point past each `eval_every` boundary; at the
         end (`final`), wherever the run went on after its last evaluation."""
-        step, last = self.counters.env_steps, self.last_eval["env_steps"]
+        step, last = self.counters.env_steps, self.last_eval_step
         every = self.config.eval_every
         if (step > last) if final else (step // every > last // every):
             self._evaluate_and_save()
 
     def _evaluate_and_save(self, initial: bool = False) -> None:
-        """Evaluate, checkpoint and (when due) save the resume state, at a point where nothing is
-        in flight (the replay files are written while the evaluator plays its episodes)."""
+        """At a point where nothing is in flight: finish recording the previous evaluation, save
+        the resume state when due, then start this point's evaluation. The resume state is the
+        state before this point's evaluation (a resumed run plays it again: same weights, same
+        start states, same lines); the evaluation plays on beside the training."""
+        with self.timings.part("evaluations"):
+            self._record_evaluation(wait=True)
         self.online.settle_syncs()
         due = self.resume.due(initial)
         with self.timings.part("resume"):
             saves = self.resume.begin() if due else []
         with self.timings.part("evaluations"):
-            self._evaluate(initial)
+            self._start_evaluation(initial)
         with self.timings.part("resume"):
-            for future in saves:
+            for future in saves:  # the replay files are written while the evaluators play
                 self.t.get(future)
             if due:  # at a quiet point: nothing running or reserved
                 self.counters.owed_updates = self.online.owed_updates()
                 self.resume.commit(self._wall_time(), self.on_policy)
+        self._record_evaluation()  # at once where the transport is local: before the training moves on
 
-    def _evaluate(self, initial: bool = False) -> None:
-        """Every agent's evaluation, each on its own evaluator (a population's all at once)."""
+    def _start_evaluation(self, initial: bool) -> None:
+        """Every agent's evaluation, each on its own evaluator (a population's all at once), of
+        the policies as they are now (`Algorithm.evaluation_policies`); recorded by
+        `_record_evaluation` once all are played."""
         self.broadcast.publish_now()
         arch = self.t.call(self.c.learner, "policy_arch")
-        updates_per_s = round(self.eval_rate(self.counters.updates), 2)
-        started = [self._start_evaluation(seat, arch) for seat in self.seats]
-        for seat, runs in zip(self.seats, started):
-            self.last_eval = self._record_evaluation(seat, runs, updates_per_s, initial)
+        c = self.counters
+        self.evaluation = PendingEvaluation(c.env_steps, c.updates, round(self.eval_rate(c.updates), 2),
+                                            round(self._wall_time(), 1), initial)
+        for seat in self.seats:
+            runs, candidate = self.t.call(self.c.learner, "evaluation_weights", *seat.agent)
+            futures = {prefix: self.t.submit(seat.evaluator, "evaluate", arch, weights, deterministic, c.env_steps)
+                       for prefix, (weights, deterministic) in runs.items()}
+            modules = self.t.call(self.c.learner, "checkpoint_modules", *seat.agent)
+            self.evaluation.seats.append((futures, {prefix: weights for prefix, (weights, _) in runs.items()}, candidate,
+                                          modules))
+        self.last_eval_step = c.env_steps
 
-    def _start_evaluation(self, seat: Seat, arch: dict) -> tuple[dict[str, Any], str | None]:
-        """The evaluator calls' futures, by metric prefix (`Algorithm.evaluation_policies`), and
-        the prefix of a validated deployment's candidate."""
-        runs, candidate = self.t.call(self.c.learner, "evaluation_weights", *seat.agent)
-        step = self.counters.env_steps
-        return {prefix: self.t.submit(seat.evaluator, "evaluate", arch, weights, deterministic, step)
-                for prefix, (weights, deterministic) in runs.items()}, candidate
+    def _record_evaluation(self, wait: bool = False) -> None:
+        """Record the evaluation in play once every agent's episodes are played (with `wait`,
+        waiting for them). The online loop calls this between its steps (`OnlineLoop.run`'s tick)."""
+        evaluation = self.evaluation
+        if evaluation is None:
+            return
+        futures = [f for started in evaluation.seats for f in started[0].values()]
+        if not wait and len(self.t.wait(futures, num_returns=len(futures), timeout=0)) < len(futures):
+            return
+        self.evaluation = None
+        for seat, started in zip(self.seats, evaluation.seats, strict=True):
+            self.last_eval = self._record_agent_evaluation(seat, evaluation, *started)
 
-    def _record_evaluation(self, seat: Seat, started: tuple[dict[str, Any], str | None], updates_per_s: float,
-                           initial: bool) -> dict[str, Any]:
-        """The agent's evaluation line, metrics and checkpoint."""
-        c, mine, learner = self.counters, seat.records, self.c.learner
-        futures, candidate = started
+    def _record_agent_evaluation(self, seat: Seat, evaluation: PendingEvaluation, futures: dict[str, Any],
+                                 weights: dict[str, dict], candidate: str | None, modules: dict) -> dict[str, Any]:
+        """The agent's evaluation line, metrics and checkpoint, and what its learner learns from
+        the scores (of the weights as scored)."""
+        mine, learner, step = seat.records, self.c.learner, evaluation.env_steps
         records = {prefix: self.t.get(future) for prefix, future in futures.items()}
         mine.eval_env_steps += sum(r.pop("env_steps") for r in records.values())
         record = records[""]
-        self.t.call(learner, "on_evaluation", record["return_mean"], c.env_steps, *seat.agent)
-        line = {"env_steps": c.env_steps, "updates": c.updates, "eval_env_steps": mine.eval_env_steps,
+        self.t.call(learner, "on_evaluation", record["return_mean"], step, weights[""], *seat.agent)
+        line = {"env_steps": step, "updates": evaluation.updates, "eval_env_steps": mine.eval_env_steps,
                 "return_mean": record["return_mean"], "return_std": record["return_std"],
                 "normalized_score": record["normalized_score"], "episodes": record["episodes"],
                 **{f"{prefix}return_mean": r["return_mean"] for prefix, r in records.items() if prefix},
-                "wall_time_s": round(self._wall_time(), 1), "updates_per_s": updates_per_s}
+                "wall_time_s": evaluation.wall_time_s, "updates_per_s": evaluation.updates_per_s}
         run_dir = seat.run_dir
         run_dir.append_metrics(line)
-        run_dir.scalars(c.env_steps, {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "env_steps"}, "eval")
+        run_dir.scalars(step, {k: v for k, v in line.items() if isinstance(v, (int, float)) and k != "env_steps"}, "eval")
         run_dir.flush()
-        if initial:
+        if evaluation.initial:
             mine.initial = line
         mine.best_return = max(mine.best_return, record["return_mean"])
         with self.timings.part("checkpoints"):
-            save_checkpoint(run_dir.checkpoint_dir(c.env_steps), self.t.call(learner, "checkpoint_modules", *seat.agent),
-                            env_id=seat.config.env, algo=seat.config.algo, config=seat.config.model_dump(),
-                            extra={"env_steps": c.env_steps, "updates": c.updates, "eval": line, **self.c.references})
+            save_checkpoint(run_dir.checkpoint_dir(step), modules, env_id=seat.config.env, algo=seat.config.algo,
+                            config=seat.config.model_dump(),
+                            extra={"env_steps": step, "updates": evaluation.updates, "eval": line, **self.c.references})
         # A candidate that passes is deployed from here on (after the checkpoint of the policy this
         # line scored): the next point's fresh episodes report it.
         if candidate is not None:
-            self.t.call(learner, "offer_candidate", records[candidate]["return_mean"], *seat.agent)
+            self.t.call(learner, "offer_candidate", records[candidate]["return_mean"], weights[candidate], *seat.agent)
         return line
 
     def _bar_text(self) -> str:
@@ -286,8 +328,8 @@ class Driver:
         self.resume.restore()
         c = self.counters
         self.eval_rate = Rate(c.updates)
-        for seat in self.seats:
-            seat.run_dir.truncate_metrics(c.env_steps)
+        for seat in self.seats:  # the resumed point's evaluation is played again
+            seat.run_dir.truncate_metrics(c.env_steps - 1)
         records = self.seats[-1].run_dir.read_metrics()
         self.last_eval = records[-1] if records else None
         self.console.print(f"resuming at env step {c.env_steps} ({c.updates} updates)")

@@ -257,11 +257,11 @@ class Learner:
     def _agent(self, agent: int = 0) -> Algorithm:
         return self.algorithm
 
-    def on_evaluation(self, score: float, env_step: int, agent: int = 0) -> None:
-        self._agent(agent).on_evaluation(score, env_step)
+    def on_evaluation(self, score: float, env_step: int, scored: dict[str, torch.Tensor], agent: int = 0) -> None:
+        self._agent(agent).on_evaluation(score, env_step, scored)
 
-    def offer_candidate(self, score: float, agent: int = 0) -> bool:
-        return self._agent(agent).offer_candidate(score)
+    def offer_candidate(self, score: float, scored: dict[str, torch.Tensor], agent: int = 0) -> bool:
+        return self._agent(agent).offer_candidate(score, scored)
 
     # -- weights and state
     def policy_arch(self) -> dict:

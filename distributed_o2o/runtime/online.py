@@ -37,6 +37,8 @@ from distributed_o2o.runtime.schedule import Schedule, chunk_steps, size_limiter
 from distributed_o2o.runtime.timings import Timings
 from distributed_o2o.runtime.transport import ComponentFailed
 
+# How often, at most, the loop asks the driver whether an evaluation playing beside it is done.
+TICK_S = 0.2
 # A rollout worker that Ray is restarting is asked again after this long, and given up if it
 # delivers nothing for RESTART_TIMEOUT_S (no node can take it).
 RETRY_DELAY_S = 0.5
@@ -82,6 +84,8 @@ class OnlineLoop:
         self.rates = (Rate(), Rate())  # env steps/s, updates/s
         self.next_log = 0
         self.status: Callable[[], str] = lambda: "online"  # the progress bar's text
+        self.tick: Callable[[], None] = lambda: None  # the driver's work beside the loop (an evaluation's record)
+        self.next_tick = 0.0
 
     # ------------------------------------------------------------------ plan
     def plan(self, on_policy: bool) -> None:
@@ -97,9 +101,11 @@ class OnlineLoop:
         return self.limiter.owed if self.limiter is not None else self.counters.owed_updates
 
     # ------------------------------------------------------------------ run
-    def run(self, on_policy: bool, at_boundary: Callable[[], None], status: Callable[[], str]) -> None:
-        """Interact until the budget is spent, calling `at_boundary` wherever an evaluation may be due."""
-        self.status = status
+    def run(self, on_policy: bool, at_boundary: Callable[[], None], status: Callable[[], str],
+            tick: Callable[[], None] = lambda: None) -> None:
+        """Interact until the budget is spent, calling `at_boundary` wherever an evaluation may be
+        due and `tick` every TICK_S or so in between."""
+        self.status, self.tick = status, tick
         self._start()
         if on_policy:
             self._on_policy(at_boundary)
@@ -148,6 +154,7 @@ class OnlineLoop:
         the replay and every owed update is done. Nothing is collected past `horizon` (an eval
         boundary, a change of acting spec, or the budget), so those points see a quiet system."""
         while True:
+            self._tick()
             if self.pending:
                 self._handle(self.t.wait(list(self.pending), num_returns=1, timeout=0), bar, task)
             if self._start_publish() or self._start_update() or self._start_collect(horizon):
@@ -294,8 +301,15 @@ class OnlineLoop:
                 c.updates += 1
                 self.broadcast.publish_now()
                 self._log_training(env_rate(c.env_steps), update_rate(c.updates))
+                self._tick()
                 at_boundary()
                 bar.update(task, completed=min(c.env_steps, cfg.online_steps), description=self.status())
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_tick:
+            self.next_tick = now + TICK_S
+            self.tick()
 
     def settle_syncs(self) -> None:
         """Collect the weight updates sent to workers (a dead worker shows up here too)."""
