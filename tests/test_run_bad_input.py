@@ -196,8 +196,8 @@ def test_unknown_env_kwargs_and_a_missing_cuda_are_one_line(tmp_path, capsys):
 
 
 def _read_only_after_the_first_save(monkeypatch, run):
-    """From the run's first resume save on, every write into `run` fails as in a directory made
-    read-only (injected: root may write to a read-only directory)."""
+    """From the run's first resume save and the checkpoint of its evaluation on, every write into
+    `run` fails as in a directory made read-only (injected: root may write to a read-only directory)."""
     import builtins
     import errno
     import io
@@ -222,14 +222,22 @@ def _read_only_after_the_first_save(monkeypatch, run):
         monkeypatch.setattr(module, "open", guard(module.open, for_writing))
     for name in ("mkdir", "unlink"):
         monkeypatch.setattr(os, name, guard(getattr(os, name), lambda *args, **kwargs: True))
-    commit = ResumeStore.commit
+    from distributed_o2o.runtime import driver
 
-    def commit_then_read_only(self, *args, **kwargs):
+    commit, save_checkpoint, saved = ResumeStore.commit, driver.save_checkpoint, []
+
+    def commit_and_note(self, *args, **kwargs):
         final = commit(self, *args, **kwargs)
-        read_only.append(True)
+        saved.append(True)
         return final
 
-    monkeypatch.setattr(ResumeStore, "commit", commit_then_read_only)
+    def checkpoint_then_read_only(*args, **kwargs):
+        save_checkpoint(*args, **kwargs)
+        if saved:
+            read_only.append(True)
+
+    monkeypatch.setattr(ResumeStore, "commit", commit_and_note)
+    monkeypatch.setattr(driver, "save_checkpoint", checkpoint_then_read_only)
 
 
 def test_a_run_directory_made_read_only_mid_run_stops_the_run_with_one_line_and_keeps_its_saves(tmp_path, capsys,
