@@ -568,14 +568,26 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(schema: type[StrictModel], *layers: dict[str, Any]) -> StrictModel:
-    """Validate merged layers (later ones win) into `schema`; any problem is one UserError line."""
-    merged: dict[str, Any] = {}
+    """Validate merged layers (later ones win) into `schema`; any problem is one UserError line.
+    A section whose embedded default differs from its own class's (the demo's `finetune`) is the
+    first layer, so a layer naming one of its fields changes that field, not the whole section."""
+    merged: dict[str, Any] = _embedded_sections(schema)
     for layer in layers:
         merged = merge_layers(merged, layer)
     try:
         return schema.model_validate(merged)
     except ValidationError as exc:
         raise UserError(f"invalid {schema.__name__}: {_one_line(exc)}") from None
+
+
+def _embedded_sections(schema: type[StrictModel]) -> dict[str, Any]:
+    """Each nested-model field's default, as the fields where it differs from its class's defaults."""
+    sections = {}
+    for name, field in schema.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            sections[name] = default.model_dump(exclude_defaults=True)
+    return sections
 
 
 def pretrain_config(config_file: str | Path | None = None, *layers: dict[str, Any]) -> PretrainConfig:

@@ -33,3 +33,16 @@ def test_demo_pipeline_writes_every_artefact(tmp_path, capsys):
 def test_demo_refuses_unknown_fields(capsys):
     assert main(["demo", "--set", "finetune.utdd=3"]) == 2
     assert "unknown config key 'finetune.utdd'" in capsys.readouterr().err
+
+
+def test_setting_one_field_of_a_demo_section_keeps_the_rest_of_its_embedded_settings(tmp_path):
+    """`--set finetune.online_steps=N` (or a --config file naming one field) changes that field;
+    the demo's other fine-tuning settings (its pre-sample, network sizes, constraint, validated
+    deployment, threads) stay as embedded, not the PORL defaults."""
+    from distributed_o2o.config import DemoConfig, build_config, parse_overrides
+
+    embedded = DemoConfig()
+    changed = build_config(DemoConfig, {"pretrain": {"steps": 10}}, parse_overrides(["finetune.online_steps=5000"]))
+    assert changed.finetune == embedded.finetune.model_copy(update={"online_steps": 5000})
+    assert changed.pretrain == embedded.pretrain.model_copy(update={"steps": 10})
+    assert embedded.finetune.validated_deployment and embedded.finetune.presample_steps == 2000  # not the defaults
