@@ -10,6 +10,8 @@ path learns what the eager one learns.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -300,3 +302,42 @@ def test_graphed_pretraining_learns_what_eager_pretraining_learns(algo, tmp_path
     start = float(best.abs().mean())  # an untrained policy's actions are near 0
     assert errors["eager"] < 0.5 * start  # the task is learned at all ...
     assert abs(errors["auto"] - errors["eager"]) < 0.1 * start  # ... and equally well by both paths
+
+
+def test_device_learning_rates_take_an_optimizer_back_after_a_restore():
+    """A restored optimiser has the saved param groups, rates included: `install` puts the
+    schedule's tensors back, so the schedule steers the rate again."""
+    import copy
+
+    from distributed_o2o.algorithms.optim import DeviceLearningRates
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.Adam([param], lr=0.1)
+    rates = DeviceLearningRates(optimizer, CPU)
+    saved = copy.deepcopy(optimizer.state_dict())  # as a checkpoint round trip
+    rates.scale(0.5)
+    assert optimizer.param_groups[0]["lr"] is rates.rates[0] and float(optimizer.param_groups[0]["lr"]) == pytest.approx(0.05)
+    optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["lr"] is not rates.rates[0]  # the schedule no longer reaches it
+    rates.install()
+    rates.scale(torch.tensor(0.25))
+    assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(0.025)
+
+
+@cuda
+def test_a_restored_cosine_schedule_on_cuda_steers_the_restored_optimizer():
+    from distributed_o2o.algorithms.optim import CosineLR, adam
+
+    def build():
+        param = torch.nn.Parameter(torch.zeros(3, device="cuda"))
+        optimizer = adam([param], 1.0, torch.device("cuda"))
+        return optimizer, CosineLR(optimizer, 10, torch.device("cuda"))
+
+    optimizer, schedule = build()
+    for _ in range(3):
+        schedule.step()
+    restored_optimizer, restored = build()
+    restored_optimizer.load_state_dict(optimizer.state_dict())
+    restored.load_state_dict(schedule.state_dict())
+    restored.step()
+    assert float(restored_optimizer.param_groups[0]["lr"]) == pytest.approx((1 + math.cos(4 * math.pi / 10)) / 2, rel=1e-5)

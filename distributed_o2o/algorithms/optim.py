@@ -63,56 +63,74 @@ def to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
     return {k: floats[k] if k in floats else float(v) for k, v in metrics.items()}
 
 
+class DeviceLearningRates:
+    """An optimiser's learning rates as device tensors, which Adam reads on CUDA, so updates
+    captured in CUDA graphs see each new value. Restoring the optimiser replaces its param groups
+    (and their rates) with the saved ones: `install` puts these tensors back (on the host,
+    outside any capture)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device):
+        self.optimizer = optimizer
+        self.base = [float(group["lr"]) for group in optimizer.param_groups]
+        self.rates = [torch.tensor(rate, device=device) for rate in self.base]
+        self.install()
+
+    def install(self) -> None:
+        for group, rate in zip(self.optimizer.param_groups, self.rates, strict=True):
+            if group["lr"] is not rate:
+                group["lr"] = rate
+
+    def scale(self, factor: float | torch.Tensor) -> None:
+        """Every rate := its configured value x `factor` (a device scalar inside a captured update)."""
+        for rate, base in zip(self.rates, self.base):
+            rate.copy_(base * factor) if isinstance(factor, torch.Tensor) else rate.fill_(base * factor)
+
+
 class LinearWarmup:
     """The learning rate of `optimizer` rises linearly from 0 to its configured value over `steps`
-    (counted by the caller), set on the host before an update (`set_progress`). On CUDA the rate
-    is a device tensor that Adam reads, so updates captured in CUDA graphs see each new value."""
+    (counted by the caller), set on the host before an update (`set_progress`); on CUDA through
+    `DeviceLearningRates`."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, steps: int, device: torch.device):
         self.optimizer, self.steps = optimizer, steps
         self.base = [float(group["lr"]) for group in optimizer.param_groups]
-        on_gpu = torch.device(device).type == "cuda"
-        self.rates = [torch.tensor(rate, device=device) for rate in self.base] if on_gpu else None
+        self.device_rates = DeviceLearningRates(optimizer, device) if torch.device(device).type == "cuda" else None
         self.fraction: float | None = None
 
     def set_progress(self, done: int) -> None:
         fraction = min(max(done / self.steps, 0.0), 1.0)
-        for i, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base)):
-            if self.rates is None:
+        if self.device_rates is None:
+            for group, base in zip(self.optimizer.param_groups, self.base):
                 group["lr"] = base * fraction
-                continue
-            if group["lr"] is not self.rates[i]:  # a restore brought back a saved rate
-                group["lr"] = self.rates[i]
+        else:
+            self.device_rates.install()  # after a restore
             if fraction != self.fraction:
-                self.rates[i].fill_(base * fraction)
+                self.device_rates.scale(fraction)
         self.fraction = fraction
 
 
 class CosineLR:
     """torch's CosineAnnealingLR(optimizer, steps) (to 0), stepped inside an update with no host
-    sync. On the CPU torch's scheduler steps the float LR, as ever; on CUDA the LR is a device
-    tensor written from a device step count by the schedule's closed form, so a captured update
-    advances it too (same LRs as torch's recursive form, to float32 rounding)."""
+    sync. On the CPU torch's scheduler steps the float LR, as ever; on CUDA the rates are
+    `DeviceLearningRates` written from a device step count by the schedule's closed form, so a
+    captured update advances them too (same LRs as torch's recursive form, to float32 rounding).
+    Restore the optimiser before the schedule: the schedule's restore re-installs its rates."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, steps: int, device: torch.device):
-        self.steps, self.groups = steps, optimizer.param_groups
-        self.scheduler = None
+        self.steps = steps
+        self.scheduler = self.device_rates = None
         if torch.device(device).type != "cuda":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
             return
         self.count = torch.zeros((), device=device)
-        self.base = [float(group["lr"]) for group in self.groups]
-        for group in self.groups:  # Adam (fused or capturable) reads a tensor LR on the device
-            group["lr"] = torch.tensor(group["lr"], device=device)
+        self.device_rates = DeviceLearningRates(optimizer, device)
 
     def step(self) -> None:
         if self.scheduler is not None:
             self.scheduler.step()
             return
         self.count.add_(1)
-        factor = (1.0 + torch.cos(self.count * (math.pi / self.steps))) / 2.0
-        for group, base in zip(self.groups, self.base):
-            group["lr"].copy_(base * factor)
+        self.device_rates.scale((1.0 + torch.cos(self.count * (math.pi / self.steps))) / 2.0)
 
     def state_dict(self) -> dict:
         return self.scheduler.state_dict() if self.scheduler is not None else {"count": float(self.count)}
@@ -120,5 +138,7 @@ class CosineLR:
     def load_state_dict(self, state: dict) -> None:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state)
-        else:
-            self.count.fill_(state["count"])
+            return
+        self.count.fill_(state["count"])
+        self.device_rates.install()
+        self.device_rates.scale((1.0 + math.cos(state["count"] * math.pi / self.steps)) / 2.0)
