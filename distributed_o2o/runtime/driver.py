@@ -5,7 +5,8 @@
 Offline stages are cached per stage (reused when the config outside the runtime fields is
 the same); the online loop is online.py, the weights broadcast broadcast.py, the resume saves
 resume_state.py. Evaluations (each with its checkpoint, and with a resume save when one is
-due) happen at the start, at every `eval_every` boundary of the online loop and at the end.
+due) start at the start, at every `eval_every` boundary of the online loop and at the end; each
+plays beside the training and is recorded once its episodes are played.
 The driver reaches every component through a transport (transport.py), so the same code runs
 in one process or over Ray actors.
 """

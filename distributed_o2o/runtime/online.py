@@ -13,7 +13,8 @@ collect, insert, update, publish, in that order. On-policy interaction is synchr
                   is asked again after RETRY_DELAY_S and given up after RESTART_TIMEOUT_S
     broadcast     (broadcast.py) weights and acting spec to the workers
 
-The loop stops at every evaluation boundary and calls the driver's `at_boundary` there.
+The loop stops at every evaluation boundary and calls the driver's `at_boundary` there, and
+between its steps the driver's `tick` (which records an evaluation once its episodes are played).
 """
 
 from __future__ import annotations
