@@ -19,8 +19,9 @@ critic 3x256 as its config), in one process:
   TF32): `stage_<name>_eager` and `stage_<name>_graph` updates/s;
 - `ops`: on CPU only, the aten operators dispatched per update of `GraphedUpdater.run` (its eager
   steps: what a graph captures before compilation fuses it; the total and the most frequent);
-- `profile`: the kernels of the last compiled variant's replays (torch.profiler), a table per
-  setting under `--profile-dir`: kernels per update and where the GPU time goes;
+- `profile`: the kernels of the replays of the variant before it (`graph_compile*` or
+  `population`; torch.profiler), a table each under `--profile-dir`: kernels per update and
+  where the GPU time goes;
 - `population`: a `Population` of `--population` K agents (seeds seed..seed+K-1) in one graphed
   learner, compiled, TF32 (as `graph_compile_tf32`, its K=1 counterpart): population updates/s and
   agent-updates/s (K times that), each agent sampling its own ring of the mirror;
@@ -245,7 +246,7 @@ def measure(name: str, args, device: torch.device) -> dict:
                 result[f"{variant}_compile_s"] = round(time.perf_counter() - start, 1)
                 result[variant] = time_graphed(updater, args.updates, ratio, device)
                 result[f"{variant}_metrics"] = updater.run(args.steps_per_graph, ENV_STEP, ratio)
-                compiled = updater
+                compiled, compiled_name = updater, name
             elif variant == "graph_losses_tf32":  # a fallback: optimisers left uncompiled
                 if not any(key.endswith("_error") for key in result):
                     continue
@@ -260,6 +261,7 @@ def measure(name: str, args, device: torch.device) -> dict:
                 for i in range(k):
                     updater.add(online, agent=i)
                 rate = time_graphed(updater, args.updates, ratio, device)
+                compiled, compiled_name = updater, f"{name}_population{k}"
                 result.update({"population_size": k, "population_updates_per_s": round(rate, 1),
                                "population_agent_updates_per_s": round(k * rate, 1)})
                 log(f"{name}: population of {k}: {rate:.1f} updates/s, {k * rate:.1f} agent-updates/s")
@@ -272,7 +274,7 @@ def measure(name: str, args, device: torch.device) -> dict:
                 if device.type == "cpu":
                     result.update(count_ops(graphed(False, args.steps_per_graph), ratio))
             elif variant == "profile":
-                result["kernels_per_update"] = profile(compiled, name, ratio, args.profile_dir)
+                result[f"kernels_per_update_{compiled_name}"] = profile(compiled, compiled_name, ratio, args.profile_dir)
         except Exception as error:  # one broken variant must not cost the others' figures
             result[f"{variant}_error"] = "".join(traceback.format_exception(error))[-1500:]
             log(result[f"{variant}_error"])
