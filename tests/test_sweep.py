@@ -297,3 +297,30 @@ def test_a_population_method_runs_its_seeds_as_one_trial_writing_per_seed_runs(t
     lines.clear()
     assert run_sweep(file, out, cache=cache, say=lines.append, ray_init={"num_cpus": 2}) == []
     assert "2 of 2 trials already done; running 0" in lines
+
+
+def test_a_population_size_cuts_the_seeds_into_population_runs_that_the_report_pools(tmp_path):
+    from distributed_o2o.report.build import build_report
+    from distributed_o2o.sweep.run import run_sweep
+    from distributed_o2o.sweep.trials import trial_payload, trial_units
+
+    spec = {**TINY, "seeds": [0, 1, 2], "online_steps": 200,
+            "methods": {"sac": {**TINY["methods"]["sac"], "population": 2, "set": {"random_start_steps": 100, "learning_starts": 100}}}}
+    file = write_sweep(tmp_path / "s.yaml", spec)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    plan = plan_sweep(load_sweep(file), file, out, cache)
+    payloads = [trial_payload(unit, plan.spec.resources) for unit in trial_units(plan.trials)]
+    assert [(p["id"], p["seeds"]) for p in payloads] == [("Pendulum-v1/sac/seeds_0_1 (seeds 0,1)", [0, 1]),
+                                                         ("Pendulum-v1/sac/seeds_2 (seeds 2)", [2])]
+    assert run_sweep(file, out, cache=cache, say=[].append, ray_init={"num_cpus": 2}) == []
+    runs = out / "runs" / "Pendulum-v1" / "sac"
+    for group, seed in (("seeds_0_1", 0), ("seeds_0_1", 1), ("seeds_2", 2)):
+        assert json.loads((runs / group / f"seed_{seed}" / "summary.json").read_text())["env_steps"] == 200
+    assert [(g["method"], g["n_runs"], g["seeds"]) for g in build_report([out], reps=100)["groups"]] == [("sac", 3, [0, 1, 2])]
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_a_population_of_fewer_than_two_is_refused(tmp_path, size):
+    file = write_sweep(tmp_path / "s.yaml", {**TINY, "methods": {"sac": {"algo": "sac", "population": size}}})
+    with pytest.raises(UserError, match=f"population: {size}: give true"):
+        load_sweep(file)

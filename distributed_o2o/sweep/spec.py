@@ -12,6 +12,7 @@
       porl: {algo: porl, config: ../porl.yaml, policy: bc}
       rlpd: {algo: rlpd, dataset: medium, grid: {utd: [10, 20]}}
       sac5: {algo: sac, population: true}  # all its seeds as one trial: one population run (SAC family)
+      rlpd3: {algo: rlpd, dataset: medium, population: 3}  # at most 3 seeds a trial: 5 seeds as 3 + 2 (two GPUs)
     set: {runtime: {num_rollout_workers: 8}}  # fields for every trial
     resources: {mode: ray, gpus_per_trial: 1, cpus_per_trial: 10, max_concurrent: 2}
 
@@ -19,7 +20,9 @@ A trial is env x method x grid point x seed; its fine-tuning config is built (an
 from the method's config file, the sweep's `set`, the method's `set`, the grid point, then the
 env, seed, starting policy and dataset. A `population: true` method runs each (env, grid point)'s
 seeds as one trial, a population run (`o2o finetune --seeds`) writing the same per-seed run
-directories; it is done when all its seeds are. Relative `config` paths are read from the sweep file's
+directories; it is done when all its seeds are. `population: N` cuts the seeds into populations
+of at most N, one trial each (their runs one folder deeper, `seeds_0_1_2/seed_0`), so that a
+study's populations can share out the GPUs of a machine. Relative `config` paths are read from the sweep file's
 folder. Datasets and policies are cached by their settings (`stages.py`), so their paths, and
 with them every trial's config, are known before anything runs.
 """
@@ -87,8 +90,21 @@ class MethodSpec(StrictModel):
     envs: list[str] | None = Field(None, description="envs of this method; None: the sweep's")
     set: dict[str, Any] = Field(default_factory=dict, description="config fields over the file and the sweep's `set`")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="field -> values: one trial per combination")
-    population: bool = Field(False, description="run the seeds of each (env, grid point) as one trial: one population "
-                                                "run (o2o finetune --seeds)")
+    population: bool | int = Field(False, description="true: run the seeds of each (env, grid point) as one trial, one "
+                                                      "population run (o2o finetune --seeds); N: populations of at most N seeds")
+
+    @model_validator(mode="after")
+    def _population_size(self) -> MethodSpec:
+        if not isinstance(self.population, bool) and self.population < 2:
+            raise ValueError(f"population: {self.population}: give true (all seeds in one run) or a size of 2 or more")
+        return self
+
+    def population_groups(self, seeds: list[int]) -> list[list[int]]:
+        """The seeds of each population run (one group: all of them); [] for a method without populations."""
+        if self.population is False:
+            return []
+        size = len(seeds) if self.population is True else self.population
+        return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
 class Resources(StrictModel):
@@ -157,10 +173,11 @@ class Trial:
     policy: PolicyJob | None
     dataset: DatasetJob | None
     population: bool = False  # one of the seeds of a population run in `run_dir.parent`
+    group: str | None = None  # the folder of its population run where a method's seeds make several
 
     @property
     def id(self) -> str:
-        return str(self.run_dir.relative_to(self.run_dir.parents[2]))
+        return str(self.run_dir.relative_to(self.run_dir.parents[3 if self.group else 2]))
 
     def info(self) -> dict[str, Any]:
         """What `o2o report` reads from the run directory (trial.json) to group runs."""
@@ -252,6 +269,8 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path, out: str | Path, cache: 
         if m.population:
             _check_population_method(method, m, spec)
         points = list(itertools.product(*[[(k, v) for v in values] for k, values in m.grid.items()])) or [()]
+        groups = m.population_groups(spec.seed_list())
+        group_of = {seed: f"seeds_{'_'.join(map(str, g))}" for g in groups if len(groups) > 1 for seed in g}
         for env in m.envs or spec.envs:
             for point in points:
                 for seed in spec.seed_list():
@@ -270,8 +289,9 @@ def plan_sweep(spec: SweepSpec, sweep_file: str | Path, out: str | Path, cache: 
                     except UserError as exc:
                         raise UserError(f"method '{method}': {exc}") from None
                     label = method + (f"@{_grid_label(point)}" if point else "")
-                    trials.append(Trial(env, method, point, seed, config, out / "runs" / env / label / f"seed_{seed}", policy, data,
-                                        m.population))
+                    folder = out / "runs" / env / label / group_of.get(seed, "")
+                    trials.append(Trial(env, method, point, seed, config, folder / f"seed_{seed}", policy, data,
+                                        bool(m.population), group_of.get(seed)))
     return SweepPlan(spec, list(datasets.values()), list(policies.values()), trials)
 
 
