@@ -1,4 +1,4 @@
-"""`o2o demo`: the main job on its embedded default, end to end on Hopper-v5.
+"""`o2o demo`: the main job on its embedded default, end to end on HalfCheetah-v5.
 
 1. A small dataset from the zoo's medium policy (what `o2o data make --quality medium` builds).
 2. A BC policy pretrained on it.

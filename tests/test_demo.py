@@ -6,6 +6,7 @@ import pytest
 
 from distributed_o2o.cli.main import main
 from distributed_o2o.checkpoint import load_policy
+from distributed_o2o.config import DemoConfig
 from distributed_o2o.data import load_dataset
 
 
@@ -20,9 +21,9 @@ def test_demo_pipeline_writes_every_artefact(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "initial" in printed and "final" in printed and "learning curve" in printed
     assert "zoo's medium policy" in printed
-    dataset = load_dataset(str(out / "dataset.hdf5"), "Hopper-v5")
+    dataset = load_dataset(str(out / "dataset.hdf5"), DemoConfig().env)
     assert len(dataset) == 600 and dataset.ref_min_score is not None and dataset.ref_max_score is not None
-    assert load_policy(out / "bc", "Hopper-v5").family == "tanh_gaussian"
+    assert load_policy(out / "bc", DemoConfig().env).family == "tanh_gaussian"
     assert (out / "curve.png").stat().st_size > 10_000
     summary = json.loads((out / "porl" / "summary.json").read_text())
     initial = summary["initial"]  # scored against the zoo's references

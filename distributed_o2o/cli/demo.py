@@ -18,7 +18,7 @@ def demo(
                                    help="Override a field (repeatable; e.g. finetune.online_steps=5000)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
-    """Zoo data -> BC pretraining -> PORL fine-tuning on Hopper-v5, with a before/after table."""
+    """Zoo data -> BC pretraining -> PORL fine-tuning on HalfCheetah-v5, with a before/after table."""
     from distributed_o2o.cli.finetune import print_summary
     from distributed_o2o.config import DemoConfig, build_config, parse_overrides, read_yaml
     from distributed_o2o.demo import run_demo
