@@ -20,7 +20,7 @@ TINY = {"hidden": [16, 16], "online_steps": 200, "eval_every": 100, "eval_episod
         "random_start_steps": 50, "learning_starts": 50, "log_every": 50}
 # The documented keys (docs/performance.md, "Where a run's time goes").
 KEYS = ["imports", "startup", "inputs", "ray_start", "offline_stages", "handover", "online", "waiting", "evaluations", "checkpoints", "resume",
-        "shutdown", "other", "learner", "compile", "total"]
+        "shutdown", "other", "learner", "compile", "update_gaps", "total"]
 
 
 def check_breakdown(breakdown: dict[str, float]) -> None:
@@ -84,3 +84,15 @@ def test_the_graphed_learner_counts_its_warm_up_and_captures_as_compile(tmp_path
     breakdown = run_finetune(config, tmp_path / "run", progress=False)["time_breakdown_s"]
     check_breakdown(breakdown)
     assert breakdown["compile"] > breakdown["learner"]  # compilation dominates so short a run
+
+
+def test_update_gaps_count_the_online_loop_without_an_update_running(tmp_path):
+    """In --mode local the learner's update calls and the gaps between them are disjoint parts of
+    the online loop: together they fit in it, and the gaps are most of a loop whose updates are
+    cheap. Counting an update's own time as a gap would push the sum past the loop."""
+    heavy = {**TINY, "hidden": [64, 64], "batch_size": 256, "utd": 4, "eval_every": 200}
+    config = finetune_config("sac", None, {"env": ENV, "runtime": {"device": "cpu"}, **heavy})
+    breakdown = run_finetune(config, tmp_path / "run", mode="local", progress=False)["time_breakdown_s"]
+    loop = sum(breakdown[name] for name in ("online", "waiting", "evaluations", "checkpoints", "resume"))
+    assert breakdown["learner"] > 0.3 * loop  # the updates are a good part of the loop here
+    assert 0 < breakdown["update_gaps"] and breakdown["update_gaps"] + breakdown["learner"] <= loop + 0.05

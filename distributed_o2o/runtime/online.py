@@ -35,7 +35,7 @@ from distributed_o2o.runtime.components import Components
 from distributed_o2o.runtime.replay import RateLimiter
 from distributed_o2o.runtime.run_dir import Rate, RunDir
 from distributed_o2o.runtime.schedule import Schedule, chunk_steps, size_limiter
-from distributed_o2o.runtime.timings import Timings
+from distributed_o2o.runtime.timings import UPDATE_GAPS, Timings
 from distributed_o2o.runtime.transport import ComponentFailed
 
 # How often, at most, the loop asks the driver whether an evaluation playing beside it is done.
@@ -77,6 +77,7 @@ class OnlineLoop:
         self.shard_sizes = [0] * len(components.replays)
         self.shard_load = [0] * len(components.replays)  # inserted + in flight, for routing
         self.updating = False
+        self.idle_since: float | None = None  # since when no update call runs or is in flight (off-policy)
         self.schedule: Schedule | None = None
         self.limiter: RateLimiter | None = None
         # The training log, per agent: what happened since its last line.
@@ -141,6 +142,7 @@ class OnlineLoop:
             task = bar.add_task("online", total=cfg.online_steps, completed=c.env_steps)
             self.rates = (Rate(c.env_steps), Rate(c.updates))
             self.next_log = c.env_steps + cfg.log_every
+            self.idle_since = time.perf_counter()
             while c.env_steps < cfg.online_steps:
                 if self.schedule.acting(c.env_steps) != self.broadcast.spec:
                     self._set_spec(self.schedule.acting(c.env_steps))
@@ -149,6 +151,7 @@ class OnlineLoop:
                 self._pump(horizon, bar, task)
                 at_boundary()
                 bar.update(task, completed=min(c.env_steps, cfg.online_steps), description=self.status())
+            self._learner_busy()
 
     def _pump(self, horizon: int, bar: Progress, task: Any) -> None:
         """Run collection, insertion, updates and publishing until `horizon` env steps are in
@@ -182,6 +185,7 @@ class OnlineLoop:
         if self.updating or self.limiter.owed < 1:
             return False
         n = self.limiter.start(self.c.max_updates_per_call)
+        self._learner_busy()  # before the submit: under LocalTransport the updates run inside it
         # Labelled with the step of the newest transition taken (count - 1): at a phase boundary
         # (e.g. the end of PORL's pre-sample) the updates still owed were earned before it and
         # must run in the phase that earned them, not the next one.
@@ -189,6 +193,12 @@ class OnlineLoop:
         self.pending[future] = _Flight("update", updates=n)
         self.updating = True
         return True
+
+    def _learner_busy(self) -> None:
+        """Close the learner's idle gap (timings' UPDATE_GAPS) that is open."""
+        if self.idle_since is not None:
+            self.timings.add(UPDATE_GAPS, time.perf_counter() - self.idle_since)
+            self.idle_since = None
 
     def _start_collect(self, horizon: int) -> bool:
         position = self.counters.env_steps + self.issued
@@ -237,6 +247,7 @@ class OnlineLoop:
                 self.broadcast.learner_version = version
                 self._add_train_metrics(metrics)
                 self.updating = False
+                self.idle_since = time.perf_counter()
             elif flight.kind == "publish":
                 self.broadcast.published_arrived(result)
                 for i in range(len(self.c.workers)):

@@ -18,7 +18,10 @@ DRIVER_PARTS = ("imports", "startup", "inputs", "ray_start", "offline_stages", "
                 "resume", "shutdown", "other")
 # The learner's: seconds inside its online update calls, and compilation wherever it happens.
 LEARNER_PARTS = ("learner", "compile")
-BREAKDOWN_KEYS = (*DRIVER_PARTS, *LEARNER_PARTS, "total")
+# The driver's view of the learner, overlapping its parts: seconds of the off-policy online loop
+# with no update call running or in flight (the learner had nothing to do).
+UPDATE_GAPS = "update_gaps"
+BREAKDOWN_KEYS = (*DRIVER_PARTS, *LEARNER_PARTS, UPDATE_GAPS, "total")
 
 
 class Timings:
