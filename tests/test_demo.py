@@ -40,7 +40,7 @@ def test_setting_one_field_of_a_demo_section_keeps_the_rest_of_its_embedded_sett
     """`--set finetune.online_steps=N` (or a --config file naming one field) changes that field;
     the demo's other fine-tuning settings (its pre-sample, network sizes, constraint, validated
     deployment, threads) stay as embedded, not the PORL defaults."""
-    from distributed_o2o.config import DemoConfig, build_config, parse_overrides
+    from distributed_o2o.config import build_config, parse_overrides
 
     embedded = DemoConfig()
     changed = build_config(DemoConfig, {"pretrain": {"steps": 10}}, parse_overrides(["finetune.online_steps=5000"]))
