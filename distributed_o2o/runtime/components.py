@@ -47,6 +47,7 @@ class Components:
     envs_per_worker: int
     chunk_transitions: int  # transitions per collect call at most (off-policy; at least one vector step)
     collects_per_worker: int  # collect calls queued per worker, so it never waits for the driver
+    update_calls_in_flight: int  # update calls queued at the learner, so it never waits for the driver
     max_updates_per_call: int  # updates the learner runs per call at most
     shard_capacity: int
     # A population run's seeds, one agent each (None: one agent, `config.seed`); `evaluator` is
@@ -130,6 +131,7 @@ class Builder(Protocol):
     transport: Any
     chunk_transitions: int
     collects_per_worker: int
+    update_calls_in_flight: int
 
     def create(self, role: str, index: int, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -183,6 +185,7 @@ def build_components(builder: Builder, config: FinetuneConfig, inputs: RunInputs
     transport.call(learner, "attach_replay", replays)
     return Components(transport, learner, workers, replays, evaluator, envs_per_worker=config.runtime.envs_per_worker,
                       chunk_transitions=builder.chunk_transitions, collects_per_worker=builder.collects_per_worker,
+                      update_calls_in_flight=builder.update_calls_in_flight,
                       max_updates_per_call=MAX_UPDATES_PER_CALL, shard_capacity=inputs.shard_capacity(config),
                       seeds=seeds, references=inputs.references)
 
@@ -199,6 +202,7 @@ class LocalBuilder:
         self.transport = LocalTransport()
         self.chunk_transitions = config.runtime.envs_per_worker
         self.collects_per_worker = 1
+        self.update_calls_in_flight = 1
 
     def create(self, role: str, index: int, *args: Any, **kwargs: Any) -> Any:
         return self.CLASSES[role](*args, **kwargs)

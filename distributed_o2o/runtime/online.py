@@ -76,7 +76,7 @@ class OnlineLoop:
         self.issued = 0  # transitions in collect calls in flight
         self.shard_sizes = [0] * len(components.replays)
         self.shard_load = [0] * len(components.replays)  # inserted + in flight, for routing
-        self.updating = False
+        self.update_calls = 0  # update calls in flight
         self.idle_since: float | None = None  # since when no update call runs or is in flight (off-policy)
         self.schedule: Schedule | None = None
         self.limiter: RateLimiter | None = None
@@ -182,7 +182,7 @@ class OnlineLoop:
         return True
 
     def _start_update(self) -> bool:
-        if self.updating or self.limiter.owed < 1:
+        if self.update_calls >= self.c.update_calls_in_flight or self.limiter.owed < 1:
             return False
         n = self.limiter.start(self.c.max_updates_per_call)
         self._learner_busy()  # before the submit: under LocalTransport the updates run inside it
@@ -191,7 +191,7 @@ class OnlineLoop:
         # must run in the phase that earned them, not the next one.
         future = self.t.submit(self.c.learner, "update_from_replay", n, self.counters.env_steps - 1, list(self.shard_sizes))
         self.pending[future] = _Flight("update", updates=n)
-        self.updating = True
+        self.update_calls += 1
         return True
 
     def _learner_busy(self) -> None:
@@ -246,8 +246,9 @@ class OnlineLoop:
                 self.counters.updates += flight.updates
                 self.broadcast.learner_version = version
                 self._add_train_metrics(metrics)
-                self.updating = False
-                self.idle_since = time.perf_counter()
+                self.update_calls -= 1
+                if not self.update_calls:
+                    self.idle_since = time.perf_counter()
             elif flight.kind == "publish":
                 self.broadcast.published_arrived(result)
                 for i in range(len(self.c.workers)):

@@ -47,6 +47,9 @@ from distributed_o2o.runtime.transport import ComponentFailed
 # small against stepping the envs.
 CHUNK_TRANSITIONS = 256
 COLLECTS_PER_WORKER = 2  # one chunk being collected, the next queued behind it
+# The same for the learner's update calls: it runs them in order, the next starting as the one
+# before ends, without waiting for the driver to see that one's result.
+UPDATE_CALLS_IN_FLIGHT = 2
 PLACEMENT_TIMEOUT_S = 120.0
 
 
@@ -222,6 +225,7 @@ class RayBuilder:
                "population-replay": PopulationReplay}
     chunk_transitions = CHUNK_TRANSITIONS
     collects_per_worker = COLLECTS_PER_WORKER
+    update_calls_in_flight = UPDATE_CALLS_IN_FLIGHT
 
     def __init__(self, config, run_path: str | Path):
         self.transport = RayTransport()
