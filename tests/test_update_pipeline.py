@@ -1,0 +1,66 @@
+"""The online loop's update calls in flight (Components.update_calls_in_flight): a Ray learner
+gets the next call queued behind the one it runs, and the learner counts as idle
+(`update_gaps`) only while none is in flight."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+from distributed_o2o.runtime.online import OnlineLoop
+from distributed_o2o.runtime.replay import RateLimiter
+from distributed_o2o.runtime.timings import UPDATE_GAPS, Timings
+
+
+class HeldTransport:
+    """Submitted calls stay in flight until the test hands their result back."""
+
+    def __init__(self):
+        self.submitted: list[tuple[str, tuple]] = []
+
+    def submit(self, component, method, *args):
+        self.submitted.append((method, args))
+        return len(self.submitted) - 1  # the future: the call's index
+
+    def get(self, future):
+        return future, {"critic_loss": 1.0}  # (the learner's version, its metrics)
+
+
+def make_loop(in_flight: int) -> tuple[OnlineLoop, HeldTransport, Timings]:
+    transport, timings = HeldTransport(), Timings()
+    components = SimpleNamespace(transport=transport, learner=object(), workers=[], replays=[], seeds=None,
+                                 update_calls_in_flight=in_flight, max_updates_per_call=64)
+    counters = SimpleNamespace(env_steps=1_000, updates=0)
+    broadcast = SimpleNamespace(learner_version=0)
+    loop = OnlineLoop(None, components, counters, broadcast, [object()], Console(quiet=True), False, timings)
+    loop.limiter = RateLimiter(max_lag=10_000, owed=1_000)
+    return loop, transport, timings
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_the_loop_keeps_at_most_the_set_number_of_update_calls_in_flight(in_flight):
+    loop, transport, _ = make_loop(in_flight)
+    started = [loop._start_update() for _ in range(3)]
+    assert started == [True] * in_flight + [False] * (3 - in_flight)
+    assert [method for method, _ in transport.submitted] == ["update_from_replay"] * in_flight
+    assert loop.limiter.running == 64 * in_flight
+
+    loop._handle([0], bar=None, task=None)  # the first call's result arrives: room for one more
+    assert loop._start_update()
+    assert loop.counters.updates == 64
+
+
+def test_the_learner_counts_as_idle_only_once_no_update_call_is_in_flight():
+    loop, _, timings = make_loop(2)
+    assert loop._start_update() and loop._start_update()
+    loop._handle([0], bar=None, task=None)
+    assert loop.idle_since is None  # the second call still runs: no gap opens
+    loop._learner_busy()
+    assert UPDATE_GAPS not in timings.seconds
+
+    loop._handle([1], bar=None, task=None)
+    assert loop.idle_since is not None  # nothing in flight: the learner waits for the driver
+    loop._learner_busy()
+    assert timings.seconds[UPDATE_GAPS] > 0
