@@ -16,7 +16,7 @@ import ray
 import torch
 
 from distributed_o2o.checkpoint import load_policy
-from distributed_o2o.config import finetune_config, merge_layers
+from distributed_o2o.config import finetune_config
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime import learner as learner_module
 from distributed_o2o.runtime.evaluator import Evaluator

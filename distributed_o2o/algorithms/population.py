@@ -175,10 +175,6 @@ class Population:
         """One update of every agent; each agent's metrics as floats (one host sync)."""
         return per_agent_floats(self.update_tensors(batch, self.prepare(env_step)))
 
-    def offline_batch(self, batch_size: int) -> Batch:
-        """A batch of D_off per agent, each drawn with its agent's own generator."""
-        return stack_batches([agent.offline_data.sample(batch_size) for agent in self.agents])
-
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Actions (K, N, act_dim) for observations (K, N, obs_dim), agent k acting on row k."""
@@ -239,11 +235,6 @@ def _module_name(agent: SACCore, module: nn.Module | None) -> str | None:
 
 def _batch_fields(batch: Batch) -> tuple[torch.Tensor, ...]:
     return batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminals
-
-
-def stack_batches(batches: list[Batch]) -> Batch:
-    """One batch per agent as a population's batch, (K, B, ...)."""
-    return Batch(*(torch.stack(fields) for fields in zip(*(_batch_fields(b) for b in batches))))
 
 
 def agent_batch(batch: Batch, agent: int) -> Batch:
