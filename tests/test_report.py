@@ -175,3 +175,39 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no run directories"):
         build_report([tmp_path / "empty"])
+
+
+def test_the_wall_time_of_seeds_trained_as_a_population_is_marked_as_shared(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, f"pop/seed_{seed}", "Hopper-v5", "rlpd", seed, [0, 1000], [0.0, 30.0 + seed])
+        write_run(tmp_path, f"alone/seed_{seed}", "Hopper-v5", "sac", seed, [0, 1000], [0.0, 10.0 + seed])
+    (tmp_path / "pop" / "summary.json").write_text(json.dumps({"seeds": [0, 1], "run_dir": "pop"}))
+    # The population's records in trials of 2 and 1 seeds (`population: 2` over three seeds).
+    write_run(tmp_path, "pop3/seed_2", "Hopper-v5", "rlpd", 2, [0, 1000], [0.0, 32.0])
+    (tmp_path / "pop3" / "summary.json").write_text(json.dumps({"seeds": [2], "run_dir": "pop3"}))
+    report = write_report([tmp_path], tmp_path / "report", reps=REPS)
+    assert group(report, "rlpd")["population_sizes"] == [1, 2]
+    assert group(report, "sac")["population_sizes"] == [1]  # seed_<n> folders without a population's summary
+    rows = {line.split(" | ")[0].strip("| "): line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
+            if line.startswith("| rlpd") or line.startswith("| sac")}
+    assert "10 (population of 2 for some seeds)" in rows["rlpd"]
+    assert "population" not in rows["sac"]
+
+
+def test_the_bootstrap_intervals_repeat_and_leave_numpys_generator_alone():
+    """rliable resamples with NumPy's global generator whatever random_state it is given: the
+    report seeds that generator for each interval and restores the caller's state after."""
+    from distributed_o2o.report.stats import improvement_probability, iqm_curve, iqm_interval
+
+    scores = np.array([[3.0], [9.0], [4.0], [12.0], [7.0], [1.0]])
+    np.random.seed(7)
+    expected_draw = np.random.rand()
+    np.random.seed(7)
+    first = (iqm_interval(scores, reps=300), improvement_probability(scores, scores[::-1] - 2.0, reps=300),
+             [band.tolist() for band in iqm_curve(np.hstack([scores, 2 * scores]), reps=300)])
+    assert np.random.rand() == expected_draw  # the caller's stream goes on as if nothing drew from it
+    np.random.rand(5)  # a different global state before the second computation
+    second = (iqm_interval(scores, reps=300), improvement_probability(scores, scores[::-1] - 2.0, reps=300),
+              [band.tolist() for band in iqm_curve(np.hstack([scores, 2 * scores]), reps=300)])
+    assert first == second
+    assert first[0].low < first[0].value < first[0].high  # a real interval, not a point

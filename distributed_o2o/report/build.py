@@ -76,7 +76,8 @@ def build_report(roots: list[str | Path], baseline: str | None = None, reps: int
                  "handover_env_step": members[0].handover_step,
                  "iqm": final["value"], "ci_low": final["ci_low"], "ci_high": final["ci_high"],
                  "final_scores": [f["final"] for f in figures],
-                 "wall_time_s_mean": _mean([r.wall_time_s for r in members])}
+                 "wall_time_s_mean": _mean([r.wall_time_s for r in members]),
+                 "population_sizes": sorted({r.population for r in members})}
         for name in ("last_10pct", "last_5", "before_handover", "lowest_after_handover", "dip", "learner_lowest_after_handover"):
             group[name] = _estimate([f[name] for f in figures], reps)
         base = _baseline_group(groups, env, dataset, baseline) if baseline not in (None, method) else None
@@ -143,6 +144,19 @@ def _fmt(est: dict[str, float] | None) -> str:
     return "-" if est is None else f"{est['value']:.1f} [{est['ci_low']:.1f}, {est['ci_high']:.1f}]"
 
 
+def _wall_cell(group: dict[str, Any]) -> str:
+    """The group's mean wall time, saying where its seeds trained as populations (whose wall time
+    covers all their seeds, not one)."""
+    if group["wall_time_s_mean"] is None:
+        return "-"
+    wall = f"{group['wall_time_s_mean']:.0f}"
+    sizes = [k for k in group["population_sizes"] if k > 1]
+    if not sizes:
+        return wall
+    which = f"population of {sizes[0]}" if len(sizes) == 1 else f"populations of {sizes[0]}–{sizes[-1]}"
+    return f"{wall} ({which}{' for some seeds' if 1 in group['population_sizes'] else ''})"
+
+
 def write_markdown(report: dict[str, Any], path: Path, curve_files: dict[str, str]) -> None:
     lines = ["# Report", ""]
     if report["command"]:
@@ -156,8 +170,9 @@ def write_markdown(report: dict[str, Any], path: Path, curve_files: dict[str, st
               "learnt policy acts); *lowest after*: the lowest evaluation after it; *dip*: before minus the lowest "
               "within the first 10% of online steps after hand-over; *learner's lowest after*: where the run delivers "
               "another policy than the one learning (a Polyak average, a validated deployment), the learning policy's "
-              "own lowest evaluation after hand-over (its mode, `online_return_mean`). Env steps include any pre-sample "
-              "stage.", ""]
+              "own lowest evaluation after hand-over (its mode, `online_return_mean`); *wall s*: the mean of the runs' "
+              "wall times, where the seeds of a population run share one (the cell says so). Env steps include any "
+              "pre-sample stage.", ""]
     baseline = report["baseline"]
     by_env: dict[str, list[dict]] = defaultdict(list)
     for group in report["groups"]:
@@ -174,7 +189,7 @@ def write_markdown(report: dict[str, Any], path: Path, curve_files: dict[str, st
                    _fmt(g["last_10pct"]), _fmt(g["last_5"]), _fmt(g["before_handover"]), _fmt(g["lowest_after_handover"]),
                    _fmt(g["dip"]), _fmt(g["learner_lowest_after_handover"]),
                    g["score"] + ("" if g["score"] == "raw return" else f" ({g['references']} references)"),
-                   "-" if g["wall_time_s_mean"] is None else f"{g['wall_time_s_mean']:.0f}"]
+                   _wall_cell(g)]
             if baseline:
                 p = g.get("baseline_improvement")
                 row.append("-" if p is None else f"{p['value']:.2f} [{p['ci_low']:.2f}, {p['ci_high']:.2f}]")

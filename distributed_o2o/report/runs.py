@@ -41,6 +41,9 @@ class RunRecord:
     online_steps: int
     finished: bool
     wall_time_s: float | None
+    # Seeds in the population run this run belongs to (1: a run of its own); its seeds share one
+    # wall time, so the group's wall time is not a per-seed cost.
+    population: int = 1
 
     @property
     def group(self) -> tuple[str, str, str]:
@@ -102,7 +105,20 @@ def read_run(path: Path) -> RunRecord | None:
                      normalised=normalised,
                      references=refs, handover_step=int((summary or {}).get("handover_env_step", 0)),
                      online_steps=online_steps, finished=_finished(summary, steps, online_steps),
-                     wall_time_s=(summary or {}).get("wall_time_s"))
+                     wall_time_s=(summary or {}).get("wall_time_s"), population=_population_size(path))
+
+
+def _population_size(path: Path) -> int:
+    """How many seeds the population run holding `path` (one of its `seed_<n>` sub-runs) trained:
+    the `seeds` of the population's own summary.json one folder up; 1 for a run of its own."""
+    summary_file = path.parent / "summary.json"
+    if not path.name.startswith("seed_") or not summary_file.is_file():
+        return 1
+    try:
+        seeds = json.loads(summary_file.read_text()).get("seeds")
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return 1
+    return len(seeds) if isinstance(seeds, list) and seeds else 1
 
 
 def _reference_map(env: str) -> tuple[Callable[[np.ndarray], np.ndarray], str | None]:

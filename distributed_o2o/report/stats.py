@@ -4,7 +4,6 @@ improvement. Scores are matrices (runs x tasks); a task is an env."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,13 +24,17 @@ class Estimate:
 
 
 def _intervals(scores: dict, func, reps: int):
-    """rliable's interval estimates, seeded; arch 7 deprecates the RandomState rliable hands it
-    (a FutureWarning per interval), which is silenced here."""
+    """rliable's interval estimates, seeded. rliable 1.2.0 draws its resamples from NumPy's global
+    generator (`np.random.choice` in its bootstraps' `update_indices`), not from the
+    `random_state` it takes, so the global generator is seeded for the call and put back after."""
     from rliable import library
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return library.get_interval_estimates(scores, func, reps=reps, random_state=np.random.RandomState(SEED))
+    state = np.random.get_state()
+    np.random.seed(SEED)
+    try:
+        return library.get_interval_estimates(scores, func, reps=reps)
+    finally:
+        np.random.set_state(state)
 
 
 def iqm(scores: np.ndarray) -> float:
