@@ -319,6 +319,16 @@ def test_a_population_size_cuts_the_seeds_into_population_runs_that_the_report_p
     assert [(g["method"], g["n_runs"], g["seeds"]) for g in build_report([out], reps=100)["groups"]] == [("sac", 3, [0, 1, 2])]
 
 
+def test_the_dry_run_says_how_many_runs_the_populations_make(tmp_path, capsys):
+    spec = {**TINY, "seeds": [0, 1, 2], "methods": {"sac": {**TINY["methods"]["sac"], "population": 2}}}
+    args = ["sweep", str(write_sweep(tmp_path / "s.yaml", spec)), "--out", str(tmp_path / "out"),
+            "--cache", str(tmp_path / "cache"), "--dry-run"]
+    assert main(args) == 0
+    assert "3 trials, 3 to run or resume, as 2 runs (a population's seeds train in one)" in capsys.readouterr().out
+    assert main(args[:1] + [str(write_sweep(tmp_path / "t.yaml", TINY))] + args[2:]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("to run or resume")  # no populations: one run per trial
+
+
 @pytest.mark.parametrize("size", [0, 1])
 def test_a_population_of_fewer_than_two_is_refused(tmp_path, size):
     file = write_sweep(tmp_path / "s.yaml", {**TINY, "methods": {"sac": {"algo": "sac", "population": size}}})

@@ -67,7 +67,9 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
         for what, status in rows:
             say(f"{what:<{width}}  {status}")
         pending = sum(status != "done" for what, status in rows if what.startswith("trial "))
-        say(f"{len(plan.trials)} trials, {pending} to run or resume")
+        units = trial_units(plan.trials)
+        together = "" if len(units) == len(plan.trials) else f", as {len(units)} runs (a population's seeds train in one)"
+        say(f"{len(plan.trials)} trials, {pending} to run or resume{together}")
         return []
     started = _connect(address, ray_init or {})
     try:
