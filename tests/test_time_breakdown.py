@@ -88,8 +88,8 @@ def test_the_graphed_learner_counts_its_warm_up_and_captures_as_compile(tmp_path
 
 def test_update_gaps_count_the_online_loop_without_an_update_running(tmp_path):
     """In --mode local the learner's update calls and the gaps between them are disjoint parts of
-    the online loop: together they fit in it, and the gaps are most of a loop whose updates are
-    cheap. Counting an update's own time as a gap would push the sum past the loop."""
+    the online loop: together they fit in it. The updates here are a good part of the loop, so
+    counting an update's own time as a gap would push the sum past the loop."""
     heavy = {**TINY, "hidden": [64, 64], "batch_size": 256, "utd": 4, "eval_every": 200}
     config = finetune_config("sac", None, {"env": ENV, "runtime": {"device": "cpu"}, **heavy})
     breakdown = run_finetune(config, tmp_path / "run", mode="local", progress=False)["time_breakdown_s"]
