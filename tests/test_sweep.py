@@ -243,6 +243,21 @@ def test_methods_filter(tmp_path, capsys):
     assert "--methods names nope" in capsys.readouterr().err
 
 
+def test_envs_filter(tmp_path, capsys):
+    """`--envs` keeps one env's trials (a method's own envs count as the file's), alone or with `--methods`."""
+    spec = {**TINY, "methods": {**TINY["methods"], "sac": {**TINY["methods"]["sac"], "envs": ["Pendulum-v1", "MountainCarContinuous-v0"]}}}
+    file = write_sweep(tmp_path / "s.yaml", spec)
+    args = ["sweep", str(file), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--dry-run"]
+    assert main(args + ["--envs", "MountainCarContinuous-v0"]) == 0
+    out = capsys.readouterr().out
+    assert "MountainCarContinuous-v0/sac/seed_1" in out and "Pendulum" not in out and "2 trials" in out
+    assert main(args + ["--envs", "Pendulum-v1", "--methods", "sac"]) == 0
+    out = capsys.readouterr().out
+    assert "Pendulum-v1/sac/seed_0" in out and "porl" not in out and "Mountain" not in out and "2 trials" in out
+    assert main(args + ["--envs", "Hopper-v5"]) == 2
+    assert "--envs names Hopper-v5, not in the sweep file (it has: Pendulum-v1, MountainCarContinuous-v0)" in capsys.readouterr().err
+
+
 def test_a_trial_is_done_only_when_its_evaluations_end_where_its_summary_does(tmp_path):
     from distributed_o2o.sweep.trials import trial_status
 

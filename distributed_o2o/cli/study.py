@@ -17,12 +17,15 @@ def sweep(
                                                     "(default: $O2O_CACHE_DIR or ~/.cache/distributed_o2o)."),
     methods: Optional[str] = typer.Option(None, "--methods", metavar="NAME,...", help="Only these methods' trials (comma-separated names from the sweep "
                                                      "file); the others are left as they are."),
+    envs: Optional[str] = typer.Option(None, "--envs", metavar="ENV,...", help="Only these envs' trials (comma-separated, from the sweep file's "
+                                                  "envs): one env's part of a study on each machine or GPU."),
 ) -> None:
     """Run a multi-seed study as Ray Tune trials; running it again continues where it stopped."""
     from distributed_o2o.sweep.run import run_sweep
 
-    only = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    failed = run_sweep(sweep_file, out, address=address, dry_run=dry_run, cache=cache, methods=only, say=typer.echo)
+    names = lambda given: [n.strip() for n in given.split(",") if n.strip()] if given else None  # noqa: E731
+    failed = run_sweep(sweep_file, out, address=address, dry_run=dry_run, cache=cache, methods=names(methods), envs=names(envs),
+                       say=typer.echo)
     for line in failed:
         typer.echo(f"failed: {line}", err=True)
     if failed:

@@ -48,18 +48,15 @@ def describe(plan: SweepPlan) -> list[tuple[str, str]]:
 
 
 def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = None, dry_run: bool = False,
-              cache: str | Path | None = None, methods: list[str] | None = None, say: Callable[[str], None] = print,
-              ray_init: dict[str, Any] | None = None) -> list[str]:
-    """Run (or with `dry_run`, describe) the sweep, or only the trials of `methods`; returns
-    one line per failed trial."""
+              cache: str | Path | None = None, methods: list[str] | None = None, envs: list[str] | None = None,
+              say: Callable[[str], None] = print, ray_init: dict[str, Any] | None = None) -> list[str]:
+    """Run (or with `dry_run`, describe) the sweep, or only the trials of `methods` and `envs`;
+    returns one line per failed trial."""
     spec = load_sweep(sweep_file)
     out = Path(out)
     plan = plan_sweep(spec, sweep_file, out, cache or default_cache())
-    if methods:
-        unknown = sorted(set(methods) - set(spec.methods))
-        if unknown:
-            raise UserError(f"--methods names {', '.join(unknown)}, not in the sweep file (it has: {', '.join(spec.methods)})")
-        plan.trials = [t for t in plan.trials if t.method in methods]
+    every_env = list(dict.fromkeys(t.env for t in plan.trials))  # the sweep's and any a method names
+    plan.trials = _only(_only(plan.trials, "method", methods, list(spec.methods)), "env", envs, every_env)
     check_plan(plan)
     if dry_run:
         rows = describe(plan)
@@ -86,6 +83,16 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
             import ray
 
             ray.shutdown()
+
+
+def _only(trials: list, field: str, names: list[str] | None, known: list[str]) -> list:
+    """The trials whose `field` is one of `names` (all where None); a name the file lacks is an error."""
+    if not names:
+        return trials
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise UserError(f"--{field}s names {', '.join(unknown)}, not in the sweep file (it has: {', '.join(known)})")
+    return [t for t in trials if getattr(t, field) in names]
 
 
 def _connect(address: str | None, ray_init: dict[str, Any]) -> bool:
