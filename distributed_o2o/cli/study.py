@@ -19,13 +19,16 @@ def sweep(
                                                      "file); the others are left as they are."),
     envs: Optional[str] = typer.Option(None, "--envs", metavar="ENV,...", help="Only these envs' trials (comma-separated, from the sweep file's "
                                                   "envs): one env's part of a study on each machine or GPU."),
+    reuse: Optional[list[Path]] = typer.Option(None, "--reuse", metavar="DIR", help="Finished runs under DIR (another study's --out, "
+                                                    "a folder of run directories; repeatable) whose config a trial's equals "
+                                                    "stand for it: their records are copied in, not run again."),
 ) -> None:
     """Run a multi-seed study as Ray Tune trials; running it again continues where it stopped."""
     from distributed_o2o.sweep.run import run_sweep
 
     names = lambda given: [n.strip() for n in given.split(",") if n.strip()] if given else None  # noqa: E731
     failed = run_sweep(sweep_file, out, address=address, dry_run=dry_run, cache=cache, methods=names(methods), envs=names(envs),
-                       say=typer.echo)
+                       reuse=reuse, say=typer.echo)
     for line in failed:
         typer.echo(f"failed: {line}", err=True)
     if failed:

@@ -13,6 +13,7 @@ import yaml
 from distributed_o2o.errors import UserError
 from distributed_o2o.sweep.spec import SweepPlan, load_sweep, plan_sweep
 from distributed_o2o.sweep.stages import needed_stages, run_stages
+from distributed_o2o.sweep.reuse import copy_reused, reusable
 from distributed_o2o.sweep.trials import check_unchanged, run_trials, trial_status, trial_units
 
 
@@ -34,23 +35,35 @@ def check_plan(plan: SweepPlan) -> None:
         check_unchanged(trial)
 
 
-def describe(plan: SweepPlan) -> list[tuple[str, str]]:
-    """(what, status) for every stage still to make and every trial, in the order they run."""
+def describe(plan: SweepPlan, reused: dict[Path, Path]) -> list[tuple[str, str]]:
+    """(what, status) for every stage still to make and every trial, in the order they run;
+    `reused`: the trials a finished run of another study stands for (`reusable`)."""
     statuses = {t.run_dir: trial_status(t.run_dir, t.config.online_steps) for t in plan.trials}
-    datasets, policies = needed_stages([t for t in plan.trials if statuses[t.run_dir].state != "done"])
+    datasets, policies = needed_stages([t for t in plan.trials if statuses[t.run_dir].state != "done" and t.run_dir not in reused])
     rows = [(f"dataset {j.name} [{j.env}]", "to make") for j in datasets]
     rows += [(f"policy {j.name} [{j.env}]" + ("" if j.seed is None else f" seed {j.seed}"), "to pretrain") for j in policies]
     for trial in plan.trials:
         status = statuses[trial.run_dir]
         shown = {"done": "done", "resumable": f"resume at env step {status.env_steps}", "new": "to run"}[status.state]
-        rows.append((f"trial {trial.id}", shown))
+        rows.append((f"trial {trial.id}", f"reuse {reused[trial.run_dir]}" if trial.run_dir in reused else shown))
     return rows
+
+
+def _plan_line(plan: SweepPlan, reused: dict[Path, Path]) -> str:
+    """The dry run's last line: how many trials, how many to run and as how many runs."""
+    todo = [t for t in plan.trials if t.run_dir not in reused and trial_status(t.run_dir, t.config.online_steps).state != "done"]
+    units = len(trial_units(todo))
+    together = "" if units == len(todo) else f", as {units} runs (a population's seeds train in one)"
+    taken = f"; {len(reused)} reused from --reuse" if reused else ""
+    return f"{len(plan.trials)} trials, {len(todo)} to run or resume{together}{taken}"
 
 
 def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = None, dry_run: bool = False,
               cache: str | Path | None = None, methods: list[str] | None = None, envs: list[str] | None = None,
-              say: Callable[[str], None] = print, ray_init: dict[str, Any] | None = None) -> list[str]:
-    """Run (or with `dry_run`, describe) the sweep, or only the trials of `methods` and `envs`;
+              reuse: list[Path] | None = None, say: Callable[[str], None] = print,
+              ray_init: dict[str, Any] | None = None) -> list[str]:
+    """Run (or with `dry_run`, describe) the sweep, or only the trials of `methods` and `envs`,
+    taking in the finished runs under `reuse` that a trial's config matches (sweep/reuse.py);
     returns one line per failed trial."""
     spec = load_sweep(sweep_file)
     out = Path(out)
@@ -58,26 +71,27 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
     every_env = list(dict.fromkeys(t.env for t in plan.trials))  # the sweep's and any a method names
     plan.trials = _only(_only(plan.trials, "method", methods, list(spec.methods)), "env", envs, every_env)
     check_plan(plan)
+    reused = reusable(plan.trials, [Path(p) for p in reuse or ()])
     if dry_run:
-        rows = describe(plan)
+        rows = describe(plan, reused)
         width = max(len(what) for what, _ in rows)
         for what, status in rows:
             say(f"{what:<{width}}  {status}")
-        pending = sum(status != "done" for what, status in rows if what.startswith("trial "))
-        units = trial_units(plan.trials)
-        together = "" if len(units) == len(plan.trials) else f", as {len(units)} runs (a population's seeds train in one)"
-        say(f"{len(plan.trials)} trials, {pending} to run or resume{together}")
+        say(_plan_line(plan, reused))
         return []
-    started = _connect(address, ray_init or {})
+    # A population's seeds run together: all of them while any is not done.
+    pending = [t for unit in trial_units(plan.trials) for t in unit
+               if any(u.run_dir not in reused and trial_status(u.run_dir, u.config.online_steps).state != "done" for u in unit)]
+    started = bool(pending) and _connect(address, ray_init or {})  # before anything is written: a bad address leaves nothing
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
-        # A population's seeds run together: all of them while any is not done.
-        pending = [t for unit in trial_units(plan.trials) for t in unit
-                   if any(trial_status(u.run_dir, u.config.online_steps).state != "done" for u in unit)]
-        run_stages(pending, say)
+        copy_reused(plan.trials, reused)
         say(f"{len(plan.trials) - len(pending)} of {len(plan.trials)} trials already done; running {len(pending)}")
-        return run_trials(pending, spec.resources, out.resolve(), say) if pending else []
+        if not pending:
+            return []
+        run_stages(pending, say)
+        return run_trials(pending, spec.resources, out.resolve(), say)
     finally:
         if started:
             import ray

@@ -50,20 +50,37 @@ def trial_status(run_dir: Path, online_steps: int) -> TrialStatus:
     return TrialStatus("new")
 
 
-def check_unchanged(trial: Trial) -> None:
-    """A trial directory from an earlier sweep run must hold the same config (its runtime section aside)."""
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run directory holds (config.yaml, its runtime section nested), or None."""
     import yaml
 
     from distributed_o2o.config import nested_runtime
 
-    config_file = trial.run_dir / "config.yaml"
-    if not config_file.is_file():
+    config_file = run_dir / "config.yaml"
+    return nested_runtime(yaml.safe_load(config_file.read_text())) if config_file.is_file() else None
+
+
+def config_differences(saved: dict[str, Any], config) -> list[str]:
+    """The keys, runtime aside, where a saved config differs from `config`. A field added to the
+    config since the run counts at its default; a policy from a stage cache counts by its entry's
+    name (its content's key), not by where that cache was."""
+    wanted, defaults = config.model_dump(), type(config)().model_dump()
+
+    def same(key: str) -> bool:
+        old, new = saved.get(key, defaults.get(key)), wanted.get(key)
+        if key == "policy" and old and new and Path(old).parent.name == Path(new).parent.name == "policies":
+            return Path(old).name == Path(new).name
+        return old == new
+
+    return sorted(k for k in set(saved) | set(wanted) if k != "runtime" and not same(k))
+
+
+def check_unchanged(trial: Trial) -> None:
+    """A trial directory from an earlier sweep run must hold the same config (its runtime section aside)."""
+    saved = saved_config(trial.run_dir)
+    if saved is None:
         return
-    saved, wanted = nested_runtime(yaml.safe_load(config_file.read_text())), trial.config.model_dump()
-    # A field added to the config since the trial ran counts as unchanged at its default.
-    defaults = type(trial.config)().model_dump()
-    changed = sorted(k for k in set(saved) | set(wanted)
-                     if k != "runtime" and saved.get(k, defaults.get(k)) != wanted.get(k))
+    changed = config_differences(saved, trial.config)
     if changed:
         raise UserError(f"trial {trial.id} already ran with another {', '.join(changed)} (in {trial.run_dir}): "
                         "a changed sweep needs a new --out, or remove that trial's directory")
