@@ -14,6 +14,8 @@ critic 3x256 as its config), in one process:
 - `graph`: `GraphedUpdater.run` (device replay mirror, several updates per CUDA graph);
 - `graph_compile`: the same after `torch.compile` of the losses, Polyak and optimiser steps;
 - `graph_compile_tf32`: the same with TF32 matrix products (the config's default);
+- `graph_compile_bf16`, `population_bf16`: those under bfloat16 autocast (`precision`), with
+  their final metrics to set beside the TF32 ones: a candidate for speed, not a learner setting;
 - `stages`: the offline stages that have an update phase (O2SAC's A and B), eagerly
   (`stage.step`, the eager learner's path) and as `GraphedUpdater.run_phase` on D_off (compiled,
   TF32): `stage_<name>_eager` and `stage_<name>_graph` updates/s;
@@ -35,6 +37,7 @@ object; progress goes to stderr. A measurement, never a test: nothing is asserte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -145,6 +148,12 @@ def time_eager(step, pool: list[Batch], updates: int, device: torch.device) -> f
     return updates / (synced(device) - start)
 
 
+def precision(variant: str):
+    """bfloat16 autocast for the `*_bf16` variants (matrix products in bf16; LayerNorm, losses and
+    the optimiser steps in float32): a candidate measured here, not the learner's path."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if variant.endswith("_bf16") else contextlib.nullcontext()
+
+
 def time_graphed(updater: GraphedUpdater, updates: int, ratio: float, device: torch.device) -> float:
     updater.run(2 * updater.steps_per_graph + 3, ENV_STEP, ratio)  # warm-up and capture
     start = synced(device)
@@ -245,13 +254,14 @@ def measure(name: str, args, device: torch.device) -> dict:
                 result[variant] = time_eager(eager_update(algo), pool, args.eager_updates, device)
             elif variant == "graph":
                 result[variant] = time_graphed(graphed(False, args.steps_per_graph), args.updates, ratio, device)
-            elif variant in ("graph_compile", "graph_compile_tf32"):
-                start = time.perf_counter()
-                updater = graphed(True, args.steps_per_graph, tf32=variant.endswith("tf32"))
-                updater.run(3, ENV_STEP, ratio)  # compiles
-                result[f"{variant}_compile_s"] = round(time.perf_counter() - start, 1)
-                result[variant] = time_graphed(updater, args.updates, ratio, device)
-                result[f"{variant}_metrics"] = updater.run(args.steps_per_graph, ENV_STEP, ratio)
+            elif variant in ("graph_compile", "graph_compile_tf32", "graph_compile_bf16"):
+                with precision(variant):
+                    start = time.perf_counter()
+                    updater = graphed(True, args.steps_per_graph, tf32=not variant.endswith("compile"))
+                    updater.run(3, ENV_STEP, ratio)  # compiles
+                    result[f"{variant}_compile_s"] = round(time.perf_counter() - start, 1)
+                    result[variant] = time_graphed(updater, args.updates, ratio, device)
+                    result[f"{variant}_metrics"] = updater.run(args.steps_per_graph, ENV_STEP, ratio)
                 compiled, compiled_name = updater, name
             elif variant == "graph_losses_tf32":  # a fallback: optimisers left uncompiled
                 if not any(key.endswith("_error") for key in result):
@@ -259,17 +269,18 @@ def measure(name: str, args, device: torch.device) -> dict:
                 updater = graphed(False, args.steps_per_graph, tf32=True)
                 updater.algorithm.compile_losses()
                 result[variant] = time_graphed(updater, args.updates, ratio, device)
-            elif variant == "population":
-                k = args.population
+            elif variant in ("population", "population_bf16"):
+                k, key = args.population, variant.replace("population", "population_updates_per_s")
                 population = Population([build(name, device, offline, args.seed + i) for i in range(k)])
                 updater = GraphedUpdater(population, OBS_DIM, ACT_DIM, 200_000, device, args.steps_per_graph, True, True)
                 updater.set_offline(offline)
                 for i in range(k):
                     updater.add(online, agent=i)
-                rate = time_graphed(updater, args.updates, ratio, device)
-                compiled, compiled_name = updater, f"{name}_population{k}"
-                result.update({"population_size": k, "population_updates_per_s": round(rate, 1),
-                               "population_agent_updates_per_s": round(k * rate, 1)})
+                with precision(variant):
+                    rate = time_graphed(updater, args.updates, ratio, device)
+                compiled, compiled_name = updater, f"{name}_{variant}{k}"
+                result.update({"population_size": k, key: round(rate, 1),
+                               key.replace("_updates_", "_agent_updates_"): round(k * rate, 1)})
                 log(f"{name}: population of {k}: {rate:.1f} updates/s, {k * rate:.1f} agent-updates/s")
             elif variant == "population_eager":
                 result.update(time_population_eager(name, args, device, offline, pool))
