@@ -253,6 +253,9 @@ class SACConfig(FinetuneConfig):
     actor_num_min_critics: int | None = Field(
         None, gt=0, description="not in the specifications: critics (drawn at random) whose minimum the actor maximises; "
                                 "None: num_min_critics, as the target (the specification's)")
+    actor_q_mean: bool = Field(
+        False, description="not in the specifications: the actor maximises the mean of all critics (REDQ's and RLPD's "
+                           "actor objective) instead of a random subset's minimum; the target keeps its minimum")
     actor_warmup_steps: int = Field(
         0, ge=0, description="not in the specifications: the actor's learning rate rises linearly from 0 to actor_lr "
                              "over this many env steps from the first step the actor learns (PORL: the hand-over); 0: off")
@@ -264,6 +267,9 @@ class SACConfig(FinetuneConfig):
 
     @model_validator(mode="after")
     def _min_critics_within_critics(self) -> SACConfig:
+        if self.actor_q_mean and self.actor_num_min_critics is not None:
+            raise ValueError("actor_q_mean and actor_num_min_critics both set: the actor takes the critics' mean or a "
+                             "minimum, set one of them")
         if (self.actor_num_min_critics or 0) > self.num_critics:
             raise ValueError(f"actor_num_min_critics ({self.actor_num_min_critics}) exceeds num_critics ({self.num_critics})")
         if self.num_min_critics > self.num_critics:

@@ -196,6 +196,22 @@ def test_actor_num_min_critics_makes_the_actor_maximise_the_min_over_that_many_m
         small(PORLConfig, num_critics=4, actor_num_min_critics=5)
 
 
+def test_actor_q_mean_makes_the_actor_maximise_the_mean_of_all_members_while_the_target_keeps_its_minimum():
+    config = small(PORLConfig, num_critics=4, num_min_critics=2, actor_q_mean=True)
+    algo = PORL(config, OBS, ACT, CPU, policy=pretrained())
+    obs = random_batch(0).obs
+    torch.manual_seed(1)
+    loss = algo.actor_loss(obs)[0]
+    torch.manual_seed(1)
+    actions, log_prob = algo.policy.sample(obs)
+    q = algo.critic(obs, actions)
+    torch.testing.assert_close(loss, (algo.alpha * log_prob - q.mean(dim=0)).mean())
+    assert not torch.allclose(q.mean(dim=0), q.min(dim=0).values)  # the members differ: mean and min are told apart
+    assert algo.num_min_critics == 2  # the target's subset is untouched
+    with pytest.raises(ValueError, match="actor_q_mean and actor_num_min_critics"):
+        small(PORLConfig, num_critics=4, actor_q_mean=True, actor_num_min_critics=2)
+
+
 def test_porl_constraint_anchors_pi_ref_to_pi_pre_at_hand_over():
     """Optional (not in the PORL spec): from the first update after the pre-sample, the actor
     loss and the critic target carry λ·(log π_θ − log π_ref) with π_ref = π_pre."""

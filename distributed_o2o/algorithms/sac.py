@@ -141,6 +141,12 @@ class SACCore(Capturable, Algorithm):
         """Members whose minimum the actor maximises (the target's number unless configured)."""
         return self.config.actor_num_min_critics or self.num_min_critics
 
+    def actor_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The Q the actor maximises: the critics' mean (`actor_q_mean`) or a random subset's minimum."""
+        if self.config.actor_q_mean:
+            return self.critic(obs, actions).mean(dim=0)
+        return self.critic.min_q(obs, actions, self.actor_min_critics)
+
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
@@ -167,7 +173,7 @@ class SACCore(Capturable, Algorithm):
         """L_π = E[α log π(a|s) − min Q(s,a) + penalty], a ~ π (`sample`, or drawn here);
         also the detached sample."""
         actions, log_prob = self.policy.sample(obs) if sample is None else sample
-        objective = self.alpha * log_prob - self.critic.min_q(obs, actions, self.actor_min_critics)
+        objective = self.alpha * log_prob - self.actor_q(obs, actions)
         penalty = self.penalty(obs, actions, log_prob)
         if penalty is not None:
             objective = objective + penalty
