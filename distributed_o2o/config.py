@@ -256,6 +256,9 @@ class SACConfig(FinetuneConfig):
     actor_q_mean: bool = Field(
         False, description="not in the specifications: the actor maximises the mean of all critics (REDQ's and RLPD's "
                            "actor objective) instead of a random subset's minimum; the target keeps its minimum")
+    actor_every: int = Field(
+        1, ge=1, description="not in the specifications: the actor and α take a step with every this-many-th critic "
+                             "step (RLPD's published code: one per env step, i.e. `utd`); 1: with every critic step")
     actor_warmup_steps: int = Field(
         0, ge=0, description="not in the specifications: the actor's learning rate rises linearly from 0 to actor_lr "
                              "over this many env steps from the first step the actor learns (PORL: the hand-over); 0: off")

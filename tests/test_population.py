@@ -48,6 +48,12 @@ def build_sac_actor_mean(seed: int) -> SAC:
                policy=pretrained(seed))
 
 
+def build_sac_actor_every(seed: int) -> SAC:
+    # Two critic steps per actor step (`actor_every`): the population's cycle is the agents'.
+    return SAC(SACConfig(hidden=HIDDEN, batch_size=B, num_critics=4, num_min_critics=2, actor_every=2), OBS, ACT, CPU,
+               policy=pretrained(seed))
+
+
 def build_porl(seed: int) -> PORL:
     config = PORLConfig(hidden=HIDDEN, batch_size=B, num_critics=4, presample_steps=100,
                         constraint={"eps_anneal_steps": 200, "lambda_lr": 0.01})
@@ -92,6 +98,7 @@ def two_steps(env_step: int, phase: str | None = None):
 CASES = {
     "sac": (build_sac, two_steps(10_000)),
     "sac_actor_q_mean": (build_sac_actor_mean, two_steps(10_000)),
+    "sac_actor_every": (build_sac_actor_every, two_steps(10_000) * 2),
     "porl_presample_then_sac_constrained": (build_porl, two_steps(50) + two_steps(500)),
     "o2sac_reevaluation_alignment_then_stage_c": (build_o2sac, two_steps(0, "reevaluate") + two_steps(0, "align")
                                                   + [("handover", None)] + two_steps(20_000)),

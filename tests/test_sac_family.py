@@ -212,6 +212,25 @@ def test_actor_q_mean_makes_the_actor_maximise_the_mean_of_all_members_while_the
         small(PORLConfig, num_critics=4, actor_q_mean=True, actor_num_min_critics=2)
 
 
+def test_actor_every_steps_the_actor_and_alpha_with_every_nth_critic_step_only():
+    """RLPD's published schedule: several critic steps, then one actor and α step."""
+    from distributed_o2o.runtime.learner import mean_metrics
+
+    algo = RLPD(small(RLPDConfig, actor_every=3), OBS, ACT, CPU)
+    actor, critic = (lambda: algo.policy.state_dict()["net.0.weight"].clone()), (lambda: algo.critic.q.net[0].weight.clone())
+    moved, history = [], []
+    for i in range(6):
+        before_actor, before_critic, before_alpha = actor(), critic(), algo.log_alpha.item()
+        history.append(algo.update(random_batch(i), env_step=10_000))
+        assert not torch.equal(before_critic, critic())  # the critic steps every time
+        moved.append((not torch.equal(before_actor, actor()), before_alpha != algo.log_alpha.item()))
+    assert moved == [(False, False), (False, False), (True, True)] * 2
+    assert ["actor_loss" in m for m in history] == [False, False, True] * 2
+    # The learner's mean of an actor metric is over the updates that logged it.
+    assert mean_metrics(history)["actor_loss"] == pytest.approx((history[2]["actor_loss"] + history[5]["actor_loss"]) / 2)
+    assert mean_metrics(history)["critic_loss"] == pytest.approx(sum(m["critic_loss"] for m in history) / 6)
+
+
 def test_porl_constraint_anchors_pi_ref_to_pi_pre_at_hand_over():
     """Optional (not in the PORL spec): from the first update after the pre-sample, the actor
     loss and the critic target carry λ·(log π_θ − log π_ref) with π_ref = π_pre."""

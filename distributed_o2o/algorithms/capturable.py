@@ -49,6 +49,12 @@ class PhaseCycle:
         return phase
 
 
+def next_phase(phase: Hashable | PhaseCycle) -> Hashable:
+    """The phase one eager update runs (decided on the host, where a captured update cannot): a
+    `PhaseCycle`'s next one, counted as taken; any other phase as it is."""
+    return phase.take() if isinstance(phase, PhaseCycle) else phase
+
+
 class Capturable:
     """Mixin of an update split into `prepare` (host) and `update_tensors` (device)."""
 

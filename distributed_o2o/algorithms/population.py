@@ -27,6 +27,7 @@ from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map_only
 
 from distributed_o2o.algorithms.base import Batch
+from distributed_o2o.algorithms.capturable import next_phase
 from distributed_o2o.algorithms.optim import stack_scalars
 from distributed_o2o.algorithms.sac import SACCore
 from distributed_o2o.errors import UserError
@@ -173,7 +174,7 @@ class Population:
 
     def update(self, batch: Batch, env_step: int) -> list[dict[str, float]]:
         """One update of every agent; each agent's metrics as floats (one host sync)."""
-        return per_agent_floats(self.update_tensors(batch, self.prepare(env_step)))
+        return per_agent_floats(self.update_tensors(batch, next_phase(self.prepare(env_step))))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

@@ -28,10 +28,11 @@ import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch
-from distributed_o2o.algorithms.capturable import Capturable
+from distributed_o2o.algorithms.capturable import Capturable, PhaseCycle, next_phase
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
 from distributed_o2o.algorithms.optim import LinearWarmup, adam, frozen, optimizer_params, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import Policy, TanhGaussianPolicy
+from distributed_o2o.algorithms.policy_delay import CRITIC, policy_delay
 from distributed_o2o.errors import UserError
 
 Penalty = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
@@ -103,6 +104,9 @@ class SACCore(Capturable, Algorithm):
         self.alpha_optimizer = adam([self.log_alpha], config.alpha_lr, device)
         self.actor_warmup = (LinearWarmup(self.actor_optimizer, config.actor_warmup_steps, device)
                              if config.actor_warmup_steps else None)
+        # `actor_every` > 1: the updates' phases cycle through critic-only steps to one with the
+        # actor (TD3's policy-delay cycle); its position is not saved (a resume restarts it).
+        self.actor_cycle = policy_delay(config.actor_every) if config.actor_every > 1 else None
 
     # ------------------------------------------------------------------ hooks
     def initial_alpha(self) -> float:
@@ -228,24 +232,27 @@ class SACCore(Capturable, Algorithm):
         if self.shared_policy_forward:
             sample, next_sample = self.sample_policy(batch.obs, batch.next_obs)
         metrics = self.critic_step(batch, self.td_target(batch, next_sample))
-        metrics.update(self.policy_step(batch.obs, sample))
+        actor = phase != CRITIC  # a critic-only step of the `actor_every` cycle
+        if actor:
+            metrics.update(self.policy_step(batch.obs, sample))
         self.update_target()
-        if self.policy_average is not None:
+        if actor and self.policy_average is not None:
             polyak_update(self.policy_average, self.policy, self.config.policy_average_tau)
         return metrics
 
-    def prepare(self, env_step: int) -> Hashable:
-        """Host side, before `update_tensors`: the actor's warm-up rate, where there is one."""
+    def prepare(self, env_step: int) -> Hashable | PhaseCycle:
+        """Host side, before `update_tensors`: the actor's warm-up rate, where there is one; the
+        updates' phases (the `actor_every` cycle, else None: every update steps the actor)."""
         if self.actor_warmup is not None:
             self.actor_warmup.set_progress(env_step - self.actor_learns_from())
-        return None
+        return self.actor_cycle
 
     def actor_learns_from(self) -> int:
         """The first env step at which the actor takes gradient steps."""
         return max(self.handover_step(), self.config.learning_starts)
 
     def update(self, batch: Batch, env_step: int) -> dict[str, float]:
-        return to_floats(self.update_tensors(batch, self.prepare(env_step)))
+        return to_floats(self.update_tensors(batch, next_phase(self.prepare(env_step))))
 
     def learner_modules(self) -> dict[str, nn.Module]:
         """Every module whose tensors an update reads or writes (a population stacks them per

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch
-from distributed_o2o.algorithms.capturable import Capturable, PhaseCycle
+from distributed_o2o.algorithms.capturable import Capturable, PhaseCycle, next_phase
 from distributed_o2o.algorithms.networks import CriticEnsemble, frozen_copy, polyak_update
 from distributed_o2o.algorithms.optim import adam, optimizer_params, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import DeterministicPolicy, Policy
@@ -140,7 +140,7 @@ class TD3(Capturable, Algorithm):
         return metrics
 
     def update(self, batch: Batch, env_step: int) -> dict[str, float]:
-        return to_floats(self.update_tensors(batch, self.prepare(env_step).take()))
+        return to_floats(self.update_tensors(batch, next_phase(self.prepare(env_step))))
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.critic_opt, *self.actor_optimizers()]

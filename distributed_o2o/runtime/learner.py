@@ -44,11 +44,15 @@ class LearnerDiverged(UserError):
 
 
 def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the updates that logged it (an actor's metrics come from the
+    updates that stepped it: TD3's policy delay, SAC's `actor_every`)."""
     sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
     for metrics in history:
         for key, value in metrics.items():
             sums[key] += float(value)
-    return {key: total / len(history) for key, total in sums.items()}
+            counts[key] += 1
+    return {key: total / counts[key] for key, total in sums.items()}
 
 
 def build_agent(config, seed: int, obs_dim: int, act_dim: int, device: torch.device, policy=None,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from distributed_o2o.algorithms.base import Batch
-from distributed_o2o.algorithms.capturable import Capturable, PhaseCycle
+from distributed_o2o.algorithms.capturable import Capturable, next_phase
 from distributed_o2o.algorithms.optim import adam, optimizer_step, to_floats
 from distributed_o2o.algorithms.policies import DeterministicPolicy, Policy, TanhGaussianPolicy
 
@@ -35,8 +35,7 @@ class Pretrainer(Capturable, ABC):
     def eager_phase(self) -> Hashable:
         """The phase `step` runs (decided on the host, where a captured update cannot): a
         `PhaseCycle`'s next one, counted as taken."""
-        phase = self.prepare(0)
-        return phase.take() if isinstance(phase, PhaseCycle) else phase
+        return next_phase(self.prepare(0))
 
     @abstractmethod
     def update_tensors(self, batch: Batch, phase: Hashable) -> dict[str, torch.Tensor]:
