@@ -56,7 +56,7 @@ from distributed_o2o.algorithms.base import Batch, OfflineData
 from distributed_o2o.algorithms.offline import PRETRAINERS
 from distributed_o2o.algorithms.offline.bc import Pretrainer
 from distributed_o2o.algorithms.policies import FAMILIES
-from distributed_o2o.algorithms.population import Population
+from distributed_o2o.algorithms.population import Population, stack_batches
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.algorithms.sac import SACCore
 from distributed_o2o.algorithms.td3 import TD3
@@ -107,10 +107,6 @@ def offline_ratio(algo) -> float:
 def eager_update(algo):
     """The eager path's step on a batch: `update`, or a pretrainer's `step`."""
     return algo.step if isinstance(algo, Pretrainer) else (lambda batch: algo.update(batch, ENV_STEP))
-def stacked(batches: list[Batch]) -> Batch:
-    """One batch per agent as a population's batch: every field (K, B, ...)."""
-    fields = ("obs", "actions", "rewards", "next_obs", "terminals")
-    return Batch(*(torch.stack([getattr(batch, field) for batch in batches]) for field in fields))
 
 
 def time_population_eager(name: str, args, device: torch.device, offline: dict[str, np.ndarray],
@@ -120,7 +116,7 @@ def time_population_eager(name: str, args, device: torch.device, offline: dict[s
     agents = [build(name, device, offline, args.seed + i) for i in range(k)]
     population = Population([build(name, device, offline, args.seed + i) for i in range(k)])
     per_agent = [[pool[(j + i) % len(pool)] for i in range(k)] for j in range(len(pool))]
-    batched = time_eager(lambda b: population.update(b, ENV_STEP), [stacked(b) for b in per_agent],
+    batched = time_eager(lambda b: population.update(b, ENV_STEP), [stack_batches(b) for b in per_agent],
                          args.eager_updates, device)
 
     def in_turn(batches: list[Batch]) -> None:

@@ -182,30 +182,28 @@ def test_porl_actor_warmup_holds_the_policy_at_hand_over_and_reaches_the_full_ra
     assert restored.critic_optimizer.param_groups[0]["lr"] == config.critic_lr
 
 
-def test_actor_num_min_critics_makes_the_actor_maximise_the_min_over_that_many_members():
-    config = small(PORLConfig, num_critics=4, num_min_critics=2, actor_num_min_critics=4)
-    algo = PORL(config, OBS, ACT, CPU, policy=pretrained())
+def _actor_loss_beside_its_members(**overrides):
+    """PORL with 4 critics (the target's min over 2): its actor loss on a batch, and the same
+    sample's α log π and every member's Q, to rebuild that loss from."""
+    algo = PORL(small(PORLConfig, num_critics=4, num_min_critics=2, **overrides), OBS, ACT, CPU, policy=pretrained())
     obs = random_batch(0).obs
     torch.manual_seed(1)
     loss = algo.actor_loss(obs)[0]
     torch.manual_seed(1)
     actions, log_prob = algo.policy.sample(obs)
-    expected = (algo.alpha * log_prob - algo.critic(obs, actions).min(dim=0).values).mean()
-    torch.testing.assert_close(loss, expected)
+    return algo, loss, algo.alpha * log_prob, algo.critic(obs, actions)
+
+
+def test_actor_num_min_critics_makes_the_actor_maximise_the_min_over_that_many_members():
+    _, loss, entropy_term, q = _actor_loss_beside_its_members(actor_num_min_critics=4)
+    torch.testing.assert_close(loss, (entropy_term - q.min(dim=0).values).mean())
     with pytest.raises(ValueError, match="actor_num_min_critics"):
         small(PORLConfig, num_critics=4, actor_num_min_critics=5)
 
 
 def test_actor_q_mean_makes_the_actor_maximise_the_mean_of_all_members_while_the_target_keeps_its_minimum():
-    config = small(PORLConfig, num_critics=4, num_min_critics=2, actor_q_mean=True)
-    algo = PORL(config, OBS, ACT, CPU, policy=pretrained())
-    obs = random_batch(0).obs
-    torch.manual_seed(1)
-    loss = algo.actor_loss(obs)[0]
-    torch.manual_seed(1)
-    actions, log_prob = algo.policy.sample(obs)
-    q = algo.critic(obs, actions)
-    torch.testing.assert_close(loss, (algo.alpha * log_prob - q.mean(dim=0)).mean())
+    algo, loss, entropy_term, q = _actor_loss_beside_its_members(actor_q_mean=True)
+    torch.testing.assert_close(loss, (entropy_term - q.mean(dim=0)).mean())
     assert not torch.allclose(q.mean(dim=0), q.min(dim=0).values)  # the members differ: mean and min are told apart
     assert algo.num_min_critics == 2  # the target's subset is untouched
     with pytest.raises(ValueError, match="actor_q_mean and actor_num_min_critics"):

@@ -238,6 +238,11 @@ def _batch_fields(batch: Batch) -> tuple[torch.Tensor, ...]:
     return batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminals
 
 
+def stack_batches(batches: list[Batch]) -> Batch:
+    """One batch per agent as a population's batch, (K, B, ...): `agent_batch`'s inverse."""
+    return Batch(*(torch.stack(fields) for fields in zip(*(_batch_fields(b) for b in batches))))
+
+
 def agent_batch(batch: Batch, agent: int) -> Batch:
     """Agent `agent`'s slice of a population's batch."""
     return Batch(*(field[agent] for field in _batch_fields(batch)))

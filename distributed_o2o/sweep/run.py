@@ -51,7 +51,7 @@ def describe(plan: SweepPlan, reused: dict[Path, Path]) -> list[tuple[str, str]]
 
 def _plan_line(plan: SweepPlan, reused: dict[Path, Path]) -> str:
     """The dry run's last line: how many trials, how many to run and as how many runs."""
-    todo = [t for t in plan.trials if t.run_dir not in reused and trial_status(t.run_dir, t.config.online_steps).state != "done"]
+    todo = [t for t in plan.trials if _left(t, reused)]
     units = len(trial_units(todo))
     together = "" if units == len(todo) else f", as {units} runs (a population's seeds train in one)"
     taken = f"; {len(reused)} reused from --reuse" if reused else ""
@@ -81,7 +81,7 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
         return []
     # A population's seeds run together: all of them while any is not done.
     pending = [t for unit in trial_units(plan.trials) for t in unit
-               if any(u.run_dir not in reused and trial_status(u.run_dir, u.config.online_steps).state != "done" for u in unit)]
+               if any(_left(u, reused) for u in unit)]
     started = bool(pending) and _connect(address, ray_init or {})  # before anything is written: a bad address leaves nothing
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +97,11 @@ def run_sweep(sweep_file: str | Path, out: str | Path, address: str | None = Non
             import ray
 
             ray.shutdown()
+
+
+def _left(trial, reused: dict[Path, Path]) -> bool:
+    """Whether `trial` still has to run: not done in the study, and no finished run stands for it."""
+    return trial.run_dir not in reused and trial_status(trial.run_dir, trial.config.online_steps).state != "done"
 
 
 def _only(trials: list, field: str, names: list[str] | None, known: list[str]) -> list:

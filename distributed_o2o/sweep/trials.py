@@ -12,6 +12,7 @@ run in their parent directory (its resume state there too); it is done when all 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -60,11 +61,17 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
     return nested_runtime(yaml.safe_load(config_file.read_text())) if config_file.is_file() else None
 
 
+@functools.cache
+def _defaults(config_class: type) -> dict[str, Any]:
+    """A config class's defaults, dumped once (compared against every saved run's config)."""
+    return config_class().model_dump()
+
+
 def config_differences(saved: dict[str, Any], config) -> list[str]:
     """The keys, runtime aside, where a saved config differs from `config`. A field added to the
     config since the run counts at its default; a policy from a stage cache counts by its entry's
     name (its content's key), not by where that cache was."""
-    wanted, defaults = config.model_dump(), type(config)().model_dump()
+    wanted, defaults = config.model_dump(), _defaults(type(config))
 
     def same(key: str) -> bool:
         old, new = saved.get(key, defaults.get(key)), wanted.get(key)
