@@ -196,8 +196,10 @@ def test_killed_sweep_finishes_the_remaining_trials_only(tmp_path):
 @pytest.mark.parametrize("file", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda f: f.stem)
 def test_shipped_sweep_files_plan(tmp_path, file):
     plan = plan_sweep(load_sweep(file), file, tmp_path / "out", tmp_path / "cache")
-    points = sum(math.prod(len(values) for values in m.grid.values()) for m in plan.spec.methods.values())
-    assert len(plan.trials) == points * len(plan.spec.seed_list()) * len(plan.spec.envs)
+    # grid points × the method's own envs (a method may name fewer than the sweep's), per method
+    points = sum(math.prod(len(values) for values in m.grid.values()) * len(m.envs or plan.spec.envs)
+                 for m in plan.spec.methods.values())
+    assert len(plan.trials) == points * len(plan.spec.seed_list())
     assert len({t.run_dir for t in plan.trials}) == len(plan.trials)
 
 
