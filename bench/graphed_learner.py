@@ -16,6 +16,8 @@ critic 3x256 as its config), in one process:
 - `graph_compile_tf32`: the same with TF32 matrix products (the config's default);
 - `graph_compile_bf16`, `population_bf16`: those under bfloat16 autocast (`precision`), with
   their final metrics to set beside the TF32 ones: a candidate for speed, not a learner setting;
+- `graph_autotune_tf32`, `population_autotune`: those compiled with Inductor's max-autotune (the
+  config's `graph_autotune`); `*_compile_s` of the first says what the autotuning cost;
 - `stages`: the offline stages that have an update phase (O2SAC's A and B), eagerly
   (`stage.step`, the eager learner's path) and as `GraphedUpdater.run_phase` on D_off (compiled,
   TF32): `stage_<name>_eager` and `stage_<name>_graph` updates/s;
@@ -226,15 +228,19 @@ def measure(name: str, args, device: torch.device) -> dict:
         pool.append(Batch.from_numpy(arrays, device))
     result: dict = {"offline_ratio": ratio}
 
-    def graphed(compile: bool, steps: int, tf32: bool = False) -> GraphedUpdater:
+    def graphed(compile: bool, steps: int, tf32: bool = False, autotune: bool = False) -> GraphedUpdater:
         updater = GraphedUpdater(build(name, device, offline, args.seed), OBS_DIM, ACT_DIM, 200_000, device, steps,
-                                 compile, tf32)
+                                 compile, tf32, autotune)
         updater.set_offline(offline)
         updater.add(online)
         return updater
 
     for variant in args.variants:
         log(f"{name}: {variant}")
+        if variant.startswith(("graph_compile", "graph_autotune", "population")):
+            # Compiled code is kept per function and reused by a later variant whose guards pass, even
+            # one asking for other Inductor settings (max-autotune): each variant compiles its own.
+            torch._dynamo.reset()
         try:
             if variant == "baseline" and not sac_family:
                 continue  # no plain version of the others: `eager` (their path as it was) is the baseline
@@ -250,10 +256,11 @@ def measure(name: str, args, device: torch.device) -> dict:
                 result[variant] = time_eager(eager_update(algo), pool, args.eager_updates, device)
             elif variant == "graph":
                 result[variant] = time_graphed(graphed(False, args.steps_per_graph), args.updates, ratio, device)
-            elif variant in ("graph_compile", "graph_compile_tf32", "graph_compile_bf16"):
+            elif variant in ("graph_compile", "graph_compile_tf32", "graph_compile_bf16", "graph_autotune_tf32"):
                 with precision(variant):
                     start = time.perf_counter()
-                    updater = graphed(True, args.steps_per_graph, tf32=not variant.endswith("compile"))
+                    updater = graphed(True, args.steps_per_graph, tf32=not variant.endswith("compile"),
+                                      autotune="autotune" in variant)
                     updater.run(3, ENV_STEP, ratio)  # compiles
                     result[f"{variant}_compile_s"] = round(time.perf_counter() - start, 1)
                     result[variant] = time_graphed(updater, args.updates, ratio, device)
@@ -265,10 +272,11 @@ def measure(name: str, args, device: torch.device) -> dict:
                 updater = graphed(False, args.steps_per_graph, tf32=True)
                 updater.algorithm.compile_losses()
                 result[variant] = time_graphed(updater, args.updates, ratio, device)
-            elif variant in ("population", "population_bf16"):
+            elif variant in ("population", "population_bf16", "population_autotune"):
                 k, key = args.population, variant.replace("population", "population_updates_per_s")
                 population = Population([build(name, device, offline, args.seed + i) for i in range(k)])
-                updater = GraphedUpdater(population, OBS_DIM, ACT_DIM, 200_000, device, args.steps_per_graph, True, True)
+                updater = GraphedUpdater(population, OBS_DIM, ACT_DIM, 200_000, device, args.steps_per_graph, True, True,
+                                         autotune=variant.endswith("autotune"))
                 updater.set_offline(offline)
                 for i in range(k):
                     updater.add(online, agent=i)

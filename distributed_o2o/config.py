@@ -87,6 +87,10 @@ class LearnerBackendFields(StrictModel):
                                                   "their small kernels; costs under a minute once per run)")
     graph_tf32: bool = Field(True, description="TF32 matrix products in the captured updates (what JAX uses for "
                                                "float32 on these GPUs)")
+    graph_autotune: bool = Field(False, description="compile with Inductor's max-autotune: matrix-product kernels picked "
+                                                    "by timing candidates on this GPU (about +20% updates/s for one SAC "
+                                                    "learner on an H200, none for a population; minutes of compiling "
+                                                    "the first time on a machine, cached after; docs/performance.md)")
 
 
 # ---------------------------------------------------------------- offline pretraining
@@ -498,8 +502,10 @@ class IQLFinetuneConfig(FinetuneConfig):
 # runtime section, the online budget and how often the online phase evaluates and logs ...
 STAGE_CACHE_IGNORED = frozenset({"runtime", "online_steps", "eval_every", "eval_episodes", "log_every"})
 # ... but for the runtime fields that change a GPU's numbers. They stay in the key at its top
-# level, where they were when the config was flat, so stages cached before are still found.
+# level, where they were when the config was flat, so stages cached before are still found;
+# those added since enter it only when set, so the keys of stages cached before stay as they were.
 STAGE_KEY_RUNTIME_FIELDS = ("graph_steps", "graph_compile", "graph_tf32")
+STAGE_KEY_RUNTIME_FIELDS_WHEN_SET = ("graph_autotune",)
 FINETUNE_CONFIGS: dict[str, type[FinetuneConfig]] = {
     cls.model_fields["algo"].default: cls
     for cls in (SACConfig, NaiveConfig, PORLConfig, RLPDConfig, WSRLConfig, O2SACConfig, O2TD3Config, O2PPOConfig, IQLFinetuneConfig)

@@ -108,6 +108,10 @@ def test_stage_cache_key_leaves_out_runtime_and_evaluation_fields_only():
     assert RunDir.stage_key({**config, "align_steps": 1}) != key
     # TF32 (and the compiled, graphed kernels) change a GPU's numbers: they stay in the key.
     assert RunDir.stage_key({**config, "runtime": {**config["runtime"], "graph_tf32": False}}) != key
+    # So does max-autotune, but only when set: a stage cached before the field existed keeps its key.
+    assert RunDir.stage_key({**config, "runtime": {**config["runtime"], "graph_autotune": True}}) != key
+    before_the_field = {**config, "runtime": {k: v for k, v in config["runtime"].items() if k != "graph_autotune"}}
+    assert RunDir.stage_key(before_the_field) == key
 
 
 @pytest.mark.parametrize("algo", sorted(FINETUNE_CONFIGS))
@@ -122,10 +126,11 @@ def test_stage_cache_key_is_the_one_the_flat_config_had(algo):
     ignored_before = {"num_rollout_workers", "envs_per_worker", "replay_shards", "min_replay_size",
                       "samples_per_insert_tolerance", "broadcast_every", "learner_backend", "learner_threads", "learner_gpus",
                       "actor_cpus", "device", "online_steps", "eval_every", "eval_episodes", "log_every"}
+    added_since = {"graph_autotune"}  # at its default: the earlier configs had no such field
     config = finetune_config(algo, None, {"env": "Pendulum-v1", "runtime": {"graph_tf32": False, "num_rollout_workers": 3}})
     dump = config.model_dump()
     flat = {**{k: v for k, v in dump.items() if k != "runtime"}, **dump["runtime"]}
-    relevant = {k: v for k, v in flat.items() if k not in ignored_before}
+    relevant = {k: v for k, v in flat.items() if k not in ignored_before | added_since}
     before = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert RunDir.stage_key(dump) == before
 

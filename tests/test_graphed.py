@@ -128,6 +128,18 @@ def test_run_is_update_on_the_same_batches(build, env_step, offline_ratio):
     assert policy_moved == (env_step >= getattr(graphed.config, "presample_steps", 0))
 
 
+@pytest.mark.parametrize("autotune", [False, True])
+def test_max_autotune_is_on_while_the_updater_compiles_and_captures_only_when_asked(autotune):
+    import torch._inductor.config as inductor
+
+    updater = GraphedUpdater(build_sac(0), OBS, ACT, capacity=64, device=CPU, compile=True, autotune=True)
+    assert updater.autotune is False  # nothing is compiled without CUDA
+    updater.autotune = autotune  # as the constructor sets it on CUDA with compile on
+    with updater._kernel_settings():
+        assert inductor.max_autotune is autotune
+    assert inductor.max_autotune is False
+
+
 def test_run_refuses_to_sample_an_empty_replay():
     updater = GraphedUpdater(build_sac(0), OBS, ACT, capacity=16, device=CPU)
     with pytest.raises(RuntimeError, match="online transition"):
@@ -247,9 +259,12 @@ def action_error(algo, seed: int = 5) -> float:
 
 
 @cuda
-def test_the_compiled_graphs_learn_what_eager_updates_learn():
+@pytest.mark.parametrize("autotune", [False, True])
+def test_the_compiled_graphs_learn_what_eager_updates_learn(autotune):
     # The fast path as the runtime builds it (compiled losses, optimisers and batch draws, TF32,
-    # 16 updates per graph) against plain eager updates: same task and seed, same result within noise.
+    # 16 updates per graph; with max-autotune's kernels or not) against plain eager updates: same
+    # task and seed, same result within noise.
+    torch._dynamo.reset()  # else the other case's compiled code is reused, whatever Inductor is asked for
     device, updates = torch.device("cuda"), 3000
     config = SACConfig(hidden=[64, 64], batch_size=256, num_critics=2)
     data = one_step_task(20_000, seed=1)
@@ -258,7 +273,7 @@ def test_the_compiled_graphs_learn_what_eager_updates_learn():
         algo = SAC(config, OBS, ACT, device, policy=pretrained(0).to(device))
         start = action_error(algo)
         updater = GraphedUpdater(algo, OBS, ACT, capacity=len(data["rewards"]), device=device, compile=backend == "graph",
-                                 tf32=backend == "graph")
+                                 tf32=backend == "graph", autotune=autotune and backend == "graph")
         updater.add(data)
         torch.manual_seed(3)
         if backend == "graph":

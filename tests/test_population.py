@@ -162,6 +162,13 @@ def test_methods_outside_the_sac_family_are_refused_with_one_line(name):
     assert "sac, naive, rlpd, wsrl, porl, o2sac" in message
 
 
+def test_an_offline_pretrainer_is_refused_with_one_line():
+    from distributed_o2o.algorithms.offline.cql import CQLPretrainer
+
+    with pytest.raises(UserError, match="'CQLPretrainer' cannot train several seeds"):
+        require_population_support(CQLPretrainer)
+
+
 def test_agent_state_is_the_single_agent_format_and_a_population_resumes_from_it():
     population = Population([build_porl(seed) for seed in range(K)])
     for i in range(2):

@@ -42,7 +42,8 @@ def population_methods() -> list[str]:
 
 def require_population_support(algorithm_cls: type) -> None:
     if not issubclass(algorithm_cls, SACCore):
-        raise UserError(f"'{algorithm_cls.name}' cannot train several seeds in one learner; populations support "
+        name = getattr(algorithm_cls, "name", algorithm_cls.__name__)  # an offline pretrainer has no method name
+        raise UserError(f"'{name}' cannot train several seeds in one learner; populations support "
                         f"{', '.join(population_methods())}: run its seeds as separate runs")
 
 

@@ -157,7 +157,8 @@ class GraphedUpdater:
     """
 
     def __init__(self, algorithm: Capturable | Population, obs_dim: int, act_dim: int, capacity: int,
-                 device: torch.device, steps_per_graph: int = 16, compile: bool = True, tf32: bool = False):
+                 device: torch.device, steps_per_graph: int = 16, compile: bool = True, tf32: bool = False,
+                 autotune: bool = False):
         self.algorithm = algorithm
         self.device = torch.device(device)
         num_agents = algorithm.num_agents if isinstance(algorithm, Population) else None
@@ -166,6 +167,7 @@ class GraphedUpdater:
         self.steps_per_graph = steps_per_graph
         self.use_graphs = self.device.type == "cuda"
         self.tf32 = tf32
+        self.autotune = autotune and self.use_graphs and compile
         self.compiled = self.use_graphs and compile
         self.sample = self.replay.sample
         self.accumulate = accumulate
@@ -203,14 +205,24 @@ class GraphedUpdater:
         self.accumulate(self.sums[key], [metrics[name] for name in self.names[key]])
 
     @contextmanager
-    def _precision(self) -> Iterator[None]:
-        """TF32 matrix products while this updater computes or captures, when asked for."""
+    def _kernel_settings(self) -> Iterator[None]:
+        """TF32 matrix products while this updater computes or captures, and Inductor's max-autotune
+        while it compiles (`torch.compile` compiles at a function's first call: in the warm-up
+        steps, which run in here), when asked for."""
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         try:
-            yield
+            with self._inductor_settings():
+                yield
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
+
+    def _inductor_settings(self):
+        if not self.autotune:
+            return nullcontext()
+        import torch._inductor.config  # only here: the module is not needed without autotuning
+
+        return torch._inductor.config.patch(max_autotune=True)
 
     def _eager_step(self, key: tuple) -> None:
         if not self.use_graphs:
@@ -218,7 +230,7 @@ class GraphedUpdater:
             return
         # Off the default stream, as capture will be (lazy per-stream state is set up here).
         self.side_stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.side_stream), self._precision():
+        with torch.cuda.stream(self.side_stream), self._kernel_settings():
             self._step(key)
         torch.cuda.current_stream(self.device).wait_stream(self.side_stream)
 
@@ -248,7 +260,7 @@ class GraphedUpdater:
             with self.timings.part("compile"):
                 self._check_signature()  # the warm-up may have created the optimisers' state
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"), self._precision():
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"), self._kernel_settings():
                     for phase in phases:
                         self._step((phase, num_offline_rows))
                 self.graphs[key] = graph
@@ -333,7 +345,7 @@ def graphed_updater(config, algorithm: Algorithm | Capturable | Population, obs_
         return None
     capacity = config.replay_capacity if capacity is None else capacity
     return GraphedUpdater(algorithm, obs_dim, act_dim, capacity, device, backend.graph_steps, backend.graph_compile,
-                          backend.graph_tf32)
+                          backend.graph_tf32, backend.graph_autotune)
 
 
 def _backend_fields(config: PretrainConfig | FinetuneConfig) -> LearnerBackendFields:

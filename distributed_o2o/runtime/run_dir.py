@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from distributed_o2o.config import STAGE_CACHE_IGNORED, STAGE_KEY_RUNTIME_FIELDS
+from distributed_o2o.config import STAGE_CACHE_IGNORED, STAGE_KEY_RUNTIME_FIELDS, STAGE_KEY_RUNTIME_FIELDS_WHEN_SET
 from distributed_o2o.metrics_log import MetricsLog
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "resume", "population.yaml")
@@ -68,6 +68,7 @@ class RunDir(MetricsLog):
         """Identifies what an offline stage depends on, so a changed config does not reuse a stale cache."""
         relevant = {k: v for k, v in config.items() if k not in STAGE_CACHE_IGNORED}
         relevant.update({k: config["runtime"][k] for k in STAGE_KEY_RUNTIME_FIELDS})
+        relevant.update({k: config["runtime"][k] for k in STAGE_KEY_RUNTIME_FIELDS_WHEN_SET if config["runtime"].get(k)})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def truncate_metrics(self, env_step: int) -> None:
