@@ -23,7 +23,7 @@ from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.finetune import resume_finetune, run_finetune
 from distributed_o2o.runtime.graphed import GraphedUpdater
 from distributed_o2o.runtime.ray_cluster import plan_resources, run_id
-from distributed_o2o.runtime.ray_runtime import LearnerActor, RayTransport
+from distributed_o2o.runtime.ray_runtime import Answer, LearnerActor, RayTransport
 from distributed_o2o.runtime.replay import RateLimiter, ReplayService, check_rate_limits, shard_offline, split_rows
 from distributed_o2o.runtime.rollout import RolloutWorker
 from distributed_o2o.runtime.transport import Done, LocalTransport
@@ -315,6 +315,39 @@ def test_bad_input_found_by_an_actor_constructor_is_a_user_error_on_the_driver(r
     actor = _RefusesItsInput.remote("the dataset has no 'rewards' key: rebuild it with o2o data make")
     with pytest.raises(UserError, match="^the dataset has no 'rewards' key: rebuild it with o2o data make$"):
         RayTransport().get(actor.__ray_call__.remote(lambda self: 1))
+
+
+@ray.remote(num_cpus=0)
+def _slow_answer(release: str) -> int:
+    while not Path(release).exists():
+        time.sleep(0.02)
+    return 7
+
+
+@ray.remote(num_cpus=0)
+class _StartsThenReads:
+    def __init__(self, started: str, answer):
+        Path(started).touch()  # what a rollout worker does before it needs the learner's answer
+        self.value = answer.get() if isinstance(answer, Answer) else answer
+
+
+def _constructor_started(tmp_path: Path, wrap: bool) -> bool:
+    started, release = tmp_path / f"started-{wrap}", tmp_path / f"release-{wrap}"
+    ref = _slow_answer.remote(str(release))
+    actor = _StartsThenReads.remote(str(started), Answer(ref) if wrap else ref)
+    deadline = time.monotonic() + 5
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = started.exists()
+    release.touch()
+    assert ray.get(actor.__ray_call__.remote(lambda self: self.value)) == 7
+    return seen
+
+
+def test_an_answer_lets_the_actor_start_before_the_answer_is_there(ray_instance, tmp_path):
+    # The rollout workers take the learner's policy shape so: they start while the learner is built.
+    assert _constructor_started(tmp_path, wrap=True)
+    assert not _constructor_started(tmp_path, wrap=False)  # a bare reference holds the start back
 
 
 def test_learner_threads_sets_the_cpu_learner_actors_torch_threads(ray_instance, tmp_path):

@@ -135,6 +135,9 @@ class Builder(Protocol):
 
     def create(self, role: str, index: int, *args: Any, **kwargs: Any) -> Any: ...
 
+    def policy_arch(self, learner: Any) -> Any:
+        """The learner's policy shape as the rollout workers' constructors take it."""
+
     def ready(self) -> None: ...
 
 
@@ -147,7 +150,7 @@ def make_learner(builder: Builder, config: FinetuneConfig, inputs: RunInputs, se
                           pretrained=inputs.pretrained, offline=inputs.offline, **population)
 
 
-def make_rollout_workers(builder: Builder, config: FinetuneConfig, policy_arch: dict, seeds: list[int] | None = None) -> list[Any]:
+def make_rollout_workers(builder: Builder, config: FinetuneConfig, policy_arch: Any, seeds: list[int] | None = None) -> list[Any]:
     seed = config.seed if seeds is None else seeds
     return [builder.create(_role("rollout", seeds), i, config.env, config.runtime.envs_per_worker, seed, policy_arch, config.env_kwargs, i)
             for i in range(config.runtime.num_rollout_workers)]
@@ -171,11 +174,12 @@ def _role(role: str, seeds: list[int] | None) -> str:
 
 def build_components(builder: Builder, config: FinetuneConfig, inputs: RunInputs, seeds: list[int] | None = None) -> Components:
     """Every box, in this order: the learner first (in local mode the rollout workers' torch
-    seed is then the one the shared generator keeps), the workers with its policy's shape.
+    seed is then the one the shared generator keeps), the workers with its policy's shape (in
+    Ray, an answer still to come: their start overlaps the learner's).
     A population (`seeds`) has one evaluator per agent, each seeded as the agent's own run's."""
     transport = builder.transport
     learner = make_learner(builder, config, inputs, seeds)
-    workers = make_rollout_workers(builder, config, transport.call(learner, "policy_arch"), seeds)
+    workers = make_rollout_workers(builder, config, builder.policy_arch(learner), seeds)
     replays = make_replays(builder, config, inputs, seeds)
     if seeds is None:
         evaluator = make_evaluator(builder, config, inputs)
@@ -206,6 +210,9 @@ class LocalBuilder:
 
     def create(self, role: str, index: int, *args: Any, **kwargs: Any) -> Any:
         return self.CLASSES[role](*args, **kwargs)
+
+    def policy_arch(self, learner: Learner) -> dict:
+        return learner.policy_arch()
 
     def ready(self) -> None:
         pass

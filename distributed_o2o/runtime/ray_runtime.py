@@ -20,6 +20,7 @@ import copy
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,13 +175,26 @@ def _seed_of_this_life(seed: int) -> int:
     return int(np.random.SeedSequence().entropy % 2**31) if restarted else seed
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A call's answer handed to an actor's constructor before it is there. Ray holds back the
+    start of an actor whose arguments include a bare reference until the reference is ready;
+    wrapped, the actor starts at once (its imports, its envs) and waits only where it reads it."""
+
+    ref: ray.ObjectRef
+
+    def get(self) -> Any:
+        return ray.get(self.ref)
+
+
 class RolloutActor(RolloutWorker):
     """A rollout worker that takes weight offers on a thread of its own (`offer_weights` runs
-    while a chunk is being collected) and, when Ray restarts it, seeds its envs afresh."""
+    while a chunk is being collected) and, when Ray restarts it, seeds its envs afresh. Its
+    policy's shape arrives as the learner's `Answer`: the workers start while the learner is built."""
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, policy_arch: dict, env_kwargs: dict | None, worker_index: int):
+    def __init__(self, env_id: str, num_envs: int, seed: int, policy_arch: Answer, env_kwargs: dict | None, worker_index: int):
         torch.set_num_threads(1)  # one core's share: batched inference of a small MLP
-        super().__init__(env_id, num_envs, _seed_of_this_life(seed), policy_arch, env_kwargs, worker_index)
+        super().__init__(env_id, num_envs, _seed_of_this_life(seed), policy_arch.get(), env_kwargs, worker_index)
 
     @ray.method(concurrency_group="weights")
     def offer_weights(self, version: int, state_dict: dict) -> None:
@@ -190,10 +204,11 @@ class RolloutActor(RolloutWorker):
 class PopulationRolloutActor(PopulationRollout):
     """A population's rollout worker in an actor, as `RolloutActor` is a single agent's."""
 
-    def __init__(self, env_id: str, num_envs: int, seeds: list[int], policy_arch: dict, env_kwargs: dict | None,
+    def __init__(self, env_id: str, num_envs: int, seeds: list[int], policy_arch: Answer, env_kwargs: dict | None,
                  worker_index: int):
         torch.set_num_threads(1)
-        super().__init__(env_id, num_envs, [_seed_of_this_life(seed) for seed in seeds], policy_arch, env_kwargs, worker_index)
+        super().__init__(env_id, num_envs, [_seed_of_this_life(seed) for seed in seeds], policy_arch.get(), env_kwargs,
+                         worker_index)
 
     @ray.method(concurrency_group="weights")
     def offer_weights(self, version: int, state_dicts: list[dict]) -> None:
@@ -237,13 +252,17 @@ class RayBuilder:
         # In a placement group a CPU learner has its bundle's share, not the node's CPUs.
         self.threads = config.runtime.learner_threads or (max(1, int(self.plan["learner"]["num_cpus"])) if in_group
                                                   else learner_threads(ray.nodes(), config))
-        self.near_learner: dict[str, Any] = {}  # scheduling on the learner's node, once it is known
+        # Scheduling on the learner's node, asked of the learner when a replay shard or evaluator is
+        # created; on a one-node cluster there is nowhere else to go, and nothing waits for the learner.
+        self.near_learner: dict[str, Any] | None = {} if len([n for n in ray.nodes() if n["Alive"]]) == 1 else None
+        self.learner: Any = None
+        self.answers: list[Answer] = []
 
     def _options(self, role: str) -> dict[str, Any]:
         restarts = {"learner": {"max_restarts": 0}, "replay": {"max_restarts": 0},
                     "rollout": {"max_restarts": -1, "max_task_retries": 0},
                     "evaluator": {"max_restarts": -1, "max_task_retries": 2}}[role]
-        near = self.near_learner if role in ("replay", "evaluator") else {}
+        near = self._near_learner() if role in ("replay", "evaluator") else {}
         return {**self.plan[role], **near, **restarts}
 
     def create(self, role: str, index: int, *args: Any, **kwargs: Any) -> Any:
@@ -259,9 +278,20 @@ class RayBuilder:
         self.transport.register(handle, name)
         self.actors.append(handle)
         if role == "learner":
-            node = self.transport.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
-            self.near_learner = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+            self.learner = handle
         return handle
+
+    def _near_learner(self) -> dict[str, Any]:
+        """Options that place an actor on the learner's node (waits for the learner's constructor)."""
+        if self.near_learner is None:
+            node = self.transport.get(self.learner.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+            self.near_learner = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+        return self.near_learner
+
+    def policy_arch(self, learner: Any) -> Answer:
+        # Kept for the run: a worker Ray restarts reads it again from its constructor's arguments.
+        self.answers.append(Answer(learner.policy_arch.remote()))
+        return self.answers[-1]
 
     def ready(self) -> None:
         _wait_placed(self.transport, self.actors, self.plan)
