@@ -350,6 +350,20 @@ def test_an_answer_lets_the_actor_start_before_the_answer_is_there(ray_instance,
     assert not _constructor_started(tmp_path, wrap=False)  # a bare reference holds the start back
 
 
+@ray.remote(num_cpus=0)
+def _failing_answer() -> int:
+    raise UserError("the learner refuses its input")
+
+
+def test_an_actor_whose_answer_failed_leaves_without_an_error_of_its_own(ray_instance, tmp_path):
+    # The learner's own error is the one the driver reports; the rollout workers waiting on its
+    # answer exit on purpose rather than raise a second one.
+    actor = _StartsThenReads.remote(str(tmp_path / "started"), Answer(_failing_answer.remote()))
+    with pytest.raises(ray.exceptions.ActorDiedError) as died:
+        ray.get(actor.__ray_ready__.remote())
+    assert "exit_actor" in str(died.value) and "learner refuses" not in str(died.value)
+
+
 def test_learner_threads_sets_the_cpu_learner_actors_torch_threads(ray_instance, tmp_path):
     # On 2 CPUs with one rollout actor and one shard the automatic share would be 1 thread.
     out = tmp_path / "run"

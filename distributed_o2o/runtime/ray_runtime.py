@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distributed_o2o.algorithms.registry import algorithm_class
@@ -184,7 +184,12 @@ class Answer:
     ref: ray.ObjectRef
 
     def get(self) -> Any:
-        return ray.get(self.ref)
+        """The answer; where the call failed, this actor leaves quietly: the failing actor's own
+        error is what the driver reports (`_wait_placed`), not a second traceback from here."""
+        try:
+            return ray.get(self.ref)
+        except RayError:
+            ray.actor.exit_actor()
 
 
 class RolloutActor(RolloutWorker):
