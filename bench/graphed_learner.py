@@ -265,7 +265,7 @@ def measure(name: str, args, device: torch.device) -> dict:
                     result[f"{variant}_compile_s"] = round(time.perf_counter() - start, 1)
                     result[variant] = time_graphed(updater, args.updates, ratio, device)
                     result[f"{variant}_metrics"] = updater.run(args.steps_per_graph, ENV_STEP, ratio)
-                compiled, compiled_name = updater, name
+                compiled, compiled_name = updater, f"{name}_{variant}"
             elif variant == "graph_losses_tf32":  # a fallback: optimisers left uncompiled
                 if not any(key.endswith("_error") for key in result):
                     continue

@@ -119,6 +119,9 @@ class PretrainConfig(LearnerBackendFields):
     tau: Tau = 0.005
     lr: Rate = Field(3e-4, description="Adam learning rate (BC, TD3+BC, IQL)")
     log_every: int = Field(1000, gt=0, description="gradient steps between loss records (metrics.jsonl, TensorBoard)")
+    eval_every: int = Field(0, ge=0, description="gradient steps between evaluations of the policy on the dataset's env "
+                                                 "(0: none); return and normalised score go to metrics.jsonl")
+    eval_episodes: PositiveInt = Field(10, description="deterministic episodes per evaluation (`eval_every`)")
     td3bc_alpha: float = Field(2.5, description="TD3+BC: α weighting the Q term against the BC term")
     policy_noise: float = Field(0.2, description="TD3+BC: std of the target-policy smoothing noise")
     noise_clip: NoiseClip = 0.5

@@ -17,7 +17,7 @@ from distributed_o2o.algorithms.offline.bc import BCPretrainer
 from distributed_o2o.algorithms.offline.cql import cql_penalty
 from distributed_o2o.algorithms.offline.iql import advantage_weights, expectile_loss
 from distributed_o2o.algorithms.offline.td3bc import td3bc_actor_loss
-from distributed_o2o.algorithms.offline.train import set_obs_stats
+from distributed_o2o.algorithms.offline.train import EVAL_SEED, set_obs_stats
 from distributed_o2o.checkpoint import load_checkpoint, load_policy, save_checkpoint
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import PretrainConfig
@@ -186,6 +186,29 @@ def test_run_pretraining_logs_its_losses_beside_the_checkpoint(tmp_path, monkeyp
     # Pretrained again into the same directory: the new checkpoint's records only.
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [10]
     assert len(list((out / "tb").iterdir())) == 1 and _tensorboard_scalars(out, "pretrain/actor_loss") == [(10, 5.5)]
+
+
+def test_run_pretraining_evaluates_the_current_policy_every_eval_every_steps(tmp_path):
+    rng = np.random.default_rng(0)
+    dataset = collect_dataset("Pendulum-v1", lambda obs: rng.uniform(-1, 1, size=(obs.shape[0], 1)), 300, progress=False)
+    config = small_config("bc", steps=30, log_every=20, eval_every=15, eval_episodes=2)
+
+    out = run_pretraining(config, dataset, tmp_path / "ckpt", progress=False)
+
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [15, 20, 30]
+    assert ["eval_return_mean" in line for line in lines] == [True, False, True]
+    # The last evaluation is the saved policy's, on the envs seeded for that step; Pendulum has no references.
+    final = evaluate_policy(load_policy(out), "Pendulum-v1", episodes=2, seed=EVAL_SEED + 30)
+    assert lines[-1]["eval_return_mean"] == pytest.approx(final.return_mean)
+    assert lines[-1]["eval_return_std"] == pytest.approx(final.return_std) and "eval_normalized_score" not in lines[-1]
+    assert lines[0]["eval_return_mean"] != lines[-1]["eval_return_mean"] and lines[0]["eval_s"] > 0
+
+
+def test_run_pretraining_refuses_evaluations_without_the_datasets_env_before_training(tmp_path):
+    with pytest.raises(UserError, match="eval_every needs the env the dataset is for: pass --env"):
+        run_pretraining(small_config("bc", steps=5, eval_every=5), synthetic_dataset(), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_run_pretraining_refuses_a_fine_tuning_run_directory(tmp_path):

@@ -195,7 +195,8 @@ class SweepPlan:
 
 
 # How a pretraining ran, not what it made: a sweep on another machine or backend finds the same policy.
-POLICY_KEY_IGNORED = frozenset({"dataset", "threads", "device", "log_every", *LearnerBackendFields.model_fields})
+POLICY_KEY_IGNORED = frozenset({"dataset", "threads", "device", "log_every", "eval_every", "eval_episodes",
+                                *LearnerBackendFields.model_fields})
 
 
 def policy_cache_key(config: PretrainConfig, dataset: str) -> str:

@@ -25,8 +25,9 @@ from distributed_o2o.algorithms.offline.cql import CQLPretrainer
 from distributed_o2o.algorithms.offline.iql import IQLPretrainer
 from distributed_o2o.algorithms.offline.td3bc import TD3BCPretrainer
 from distributed_o2o.checkpoint import save_checkpoint
-from distributed_o2o.data.scores import reference_scores
+from distributed_o2o.data.scores import normalized_score, reference_scores
 from distributed_o2o.errors import UserError
+from distributed_o2o.evaluation import evaluate_policy
 from distributed_o2o.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLog
 from distributed_o2o.progress import progress_bar
 from distributed_o2o.runtime.graphed import graphed_updater
@@ -50,6 +51,7 @@ THREAD_PROBE_STEPS = 20
 THREAD_PROBE_ROUNDS = 3
 THREAD_PROBE_MARGIN = 0.8  # the default count's time must be below this fraction of one thread's
 THREAD_PROBE_MIN_STEPS = 1000  # shorter runs keep torch's default
+EVAL_SEED = 10_000  # evaluation envs are seeded EVAL_SEED + step, apart from the data's collection seeds
 
 
 def fastest_threads(train_step: Callable[[], None], steps: int, rounds: int = THREAD_PROBE_ROUNDS) -> int:
@@ -87,12 +89,15 @@ def set_obs_stats(networks: list[nn.Module], observations: np.ndarray, eps: floa
 def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True) -> Path:
     """Train `config.algo` for `config.steps` gradient steps on `dataset`; write the checkpoint to `out_dir`,
     with `metrics.jsonl` and TensorBoard events (`tb/`) beside it: every `config.log_every` steps, the
-    means of the pretrainer's scalars since the last line, steps/s and the wall time.
+    means of the pretrainer's scalars since the last line, steps/s and the wall time; every
+    `config.eval_every` steps (if set) also the policy's evaluation (`evaluate_pretrained`).
 
     `config` is a PretrainConfig; `dataset` anything with the OfflineDataset columns, `env_id`,
     `obs_dim`, `act_dim` and the reference scores.
     """
     start = time.perf_counter()
+    if config.eval_every and not dataset.env_id:
+        raise UserError("eval_every needs the env the dataset is for: pass --env ENV (or --set eval_every=0)")
     log = fresh_log(out_dir)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
@@ -107,6 +112,7 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
         data = OfflineData(arrays, device)
 
     interval: dict[str, list[float]] = defaultdict(list)  # the pretrainer's scalars since the last log line
+    references = reference_scores(dataset.env_id, (dataset.ref_min_score, dataset.ref_max_score))
 
     def train_step() -> None:
         for key, value in pretrainer.step(data.sample(config.batch_size)).items():
@@ -138,12 +144,17 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
         with progress_bar(console, progress, columns=columns) as bar:
             task = bar.add_task(f"{config.algo} pretraining", total=config.steps, completed=done, metrics="")
             step = done
-            while step < config.steps:  # up to each log line at a time
+            while step < config.steps:  # up to the next log line or evaluation at a time
                 count = min(config.log_every - step % config.log_every, config.steps - step)
+                if config.eval_every:
+                    count = min(count, config.eval_every - step % config.eval_every)
                 means = train(count)
                 step += count
-                line = {"step": step, **means, "steps_per_s": round(rate(step), 2),
-                        "wall_time_s": round(time.perf_counter() - start, 2)}
+                line = {"step": step, **means, "steps_per_s": round(rate(step), 2)}
+                if config.eval_every and step % config.eval_every == 0:
+                    line.update(evaluate_pretrained(pretrainer, dataset, config, step, references))
+                    rate = Rate(step)  # the next line's rate counts training, not this evaluation
+                line["wall_time_s"] = round(time.perf_counter() - start, 2)
                 log.append_metrics(line)
                 log.scalars(step, {key: value for key, value in line.items() if key != "step"}, "pretrain")
                 log.flush()
@@ -154,12 +165,27 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
         log.close()
 
     # The dataset's normalised-score references travel with the policy (fine-tuning and `o2o eval` read them).
-    ref_min, ref_max = reference_scores(dataset.env_id, (dataset.ref_min_score, dataset.ref_max_score))
+    ref_min, ref_max = references
     save_checkpoint(out_dir, pretrainer.modules(), env_id=dataset.env_id, algo=config.algo, config=config.model_dump(),
                     extra={"steps": config.steps, "dataset": config.dataset, "ref_min_score": ref_min, "ref_max_score": ref_max,
                            "torch_threads": threads, "graphed": graphed is not None, "wall_time_s": round(time.perf_counter() - start, 2),
                            "final_losses": losses})
     return Path(out_dir)
+
+
+def evaluate_pretrained(pretrainer: Pretrainer, dataset, config, step: int,
+                        references: tuple[float | None, float | None]) -> dict[str, float]:
+    """`config.eval_episodes` episodes of the policy's mode on the dataset's env (fresh env seeds
+    at each evaluation): the mean return, its std, the normalised score where the references are
+    known, and the seconds it took (the rate of the line includes them)."""
+    start = time.perf_counter()
+    result = evaluate_policy(pretrainer.modules()["policy"], dataset.env_id, config.eval_episodes,
+                             seed=EVAL_SEED + step, env_kwargs=config.env_kwargs)
+    record = {"eval_return_mean": result.return_mean, "eval_return_std": result.return_std}
+    if None not in references:
+        record["eval_normalized_score"] = float(normalized_score(result.return_mean, ref_min=references[0],
+                                                                 ref_max=references[1]))
+    return {**record, "eval_s": round(time.perf_counter() - start, 2)}
 
 
 def fresh_log(out_dir: str | Path) -> MetricsLog:
