@@ -2,6 +2,7 @@
 
     python bench/graphed_learner.py --device cuda [--settings sac2,sac10,o2sac] [--updates 3000]
         [--variants baseline,eager,graph,graph_compile] [--steps-per-graph 16] [--population 5] [--out results.json]
+        [--inductor KEY=VALUE ...]
 
 Settings: the SAC family (sac2, sac10, o2sac), the TD3 family (td3: the TD3 core; o2td3: its
 stage C) and the offline pretrainers as `o2o pretrain` runs them (bc, td3bc, iql, cql: D_off
@@ -31,6 +32,8 @@ critic 3x256 as its config), in one process:
   agent-updates/s (K times that), each agent sampling its own ring of the mirror;
 - `population_eager`: the same population's eager `update` against its K agents' own `update`
   one after another on the same batches (agent-updates/s of both, and their ratio).
+`--inductor` sets Inductor config values (e.g. `combo_kernels=True`) for the whole process: a
+candidate compiler setting, to set beside a run of the same command without it.
 Every variant starts from its own fresh algorithm (same seed). The graphed variants sample
 from a 100k-transition mirror (and D_off at the algorithm's offline ratio). Prints one JSON
 object; progress goes to stderr. A measurement, never a test: nothing is asserted.
@@ -305,6 +308,22 @@ def measure(name: str, args, device: torch.device) -> dict:
     return result
 
 
+def set_inductor_config(items: list[str]) -> dict[str, object]:
+    """`KEY=VALUE` items (values as Python literals) set on torch._inductor.config; returns them."""
+    import ast
+
+    import torch._inductor.config as inductor_config
+
+    values = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        if not hasattr(inductor_config, key):
+            raise SystemExit(f"--inductor {item}: torch._inductor.config has no '{key}'")
+        values[key] = ast.literal_eval(raw)
+        setattr(inductor_config, key, values[key])
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
@@ -318,7 +337,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile-dir", default=None)
     parser.add_argument("--out", default=None, help="also write the JSON here, after each setting")
+    parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                        help="an Inductor config value for every compiled variant of this process, e.g. "
+                             "combo_kernels=True (a candidate setting, measured against a run without it)")
     args = parser.parse_args()
+    inductor = set_inductor_config(args.inductor)
     # Each algorithm instance compiles its own copies of the same functions (Adam.step: one per
     # optimiser): room for all of this run's, where the default limit would fall back to eager.
     torch._dynamo.config.recompile_limit = 256
@@ -332,7 +355,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "batch_size": BATCH, "hidden": [HIDDEN, HIDDEN], "steps_per_graph": args.steps_per_graph,
-        "population": args.population, "settings": {},
+        "population": args.population, "inductor": inductor, "settings": {},
     }
     for name in [s.strip() for s in args.settings.split(",") if s.strip()]:
         report["settings"][name] = measure(name, args, device)
