@@ -1,9 +1,9 @@
 """Learning curves from `metrics.jsonl`, drawn with matplotlib (no TensorBoard).
 
 A fine-tuning run gives one curve: the evaluation return (± its std across episodes) or the
-normalised score against online env steps. A pretraining checkpoint (`o2o pretrain --out`) has
-no evaluations; its curves are its losses against gradient steps, one panel per loss. The two
-x axes differ, so one plot holds runs of one kind. `o2o plot` and `o2o demo` draw with it.
+normalised score against online env steps. A pretraining checkpoint (`o2o pretrain --out`) gives
+its losses against gradient steps, one panel per loss, under a panel of its evaluations where it
+has them (`eval_every`). The two x axes differ, so one plot holds runs of one kind. `o2o plot` and `o2o demo` draw with it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def is_pretraining(lines: list[dict]) -> bool:
 def plot_curves(curves: dict[str, list[dict]], out: str | Path, title: str = "", metric: str = "auto") -> Path:
     """Draw each named curve into one PNG at `out`. Fine-tuning runs: `metric` "return", "score"
     (normalised; every line needs one) or "auto" (the score when every run has one, else the
-    return). Pretraining checkpoints: their losses ("auto" only)."""
+    return). Pretraining checkpoints: `pretraining_panels` ("auto" only)."""
     if metric not in METRICS:
         raise UserError(f"unknown metric '{metric}': use one of {', '.join(METRICS)}")
     kinds = {is_pretraining(lines) for lines in curves.values()}
@@ -67,7 +67,7 @@ def plot_curves(curves: dict[str, list[dict]], out: str | Path, title: str = "",
     import matplotlib.pyplot as plt
 
     use_score = metric == "score" or (metric == "auto" and scored)
-    fig = _draw_losses(plt, curves, title) if pretraining else _draw_evaluations(plt, curves, use_score, title)
+    fig = _draw_pretraining(plt, curves, title) if pretraining else _draw_evaluations(plt, curves, use_score, title)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,16 +96,33 @@ def _draw_evaluations(plt, curves: dict[str, list[dict]], use_score: bool, title
     return fig
 
 
-def _draw_losses(plt, curves: dict[str, list[dict]], title: str):
+EVAL_LABELS = {"eval_normalized_score": "evaluation\n(normalised score)", "eval_return_mean": "evaluation\n(return)"}
+
+
+def pretraining_panels(curves: dict[str, list[dict]]) -> list[str]:
+    """The keys a pretraining plot draws, one panel each, top down: the evaluations where any
+    checkpoint has them (normalised score when every evaluation has one, else the return), then
+    every loss."""
+    evaluated = [line for lines in curves.values() for line in lines if "eval_return_mean" in line]
+    evaluation = []
+    if evaluated:
+        evaluation = ["eval_normalized_score" if all("eval_normalized_score" in line for line in evaluated)
+                      else "eval_return_mean"]
     losses = sorted({key for lines in curves.values() for line in lines for key in line if key.endswith("loss")})
-    fig, axes = plt.subplots(len(losses), 1, figsize=(6, 2.2 * len(losses) + 0.8), sharex=True, squeeze=False)
-    for ax, loss in zip(axes[:, 0], losses):
+    return evaluation + losses
+
+
+def _draw_pretraining(plt, curves: dict[str, list[dict]], title: str):
+    panels = pretraining_panels(curves)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.2 * len(panels) + 0.8), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], panels):
         for label, lines in curves.items():
-            kept = [line for line in lines if loss in line]
-            ax.plot([line[PRETRAIN_STEP] for line in kept], [line[loss] for line in kept], label=label)
-        ax.set_ylabel(f"{loss}\n(mean per log line)")
+            kept = [line for line in lines if key in line]
+            ax.plot([line[PRETRAIN_STEP] for line in kept], [line[key] for line in kept], label=label,
+                    marker="o" if key in EVAL_LABELS else None)
+        ax.set_ylabel(EVAL_LABELS.get(key, f"{key}\n(mean per log line)"))
         ax.grid(alpha=0.3)
-    axes[0, 0].set_title(title or "offline pretraining losses")
+    axes[0, 0].set_title(title or "offline pretraining")
     axes[-1, 0].set_xlabel("gradient steps (offline pretraining)")
     if len(curves) > 1:
         axes[0, 0].legend()

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from distributed_o2o.cli.main import main
+from distributed_o2o.plotting import pretraining_panels
 
 
 def _run(path, scores):
@@ -36,6 +37,26 @@ def test_plot_draws_the_losses_of_pretraining_checkpoints(tmp_path, capsys):
 
     height, width, _ = matplotlib.image.imread(out).shape
     assert height > width  # one panel per loss, stacked (an evaluation plot is 6 x 4 in)
+
+
+def test_a_pretraining_plot_puts_the_evaluations_above_the_losses(tmp_path):
+    losses = [{"step": 100, "actor_loss": 1.0}, {"step": 200, "actor_loss": 0.5, "critic_loss": 2.0}]
+    scored = [{"step": 100, "actor_loss": 1.0, "eval_return_mean": 900.0, "eval_normalized_score": 30.0}]
+    unscored = [{"step": 100, "actor_loss": 1.0, "eval_return_mean": -150.0}]
+
+    assert pretraining_panels({"a": losses}) == ["actor_loss", "critic_loss"]
+    assert pretraining_panels({"a": losses, "b": scored}) == ["eval_normalized_score", "actor_loss", "critic_loss"]
+    assert pretraining_panels({"b": scored, "c": unscored}) == ["eval_return_mean", "actor_loss"]
+    paths = {}
+    for name, lines in (("plain", losses), ("evaluated", scored + losses[1:])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        paths[name] = tmp_path / f"{name}.png"
+        assert main(["plot", str(tmp_path / name), "--out", str(paths[name])]) == 0
+    import matplotlib.image
+
+    heights = {name: matplotlib.image.imread(path).shape[0] for name, path in paths.items()}
+    assert heights["evaluated"] > heights["plain"]  # one panel more
 
 
 def test_plot_draws_one_png_for_several_runs(tmp_path, capsys):
