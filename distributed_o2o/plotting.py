@@ -3,7 +3,8 @@
 A fine-tuning run gives one curve: the evaluation return (± its std across episodes) or the
 normalised score against online env steps. A pretraining checkpoint (`o2o pretrain --out`) gives
 its losses against gradient steps, one panel per loss, under a panel of its evaluations where it
-has them (`eval_every`). The two x axes differ, so one plot holds runs of one kind. `o2o plot` and `o2o demo` draw with it.
+has them (`eval_every`). The two x axes differ, so one plot holds runs of one kind. `o2o plot`
+and `o2o demo` draw with it.
 """
 
 from __future__ import annotations

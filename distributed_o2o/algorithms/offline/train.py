@@ -177,7 +177,7 @@ def evaluate_pretrained(pretrainer: Pretrainer, dataset, config, step: int,
                         references: tuple[float | None, float | None]) -> dict[str, float]:
     """`config.eval_episodes` episodes of the policy's mode on the dataset's env (fresh env seeds
     at each evaluation): the mean return, its std, the normalised score where the references are
-    known, and the seconds it took (the rate of the line includes them)."""
+    known, and the seconds it took (left out of the steps/s of every line)."""
     start = time.perf_counter()
     result = evaluate_policy(pretrainer.modules()["policy"], dataset.env_id, config.eval_episodes,
                              seed=EVAL_SEED + step, env_kwargs=config.env_kwargs)
