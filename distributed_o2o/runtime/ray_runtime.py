@@ -252,14 +252,15 @@ class RayBuilder:
         self.run_id = run_id(run_path)
         self.actors: list[Any] = []
         in_group = ray.util.get_current_placement_group() is not None
-        self.plan = plan_resources(ray.nodes(), config, gpu_wanted=config.runtime.device != "cpu", in_placement_group=in_group)
+        nodes = ray.nodes()
+        self.plan = plan_resources(nodes, config, gpu_wanted=config.runtime.device != "cpu", in_placement_group=in_group)
         check_learner_backend(config, algorithm_class(config.algo), on_gpu=self.plan["learner"]["num_gpus"] > 0)
         # In a placement group a CPU learner has its bundle's share, not the node's CPUs.
         self.threads = config.runtime.learner_threads or (max(1, int(self.plan["learner"]["num_cpus"])) if in_group
-                                                  else learner_threads(ray.nodes(), config))
+                                                  else learner_threads(nodes, config))
         # Scheduling on the learner's node, asked of the learner when a replay shard or evaluator is
         # created; on a one-node cluster there is nowhere else to go, and nothing waits for the learner.
-        self.near_learner: dict[str, Any] | None = {} if len([n for n in ray.nodes() if n["Alive"]]) == 1 else None
+        self.near_learner: dict[str, Any] | None = {} if len([n for n in nodes if n["Alive"]]) == 1 else None
         self.learner: Any = None
         self.answers: list[Answer] = []
 
