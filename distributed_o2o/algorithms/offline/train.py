@@ -25,11 +25,11 @@ from distributed_o2o.algorithms.offline.cql import CQLPretrainer
 from distributed_o2o.algorithms.offline.iql import IQLPretrainer
 from distributed_o2o.algorithms.offline.td3bc import TD3BCPretrainer
 from distributed_o2o.checkpoint import save_checkpoint
-from distributed_o2o.data.scores import normalized_score, reference_scores
+from distributed_o2o.data.scores import reference_scores
 from distributed_o2o.errors import UserError
-from distributed_o2o.evaluation import evaluate_policy
 from distributed_o2o.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLog
 from distributed_o2o.progress import progress_bar
+from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.runtime.graphed import graphed_updater
 from distributed_o2o.runtime.learner import pick_device
 from distributed_o2o.runtime.run_dir import Rate
@@ -113,6 +113,7 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
 
     interval: dict[str, list[float]] = defaultdict(list)  # the pretrainer's scalars since the last log line
     references = reference_scores(dataset.env_id, (dataset.ref_min_score, dataset.ref_max_score))
+    evaluator = Evaluator(dataset.env_id, config.eval_episodes, EVAL_SEED, config.env_kwargs, *references)
 
     def train_step() -> None:
         for key, value in pretrainer.step(data.sample(config.batch_size)).items():
@@ -152,7 +153,7 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
                 step += count
                 line = {"step": step, **means, "steps_per_s": round(rate(step), 2)}
                 if config.eval_every and step % config.eval_every == 0:
-                    line.update(evaluate_pretrained(pretrainer, dataset, config, step, references))
+                    line.update(evaluate_pretrained(pretrainer, evaluator, step))
                     rate = Rate(step)  # the next line's rate counts training, not this evaluation
                 line["wall_time_s"] = round(time.perf_counter() - start, 2)
                 log.append_metrics(line)
@@ -173,18 +174,16 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
     return Path(out_dir)
 
 
-def evaluate_pretrained(pretrainer: Pretrainer, dataset, config, step: int,
-                        references: tuple[float | None, float | None]) -> dict[str, float]:
-    """`config.eval_episodes` episodes of the policy's mode on the dataset's env (fresh env seeds
-    at each evaluation): the mean return, its std, the normalised score where the references are
+def evaluate_pretrained(pretrainer: Pretrainer, evaluator: Evaluator, step: int) -> dict[str, float]:
+    """The policy scored by `evaluator` (fine-tuning's, seeded EVAL_SEED + step: fresh env seeds at
+    each evaluation): the mean return, its std, the normalised score where the references are
     known, and the seconds it took (left out of the steps/s of every line)."""
     start = time.perf_counter()
-    result = evaluate_policy(pretrainer.modules()["policy"], dataset.env_id, config.eval_episodes,
-                             seed=EVAL_SEED + step, env_kwargs=config.env_kwargs)
-    record = {"eval_return_mean": result.return_mean, "eval_return_std": result.return_std}
-    if None not in references:
-        record["eval_normalized_score"] = float(normalized_score(result.return_mean, ref_min=references[0],
-                                                                 ref_max=references[1]))
+    policy = pretrainer.modules()["policy"]
+    result = evaluator.evaluate(policy.arch(), policy.state_dict(), env_step=step)
+    record = {"eval_return_mean": result["return_mean"], "eval_return_std": result["return_std"]}
+    if result["normalized_score"] is not None:
+        record["eval_normalized_score"] = result["normalized_score"]
     return {**record, "eval_s": round(time.perf_counter() - start, 2)}
 
 
