@@ -32,8 +32,9 @@ critic 3x256 as its config), in one process:
   agent-updates/s (K times that), each agent sampling its own ring of the mirror;
 - `population_eager`: the same population's eager `update` against its K agents' own `update`
   one after another on the same batches (agent-updates/s of both, and their ratio).
-`--inductor` sets Inductor config values (e.g. `combo_kernels=True`) for the whole process: a
-candidate compiler setting, to set beside a run of the same command without it.
+`--inductor` sets Inductor config values (e.g. `coordinate_descent_tuning=True`) for the whole process: a
+candidate compiler setting, to set beside a run of the same command without it (the updater's own
+`graphed.INDUCTOR_SETTINGS` still apply while it compiles).
 Every variant starts from its own fresh algorithm (same seed). The graphed variants sample
 from a 100k-transition mirror (and D_off at the algorithm's offline ratio). Prints one JSON
 object; progress goes to stderr. A measurement, never a test: nothing is asserted.

@@ -18,7 +18,7 @@ from distributed_o2o.algorithms.policies import TanhGaussianPolicy
 from distributed_o2o.algorithms.porl import PORL
 from distributed_o2o.config import O2SACConfig, PORLConfig, RuntimeConfig, SACConfig, finetune_config
 from distributed_o2o.errors import UserError
-from distributed_o2o.runtime.graphed import DeviceReplay, GraphedUpdater, graphed_updater
+from distributed_o2o.runtime.graphed import INDUCTOR_SETTINGS, DeviceReplay, GraphedUpdater, graphed_updater
 from distributed_o2o.runtime.learner import Learner
 from distributed_o2o.runtime.replay import ReplayService
 
@@ -129,15 +129,18 @@ def test_run_is_update_on_the_same_batches(build, env_step, offline_ratio):
 
 
 @pytest.mark.parametrize("autotune", [False, True])
-def test_max_autotune_is_on_while_the_updater_compiles_and_captures_only_when_asked(autotune):
+def test_inductor_settings_hold_while_the_updater_compiles_and_captures_with_max_autotune_only_when_asked(autotune):
     import torch._inductor.config as inductor
 
     updater = GraphedUpdater(build_sac(0), OBS, ACT, capacity=64, device=CPU, compile=True, autotune=True)
-    assert updater.autotune is False  # nothing is compiled without CUDA
-    updater.autotune = autotune  # as the constructor sets it on CUDA with compile on
+    assert updater.compiled is False and updater.autotune is False  # nothing is compiled without CUDA
+    with updater._kernel_settings():
+        assert inductor.combo_kernels is False
+    updater.compiled, updater.autotune = True, autotune  # as the constructor sets them on CUDA
     with updater._kernel_settings():
         assert inductor.max_autotune is autotune
-    assert inductor.max_autotune is False
+        assert all(getattr(inductor, key) == value for key, value in INDUCTOR_SETTINGS.items())
+    assert inductor.max_autotune is False and inductor.combo_kernels is False
 
 
 def test_run_refuses_to_sample_an_empty_replay():

@@ -17,8 +17,8 @@ class BatchedProducts(TorchDispatchMode):
         self.batches: list[int] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default):
-            self.batches.append(args[0].shape[0] if func is torch.ops.aten.bmm.default else args[1].shape[0])
+        if func is torch.ops.aten.bmm.default:
+            self.batches.append(args[0].shape[0])
         return func(*args, **(kwargs or {}))
 
 

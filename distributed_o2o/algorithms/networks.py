@@ -74,7 +74,9 @@ class EnsembleLinear(nn.Module):
         if rows >= SPLIT_MIN_ROWS and rows % ROW_CHUNKS == 0:
             chunks = x.reshape(num_members, ROW_CHUNKS, rows // ROW_CHUNKS, width)
             return (torch.matmul(chunks, weight.unsqueeze(1)) + bias.unsqueeze(1)).reshape(num_members, rows, -1)
-        return torch.baddbmm(bias, x, weight)
+        # Not baddbmm: Inductor leaves that to aten, which copies the bias into the output first
+        # (one more kernel per layer); added after bmm, the bias joins the next fused kernel.
+        return torch.bmm(x, weight) + bias
 
 
 class EnsembleMLP(nn.Module):
