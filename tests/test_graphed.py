@@ -8,6 +8,8 @@ replay draws fresh batches and noise.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,7 @@ from distributed_o2o.algorithms.porl import PORL
 from distributed_o2o.config import O2SACConfig, PORLConfig, RuntimeConfig, SACConfig, finetune_config
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.graphed import INDUCTOR_SETTINGS, DeviceReplay, GraphedUpdater, graphed_updater
-from distributed_o2o.runtime.learner import Learner
+from distributed_o2o.runtime.learner import Learner, LearnerDiverged
 from distributed_o2o.runtime.replay import ReplayService
 
 OBS, ACT, HIDDEN, B = 3, 2, [32, 32], 32
@@ -181,7 +183,7 @@ def test_learner_mirrors_every_shard_row_once_and_refills_after_a_restore():
     before = state(learner.algorithm)
 
     version, metrics = learner.update_from_replay(3, 10_000, [10, 16])
-    assert version == 3 and "critic_loss" in metrics
+    assert version == 3 and metrics == {} and "critic_loss" in learner.settle_updates()  # read back later
     assert not all(torch.equal(a, b) for a, b in zip(state(learner.algorithm), before))
     assert mirrored_ids(learner.graphed) == [*range(10), *range(104, 120)]
 
@@ -193,6 +195,48 @@ def test_learner_mirrors_every_shard_row_once_and_refills_after_a_restore():
     assert mirrored_ids(learner.graphed) == []
     learner.update_from_replay(1, 10_000, [14, 16])
     assert mirrored_ids(learner.graphed) == [*range(14), *range(104, 120)]
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=cuda)]
+
+
+def learner_on_rows(device: str) -> Learner:
+    """A learner on the graphed path over one shard of 16 rows (on the CPU running its steps
+    eagerly, as `GraphedUpdater` does there; on CUDA in graphs, uncompiled)."""
+    runtime = {"device": device, "graph_compile": False}
+    config = finetune_config("sac", None, {"env": "Pendulum-v1", "hidden": HIDDEN, "batch_size": B, "runtime": runtime})
+    learner = Learner(config, OBS, ACT)
+    shard = ReplayService(OBS, ACT, capacity=16, seed=0)
+    learner.attach_replay([shard])
+    if learner.graphed is None:  # on the CPU: what `graphed_updater` builds on CUDA
+        learner.graphed = GraphedUpdater(learner.algorithm, OBS, ACT, capacity=64, device=CPU)
+    shard.add(transitions(16, start=0))
+    return learner
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_graphed_update_call_returns_the_metrics_of_the_call_before_it_and_settle_updates_the_last(device):
+    lagging, direct = learner_on_rows(device), learner_on_rows(device)
+    assert all(torch.equal(a, b) for a, b in zip(state(lagging.algorithm), state(direct.algorithm)))
+    torch.manual_seed(1)
+    returned = [lagging.update_from_replay(n, 10_000, [16])[1] for n in (4, 20)] + [lagging.settle_updates()]
+    torch.manual_seed(1)
+    direct.pull_new_rows()
+    expected = [direct.graphed.run(n, 10_000, 0.0) for n in (4, 20)]  # warm-up, then graphs on CUDA
+    assert returned[0] == {} and "critic_loss" in expected[1]
+    assert returned[1:] == [pytest.approx(metrics, rel=1e-6) for metrics in expected]
+    assert lagging.settle_updates() == {}  # nothing left to read
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_settle_updates_stops_the_run_when_the_last_update_call_diverged(device):
+    learner = learner_on_rows(device)
+    learner.update_from_replay(2, 10_000, [16])  # pulls the rows into the mirror
+    learner.graphed.replay.storage[:, OBS + ACT] = float("nan")  # every reward
+    _, metrics = learner.update_from_replay(2, 10_001, [16])
+    assert math.isfinite(metrics["critic_loss"])  # the first call's
+    with pytest.raises(LearnerDiverged, match="at env step 10001: .*critic_loss"):
+        learner.settle_updates()
 
 
 # ---------------------------------------------------------------- CUDA graphs

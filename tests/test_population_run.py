@@ -172,7 +172,8 @@ def test_an_agent_samples_only_its_own_transitions_on_either_learner_path():
     # What `graphed_updater` builds on CUDA (agent k's rows in ring k), here running eagerly.
     learner.graphed = GraphedUpdater(learner.population, 3, 1, capacity=64, device=torch.device("cpu"), compile=False)
     version, metrics = learner.update_from_replay(2, 10_000, [10, 20])
-    assert version == 4 and len(metrics) == 2 and all("critic_loss" in m for m in metrics)
+    assert version == 4 and metrics == [{}, {}]  # a graphed call's metrics come back later
+    assert all("critic_loss" in m for m in learner.settle_updates())
     replay = learner.graphed.replay
     for k in range(2):
         ring = replay.storage[replay.num_offline + 64 * k:][:replay.counts[k], 3 + 1]

@@ -9,9 +9,11 @@ a Python dispatch and a launch (~130 updates/s on an H100). This path takes the 
 - `GraphedUpdater` captures `steps_per_graph` consecutive updates (sampling, critic step, one
   actor/α/λ step, Polyak, metric sums) in one CUDA graph per (phases, offline rows), after
   `torch.compile` has fused the loss functions, the Polyak step and the optimiser steps;
-  metrics are read back once per `run`. Where the updates take a `PhaseCycle`'s phases in turn
-  (TD3's policy delay), a graph holds whole cycles from its first position (steps_per_graph
-  rounded down to a multiple of the cycle), and single updates of each phase fill the rest.
+  metrics are read back once per `run` (`start` queues the updates and leaves the read-back for
+  later, so the host goes on while the GPU runs them). Where the updates take a `PhaseCycle`'s
+  phases in turn (TD3's policy delay), a graph holds whole cycles from its first position
+  (steps_per_graph rounded down to a multiple of the cycle), and single updates of each phase
+  fill the rest.
   Optionally its matrix products use TF32 (captured into its graphs; the process's own setting
   is left as it was).
 The update itself is the algorithm's own `update_tensors` (the code `update` runs), with Adam
@@ -272,11 +274,19 @@ class GraphedUpdater:
 
     # ------------------------------------------------------------------ the runtime's call
     def run(self, num_updates: int, env_step: int, offline_ratio: float) -> dict[str, float | list[float]]:
+        return self.start(num_updates, env_step, offline_ratio).result()
+
+    def start(self, num_updates: int, env_step: int, offline_ratio: float) -> PendingMeans:
+        """`run`'s updates, queued on the GPU; their metric means come when asked for (`result()`),
+        so the host can go on while the GPU runs them."""
         if num_updates <= 0:
-            return {}
-        return self.run_phase(num_updates, self.algorithm.prepare(env_step), offline_ratio)
+            return PendingMeans([], [])
+        return self.start_phase(num_updates, self.algorithm.prepare(env_step), offline_ratio)
 
     def run_phase(self, num_updates: int, phase: Hashable | PhaseCycle, offline_ratio: float) -> dict[str, float | list[float]]:
+        return self.start_phase(num_updates, phase, offline_ratio).result()
+
+    def start_phase(self, num_updates: int, phase: Hashable | PhaseCycle, offline_ratio: float) -> PendingMeans:
         """`num_updates` updates of `phase` (an online phase from `prepare`, or an offline stage's);
         of a `PhaseCycle`'s phases in turn from its position, which then advances by `num_updates`.
         A metric's mean is over the updates whose phase reports it."""
@@ -311,15 +321,49 @@ class GraphedUpdater:
             cycle.advance(num_updates)
         return self._means(keys, cycle_counts(phases, position, num_updates))
 
-    def _means(self, keys: list[tuple], counts: Counter) -> dict[str, float | list[float]]:
-        """Each metric's sum over the phases that report it, over their number of updates."""
+    def _means(self, keys: list[tuple], counts: Counter) -> PendingMeans:
         keys = [key for key in keys if counts[key[0]]]
-        rows = iter(torch.cat([self.sums[key] for key in keys]).cpu().numpy())  # the one sync of the call
+        return PendingMeans([self.sums[key] for key in keys], [(self.names[key], counts[key[0]]) for key in keys])
+
+
+class Readback:
+    """Device tensors on their way to the host: copied without blocking the caller (into pinned
+    memory, then an event, on CUDA), so the GPU goes on with what was queued before the copy and
+    the host with its own work; `values()` waits for this copy alone."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.event = None
+        if tensors and tensors[0].is_cuda:
+            self.host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in tensors]
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = [t.detach().clone() for t in tensors]
+
+    def values(self) -> list[np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        return [t.numpy() for t in self.host]
+
+
+class PendingMeans:
+    """The metric means of one `GraphedUpdater.start`: `sums` (one tensor per phase, a row per
+    metric), reported as `reports` (each phase's metric names and its number of updates)."""
+
+    def __init__(self, sums: list[torch.Tensor], reports: list[tuple[list[str], int]]):
+        self.readback = Readback([torch.cat(sums)] if sums else [])
+        self.reports = reports
+
+    def result(self) -> dict[str, float | list[float]]:
+        """Each metric's sum over the phases that report it, over their number of updates."""
+        if not self.reports:
+            return {}
+        rows = iter(self.readback.values()[0])
         totals, updates = {}, Counter()
-        for key in keys:
-            for name in self.names[key]:
+        for names, count in self.reports:
+            for name in names:
                 totals[name] = totals.get(name, 0.0) + next(rows)
-                updates[name] += counts[key[0]]
+                updates[name] += count
         return {name: (total / updates[name]).tolist() for name, total in totals.items()}
 
 

@@ -5,7 +5,10 @@ the same class runs in-process (local mode) or as a Ray actor. The learner pulls
 from the replay shards itself (`update_from_replay`): many batches per call, one gather per
 shard; the Ray subclass keeps the next pull in flight while it updates. On the graphed path
 (`runtime/graphed.py`: on CUDA, for a capturable update) the learner instead mirrors the shards on its device,
-pulling the rows each shard took in since the last call, and samples there.
+pulling the rows each shard took in since the last call, and samples there. A graphed update call
+returns once its updates are queued on the GPU, with the metrics of the call before it (read
+back meanwhile, and checked then); `settle_updates` hands over the last call's, at each
+evaluation boundary and at the end, so nothing is evaluated or saved before a divergence shows.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from distributed_o2o.algorithms.base import ActingSpec, Algorithm, Batch, Offlin
 from distributed_o2o.algorithms.registry import algorithm_class
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.broadcast import policy_weights
-from distributed_o2o.runtime.graphed import graphed_updater
+from distributed_o2o.runtime.graphed import PendingMeans, Readback, graphed_updater
 from distributed_o2o.runtime.replay import split_rows
 from distributed_o2o.runtime.streams import stream_seed
 from distributed_o2o.runtime.timings import LEARNER_PARTS, Timings
@@ -100,14 +103,24 @@ class Learner:
         self.shards: list[Any] = []
         self.offline_sizes: list[int] = []
         self.last_finite: dict[str, float] = {}  # the newest metrics before any non-finite one
+        # The graphed path's last update call, not yet read back: (its metrics, whether the
+        # acting weights were finite after it, its env step).
+        self.unsettled: tuple[PendingMeans, Readback, int] | None = None
 
-    def _finite(self, metrics: dict[str, float], where: str) -> dict[str, float]:
-        """`metrics` if they and the acting policy's weights are finite; else stop the run (no
-        checkpoint or resume state is written after this point, so the last ones stay good)."""
-        bad = sorted(key for key, value in metrics.items() if not math.isfinite(value))
+    def _weights_finite(self) -> torch.Tensor:
+        """Whether every acting policy's weights are finite, as a device scalar (no sync)."""
         weights = torch.stack([p.detach().sum() for policy in self._acting_policies() for p in policy.parameters()])
-        if not bad and bool(torch.isfinite(weights).all()):
-            self.last_finite = metrics
+        return torch.isfinite(weights).all()
+
+    def _finite(self, metrics: dict[str, float], where: str, weights_finite: bool | None = None) -> dict[str, float]:
+        """`metrics` if they and the acting policy's weights are finite (`weights_finite`: as read
+        back; None: look now); else stop the run (no checkpoint or resume state is written after
+        this point, so the last ones stay good)."""
+        bad = sorted(key for key, value in metrics.items() if not math.isfinite(value))
+        if weights_finite is None:
+            weights_finite = bool(self._weights_finite())
+        if not bad and weights_finite:
+            self.last_finite = metrics or self.last_finite
             return metrics
         what = ", ".join(bad) if bad else "the policy's weights"
         last = " ".join(f"{k}={v:.3g}" for k, v in list(self.last_finite.items())[:6]) or "none yet"
@@ -204,13 +217,26 @@ class Learner:
     def _update_from_replay(self, count: int, env_step: int, online_sizes: list[int]) -> tuple[int, dict[str, float]]:
         if self.graphed is not None:
             self.pull_new_rows()
-            metrics = self._finite(self.graphed.run(count, env_step, self.offline_ratio(env_step)), f"env step {env_step}")
+            queued = self.graphed.start(count, env_step, self.offline_ratio(env_step))
+            previous, self.unsettled = self.unsettled, (queued, Readback([self._weights_finite()]), env_step)
             self.version += count
-            return self.version, metrics
+            return self.version, self._settle(previous)
         n_off = int(round(self.batch_size * self.offline_ratio(env_step))) if sum(self.offline_sizes) else 0
         plan = list(zip(split_rows(self.batch_size - n_off, online_sizes), split_rows(n_off, self.offline_sizes)))
         metrics = self.update(self._sample(count, plan), env_step)
         return self.version, metrics
+
+    def settle_updates(self) -> dict[str, float]:
+        """The last graphed update call's metrics (waiting for its updates), checked; {} where
+        there is none."""
+        previous, self.unsettled = self.unsettled, None
+        return self._settle(previous)
+
+    def _settle(self, call: tuple[PendingMeans, Readback, int] | None) -> dict[str, float]:
+        if call is None:
+            return self._finite({}, "no update", weights_finite=True)
+        means, weights_finite, env_step = call
+        return self._finite(means.result(), f"env step {env_step}", bool(weights_finite.values()[0]))
 
     def pull_new_rows(self) -> None:
         """Copy the rows every shard took in since the last pull into the device mirror (all of
@@ -302,6 +328,7 @@ class Learner:
         if self.graphed is not None:  # refilled from the shards' contents at the next pull
             self.graphed.clear()
             self.cursors = [0] * len(self.shards)
+            self.unsettled = None
         self.version = int(state["version"]) + 1
 
 

@@ -149,6 +149,7 @@ class OnlineLoop:
                 eval_boundary = (c.env_steps // cfg.eval_every + 1) * cfg.eval_every
                 horizon = min(cfg.online_steps, eval_boundary, self.schedule.next_change(c.env_steps))
                 self._pump(horizon, bar, task)
+                self._settle_updates()
                 at_boundary()
                 bar.update(task, completed=min(c.env_steps, cfg.online_steps), description=self.status())
             self._learner_busy()
@@ -193,6 +194,11 @@ class OnlineLoop:
         self.pending[future] = _Flight("update", updates=n)
         self.update_calls += 1
         return True
+
+    def _settle_updates(self) -> None:
+        """The learner's last update call's metrics, read (and checked) before an evaluation or a
+        checkpoint uses its weights: a graphed call returns its predecessor's (runtime/learner.py)."""
+        self._add_train_metrics(self.t.call(self.c.learner, "settle_updates"))
 
     def _learner_busy(self) -> None:
         """Close the learner's idle gap (timings' UPDATE_GAPS) that is open."""

@@ -59,13 +59,13 @@ class PopulationLearner(Learner):
     def _acting_policies(self) -> list[torch.nn.Module]:
         return [agent.acting_policy() for agent in self.agents]
 
-    def _finite(self, metrics, where: str) -> list[dict[str, float]]:
+    def _finite(self, metrics, where: str, weights_finite: bool | None = None) -> list[dict[str, float]]:
         """Each agent's metrics (the graphed path's lists per name become one dict per agent)."""
         if isinstance(metrics, dict):
             metrics = [dict(zip(metrics, values)) for values in zip(*metrics.values())] if metrics else [{}] * len(self.agents)
         # One check of every agent's metrics and weights (one host sync), naming the agent's seed.
         Learner._finite(self, {f"{name} (seed {seed})": value for seed, agent_metrics in zip(self.seeds, metrics, strict=True)
-                               for name, value in agent_metrics.items()}, where)
+                               for name, value in agent_metrics.items()}, where, weights_finite)
         return metrics
 
     def _mirror(self, rows: list[dict[str, np.ndarray]]) -> None:

@@ -16,7 +16,9 @@ from contextlib import contextmanager
 # The driver's parts, in the order a run passes them (`other`: what no part counts, `total`'s rest).
 DRIVER_PARTS = ("imports", "startup", "inputs", "ray_start", "offline_stages", "handover", "online", "waiting", "evaluations", "checkpoints",
                 "resume", "shutdown", "other")
-# The learner's: seconds inside its online update calls, and compilation wherever it happens.
+# The learner's: seconds inside its online update calls (on the graphed path a call returns with
+# its updates queued on the GPU, after waiting for the call before it), and compilation wherever
+# it happens.
 LEARNER_PARTS = ("learner", "compile")
 # The driver's view of the learner, overlapping its parts: seconds of the off-policy online loop
 # with no update call running or in flight (the learner had nothing to do).
