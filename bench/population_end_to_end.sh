@@ -9,6 +9,7 @@
 # holds, so run the other into the same OUT_DIR for the throughput.
 set -u
 policy=$1 out=$2 which=${3:-both}
+case "$which" in both|single|population) ;; *) echo "the third argument is both, single or population, not '$which'" >&2; exit 2 ;; esac
 O2O=${O2O:-o2o}
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 common=(finetune --algo porl --config configs/porl.yaml --policy "$policy" --env Hopper-v5 --mode ray
@@ -30,7 +31,6 @@ case "$which:$gpus" in
   both:*) run 0 "$all" single --seed 0; run 0 "$all" population --seeds 0,1,2,3,4 ;;
   single:*) run 0 "$all" single --seed 0 ;;
   population:*) run 0 "$all" population --seeds 0,1,2,3,4 ;;
-  *) echo "the third argument is both, single or population, not '$which'" >&2; exit 2 ;;
 esac
 python3 - "$out" <<'PY'
 import json, re, sys
