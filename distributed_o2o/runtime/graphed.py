@@ -216,9 +216,9 @@ class GraphedUpdater:
 
     @contextmanager
     def _kernel_settings(self) -> Iterator[None]:
-        """TF32 matrix products while this updater computes or captures, and `INDUCTOR_SETTINGS` (with
-        max-autotune when asked for) while it compiles (`torch.compile` compiles at a function's first call: in the warm-up
-        steps, which run in here), when asked for."""
+        """TF32 matrix products (when asked for) while this updater computes or captures, and
+        `INDUCTOR_SETTINGS`, with max-autotune when asked for, while it compiles (`torch.compile`
+        compiles at a function's first call: in the warm-up steps, which run in here)."""
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         try:
