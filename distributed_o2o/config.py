@@ -182,9 +182,6 @@ class RuntimeConfig(LearnerBackendFields):
                                                                "one GPU); None: one if the cluster has one and `device` allows")
     actor_cpus: float | None = Field(None, gt=0, description="Ray CPUs of the learner and of each rollout actor; None: an "
                                                              "equal share of at most one")
-    graph_rehearse: bool = Field(False, description="compile the graphed learner's losses on a throw-away copy of the "
-                                                    "algorithm while the learner is built (beside the other actors' "
-                                                    "start), so the run's first updates find them compiled")
 
 
 # Top-level keys of the flat config that now live in `runtime` (`num_envs`: envs_per_worker's alias).

@@ -102,7 +102,7 @@ def test_stage_cache_key_leaves_out_runtime_and_evaluation_fields_only():
     config = finetune_config("o2sac").model_dump()
     key = RunDir.stage_key(config)
     runtime = {**config["runtime"], "num_rollout_workers": 8, "envs_per_worker": 4, "learner_backend": "eager",
-               "device": "cpu", "learner_threads": 2, "graph_rehearse": True}
+               "device": "cpu", "learner_threads": 2}
     elsewhere = {"runtime": runtime, "online_steps": 5, "eval_every": 7, "eval_episodes": 3, "log_every": 9}
     assert RunDir.stage_key({**config, **elsewhere}) == key
     assert RunDir.stage_key({**config, "align_steps": 1}) != key
@@ -126,7 +126,7 @@ def test_stage_cache_key_is_the_one_the_flat_config_had(algo):
     ignored_before = {"num_rollout_workers", "envs_per_worker", "replay_shards", "min_replay_size",
                       "samples_per_insert_tolerance", "broadcast_every", "learner_backend", "learner_threads", "learner_gpus",
                       "actor_cpus", "device", "online_steps", "eval_every", "eval_episodes", "log_every"}
-    added_since = {"graph_autotune", "graph_rehearse"}  # at their defaults: the earlier configs had no such fields
+    added_since = {"graph_autotune"}  # at its default: the earlier configs had no such field
     config = finetune_config(algo, None, {"env": "Pendulum-v1", "runtime": {"graph_tf32": False, "num_rollout_workers": 3}})
     dump = config.model_dump()
     flat = {**{k: v for k, v in dump.items() if k != "runtime"}, **dump["runtime"]}

@@ -16,13 +16,11 @@ import torch
 
 from distributed_o2o.algorithms.baselines import SAC
 from distributed_o2o.algorithms.o2sac import O2SAC
-from distributed_o2o.algorithms.o2td3 import O2TD3
-from distributed_o2o.algorithms.policies import DeterministicPolicy, TanhGaussianPolicy
+from distributed_o2o.algorithms.policies import TanhGaussianPolicy
 from distributed_o2o.algorithms.porl import PORL
-from distributed_o2o.config import O2SACConfig, O2TD3Config, PORLConfig, RuntimeConfig, SACConfig, finetune_config
+from distributed_o2o.config import O2SACConfig, PORLConfig, RuntimeConfig, SACConfig, finetune_config
 from distributed_o2o.errors import UserError
-from distributed_o2o.runtime.graphed import (INDUCTOR_SETTINGS, DeviceReplay, GraphedUpdater, graphed_updater,
-                                            rehearse_compilation)
+from distributed_o2o.runtime.graphed import INDUCTOR_SETTINGS, DeviceReplay, GraphedUpdater, graphed_updater
 from distributed_o2o.runtime.learner import Learner, LearnerDiverged
 from distributed_o2o.runtime.replay import ReplayService
 
@@ -357,45 +355,3 @@ def test_offline_stage_phases_run_as_their_eager_steps(phase):
     moved = [not torch.equal(a, b) for a, b in zip(after, before)]
     n_policy = len(graphed.policy.state_dict())
     assert any(moved[n_policy:]) and any(moved[:n_policy]) == (phase == "align")  # only B moves π_θ
-
-
-# ---------------------------------------------------------------- compilation rehearsal
-def build_o2td3(seed: int):
-    torch.manual_seed(seed)
-    return O2TD3(O2TD3Config(hidden=HIDDEN, batch_size=B), OBS, ACT, CPU, policy=DeterministicPolicy(OBS, ACT, HIDDEN))
-
-
-@pytest.mark.parametrize("build, phases", [(build_sac, [None]), (build_porl, ["presample", None]),
-                                           (build_o2sac, ["reevaluate", "align", None]),
-                                           (build_o2td3, ["reevaluate", "align", "critic", "critic+actor"])])
-def test_a_compilation_rehearsal_takes_every_phase_of_a_run_once_and_leaves_the_run_as_it_was(build, phases):
-    def tensors(value) -> list[torch.Tensor]:
-        if isinstance(value, dict):
-            return [t for v in value.values() for t in tensors(v)]
-        return [value] if isinstance(value, torch.Tensor) else []
-
-    algo = build(0)
-    before, rng = tensors(algo.state_dict()), torch.random.get_rng_state()
-    assert rehearse_compilation(algo, OBS, ACT, CPU, compile=False) == phases
-    after = tensors(algo.state_dict())
-    assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before))
-    assert torch.equal(torch.random.get_rng_state(), rng)
-
-
-@cuda
-def test_after_a_rehearsal_the_runs_own_warm_up_traces_fewer_graphs():
-    from torch._dynamo.utils import counters
-
-    def traced_in_warm_up(rehearse: bool) -> int:
-        torch._dynamo.reset()
-        updater = GraphedUpdater(on_cuda(build_porl), OBS, ACT, capacity=512, device=torch.device("cuda"),
-                                 rehearse=rehearse)
-        updater.add(normalised(300, seed=1))
-        before = counters["stats"]["unique_graphs"]
-        updater.run(3, 0, 0.0)  # the pre-sample's warm-up steps: where compilation happens
-        return counters["stats"]["unique_graphs"] - before
-
-    plain, rehearsed = traced_in_warm_up(False), traced_in_warm_up(True)
-    # The pre-sample's losses (its target, the critic loss) were traced in the rehearsal; its
-    # optimiser steps and the batch draw are traced for the run's own objects.
-    assert rehearsed <= plain - 2

@@ -24,7 +24,6 @@ offline pretrainers (`o2o pretrain` samples D_off alone: offline ratio 1).
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -165,7 +164,7 @@ class GraphedUpdater:
 
     def __init__(self, algorithm: Capturable | Population, obs_dim: int, act_dim: int, capacity: int,
                  device: torch.device, steps_per_graph: int = 16, compile: bool = True, tf32: bool = False,
-                 autotune: bool = False, rehearse: bool = False):
+                 autotune: bool = False):
         self.algorithm = algorithm
         self.device = torch.device(device)
         num_agents = algorithm.num_agents if isinstance(algorithm, Population) else None
@@ -178,12 +177,6 @@ class GraphedUpdater:
         self.compiled = self.use_graphs and compile
         self.sample = self.replay.sample
         self.accumulate = accumulate
-        # Host seconds of the warm-up steps, captures and rehearsal as `compile` (timed only; no
-        # sync added). The learner shares this object, so its update time leaves them out.
-        self.timings = Timings()
-        if self.compiled and rehearse:
-            with self.timings.part("compile"), self._kernel_settings():
-                rehearse_compilation(algorithm, obs_dim, act_dim, self.device)
         if self.compiled:
             algorithm.compile_losses()
             algorithm.compile_optimizers()
@@ -195,6 +188,9 @@ class GraphedUpdater:
         self.sums: dict[tuple, torch.Tensor] = {}
         self.signature: tuple = ()
         self.side_stream = torch.cuda.Stream(self.device) if self.use_graphs else None
+        # Host seconds of the warm-up steps and captures as `compile` (timed only; no sync added).
+        # The learner shares this object, so its update time leaves them out.
+        self.timings = Timings()
 
     def add(self, chunk: dict[str, np.ndarray], agent: int | None = None) -> None:
         self.replay.add(chunk, agent)
@@ -371,42 +367,6 @@ class PendingMeans:
         return {name: (total / updates[name]).tolist() for name, total in totals.items()}
 
 
-def rehearse_compilation(algorithm: Capturable, obs_dim: int, act_dim: int, device: torch.device,
-                         compile: bool = True) -> list[Hashable]:
-    """A fine-tuning's updates, once per phase, on a throw-away copy of `algorithm` (still
-    uncompiled) with its losses compiled (`compile`) and its optimisers left eager, on random
-    batches: its offline stages' phases, then (after a hand-over scoring every policy 0) the phases
-    `prepare` gives at the start, the hand-over step and the learning start, in a run's order. Dynamo keeps compiled code
-    with the functions' code, under guards that pass for another instance of the same
-    configuration, so the algorithm's own compiled losses find it there (its optimisers' compiled
-    steps are guarded per optimiser and compile at its first update as before). Nothing of
-    `algorithm` or of the random streams changes. Returns the phases rehearsed."""
-    data = getattr(algorithm, "offline_data", None)
-    rehearsal = copy.deepcopy(algorithm, {id(data): data})  # D_off shared, not copied: only read
-    if compile:
-        rehearsal.compile_losses()
-    size, done = algorithm.config.batch_size, []
-
-    def update(phase: Hashable) -> None:
-        if phase not in done:
-            batch = Batch(torch.randn(size, obs_dim, device=device), torch.rand(size, act_dim, device=device) * 2 - 1,
-                          torch.randn(size, device=device), torch.randn(size, obs_dim, device=device),
-                          torch.zeros(size, device=device))
-            rehearsal.update_tensors(batch, phase)
-            done.append(phase)
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for stage in rehearsal.offline_stages():
-            if stage.phase is not None:
-                update(stage.phase)
-        rehearsal.handover(lambda policy: 0.0)  # no evaluations: any choice sets up the online phases
-        for step in sorted({0, rehearsal.handover_step(), rehearsal.config.learning_starts}):
-            phase = rehearsal.prepare(step)
-            for each in phase.phases if isinstance(phase, PhaseCycle) else (phase,):
-                update(each)
-    return done
-
-
 def cycle_counts(phases: tuple, position: int, num_updates: int) -> Counter:
     """How many of `num_updates` updates take each of `phases` in turn, from `position`."""
     whole, rest = divmod(num_updates, len(phases))
@@ -418,8 +378,7 @@ def cycle_counts(phases: tuple, position: int, num_updates: int) -> Counter:
 def graphed_updater(config, algorithm: Algorithm | Capturable | Population, obs_dim: int, act_dim: int,
                     device: torch.device, capacity: int | None = None, algorithm_cls: type | None = None) -> GraphedUpdater | None:
     """The graphed path where the config's `learner_backend` (a fine-tuning's in `runtime`) picks it
-    (None: the eager learner). A fine-tuning's single agent rehearses its compilation first where
-    `runtime.graph_rehearse` asks for it.
+    (None: the eager learner).
 
     "auto" picks it on CUDA for a `Capturable` algorithm; "graph" insists and fails without
     CUDA or for another; "eager" never picks it. `capacity`: online rows of the device mirror
@@ -433,9 +392,8 @@ def graphed_updater(config, algorithm: Algorithm | Capturable | Population, obs_
     if backend.learner_backend == "eager" or not graph_supported(algorithm_cls, on_gpu):
         return None
     capacity = config.replay_capacity if capacity is None else capacity
-    rehearse = isinstance(config, FinetuneConfig) and config.runtime.graph_rehearse and not isinstance(algorithm, Population)
     return GraphedUpdater(algorithm, obs_dim, act_dim, capacity, device, backend.graph_steps, backend.graph_compile,
-                          backend.graph_tf32, backend.graph_autotune, rehearse)
+                          backend.graph_tf32, backend.graph_autotune)
 
 
 def _backend_fields(config: PretrainConfig | FinetuneConfig) -> LearnerBackendFields:
