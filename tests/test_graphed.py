@@ -239,6 +239,27 @@ def test_settle_updates_stops_the_run_when_the_last_update_call_diverged(device)
         learner.settle_updates()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_while_updates_are_queued_the_learner_publishes_the_weights_from_before_them(device):
+    learner = learner_on_rows(device)
+    learner.update_from_replay(4, 10_000, [16])
+    before = {name: value.cpu().clone() for name, value in learner.algorithm.policy.state_dict().items()}
+    version_before = learner.version
+    learner.update_from_replay(20, 10_000, [16])  # queued; the policy moves as they run
+
+    version, published = learner.weights()
+    assert version == version_before and version < learner.version
+    assert published.keys() == before.keys()
+    assert all(torch.equal(published[name], before[name]) for name in before)
+
+    learner.settle_updates()
+    version, published = learner.weights()
+    after = learner.algorithm.policy.state_dict()
+    assert version == learner.version
+    assert not torch.equal(published["net.0.weight"], before["net.0.weight"])
+    assert all(torch.equal(published[name], after[name].cpu()) for name in after)
+
+
 # ---------------------------------------------------------------- CUDA graphs
 def on_cuda(build, seed: int = 0, **overrides):
     algo = build(seed)
@@ -265,6 +286,16 @@ def test_graph_replays_compute_the_eager_updates(build):
         eager.update_tensors(updater.replay.sample(B, int(B * ratio)), eager.prepare(20_000))
     for a, b in zip(state(graphed), state(eager), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@cuda
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_compiling_updater_warms_the_compiler_on_a_side_thread_and_joins_it_before_its_first_compile():
+    updater = GraphedUpdater(on_cuda(build_sac), OBS, ACT, capacity=512, device=torch.device("cuda"), steps_per_graph=2)
+    assert updater.compiler_warming is not None  # started with the updater, on its own
+    updater.add(normalised(300, seed=1))
+    metrics = updater.run(5, 10_000, 0.0)  # warm-up (compiles), then a graph
+    assert updater.compiler_warming is None and math.isfinite(metrics["critic_loss"])
 
 
 @cuda

@@ -1,6 +1,6 @@
 """The online loop's update calls in flight (Components.update_calls_in_flight): a Ray learner
 gets the next call queued behind the one it runs, and the learner counts as idle
-(`update_gaps`) only while none is in flight."""
+(`update_gaps`) only while none is in flight; publishing beside queued updates."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
+from distributed_o2o.runtime.broadcast import Broadcast
 from distributed_o2o.runtime.online import OnlineLoop
 from distributed_o2o.runtime.replay import RateLimiter
 from distributed_o2o.runtime.timings import UPDATE_GAPS, Timings
+from distributed_o2o.runtime.transport import LocalTransport
 
 
 class HeldTransport:
@@ -64,3 +66,31 @@ def test_the_learner_counts_as_idle_only_once_no_update_call_is_in_flight():
     assert loop.idle_since is not None  # nothing in flight: the learner waits for the driver
     loop._learner_busy()
     assert timings.seconds[UPDATE_GAPS] > 0
+
+
+class LaggingLearner:
+    """Answers `weights` as a graphed learner does while an update call of 64 is queued: with
+    the version (and weights) from before it."""
+
+    def __init__(self):
+        self.version, self.queued = 0, 0
+
+    def weights(self):
+        return self.version - self.queued, {}
+
+
+def test_a_publish_answered_with_older_weights_is_not_asked_for_again_until_the_learner_moves_on():
+    learner = LaggingLearner()
+    broadcast = Broadcast(LocalTransport(), learner, workers=[], every=1)
+    broadcast.publish_now()
+    learner.version = learner.queued = 64
+    broadcast.learner_version = 64  # an update call's reply
+
+    broadcast.published_arrived(broadcast.start_publish().value)
+    assert broadcast.published[0] == 0  # the weights from before the queued updates
+    assert broadcast.start_publish() is None  # the same answer would come back
+
+    learner.version += 64
+    broadcast.learner_version = learner.version
+    broadcast.published_arrived(broadcast.start_publish().value)
+    assert broadcast.published[0] == 64

@@ -4,8 +4,8 @@
                   learner's version (`Learner.weights`; the Ray learner puts it into the object
                   store once and every worker gets the reference)
     driver side   `Broadcast`: the version published, when the next publish starts (the learner
-                  `broadcast_every` versions ahead), what each worker was sent, and the
-                  staleness of what the workers collected
+                  `broadcast_every` versions past the last one asked for), what each worker was
+                  sent, and the staleness of what the workers collected
     worker side   `WeightsInbox`: the weights a worker acts with. A new acting spec (or a
                   restarted worker) goes through `set_weights`, which runs before the worker's
                   next collect; newer weights alone are offered (`offer_weights`) and taken up
@@ -36,6 +36,9 @@ class Broadcast:
         self.t, self.learner, self.workers, self.every = transport, learner, workers, every
         self.published: tuple[int, Any] | None = None  # (version, weights) the workers should act with
         self.publishing = False
+        # The learner's version when weights were last asked for: a graphed learner answers with
+        # those from before the updates it has queued (`Learner.weights`), which can be older.
+        self.requested = 0
         self.learner_version = 0
         self.spec = None  # the acting spec the workers should act with
         self.sent: list[tuple[int, Any] | None] = [None] * len(workers)  # (version, spec) each was sent
@@ -44,15 +47,16 @@ class Broadcast:
     def publish_now(self) -> Any:
         """Publish the learner's current weights (at a point where it is not updating); returns them."""
         self.published = self.t.call(self.learner, "weights")
-        self.learner_version = self.published[0]
+        self.learner_version = self.requested = self.published[0]
         return self.published[1]
 
     def start_publish(self) -> Any | None:
-        """Start fetching the learner's weights once it is `every` versions past the published
-        ones; the call's future, or None."""
-        if self.publishing or self.learner_version - self.published[0] < self.every:
+        """Start fetching the learner's weights once it is `every` versions past those last asked
+        for; the call's future, or None."""
+        if self.publishing or self.learner_version - self.requested < self.every:
             return None
         self.publishing = True
+        self.requested = self.learner_version
         return self.t.submit(self.learner, "weights")
 
     def published_arrived(self, published: tuple[int, Any]) -> None:

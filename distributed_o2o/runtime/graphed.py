@@ -24,6 +24,7 @@ offline pretrainers (`o2o pretrain` samples D_off alone: offline ratio 1).
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -47,6 +48,28 @@ WARMUP_STEPS = 3
 # took SAC's update from 105 to 95 kernels and 4,215 to 4,460 updates/s on an H200 (docs/performance.md).
 INDUCTOR_SETTINGS = {"combo_kernels": True}
 _INDEX_HIGH = 2**62  # indices are randint(0, 2^62) mod size: uniform to within size / 2^62
+
+
+def _probe(x: torch.Tensor) -> torch.Tensor:
+    return (x * x).sum()
+
+
+def warm_compiler(device: torch.device) -> threading.Thread:
+    """Start Inductor's compile workers and compile a throw-away function on `device`, on a side
+    thread: a fresh process's first compile otherwise waits for the workers, the compiler's
+    imports and the kernel toolchain's first start (seconds), and a learner's first update comes
+    only once the run's other actors have started. Join it before compiling anything else."""
+
+    def warm() -> None:
+        from torch._inductor.async_compile import maybe_warm_pool
+
+        maybe_warm_pool()
+        x = torch.ones(8, device=device, requires_grad=True)
+        torch.compile(_probe, fullgraph=True)(x).backward()
+
+    thread = threading.Thread(target=warm, name="warm-compiler", daemon=True)
+    thread.start()
+    return thread
 
 
 class DeviceReplay:
@@ -177,11 +200,13 @@ class GraphedUpdater:
         self.compiled = self.use_graphs and compile
         self.sample = self.replay.sample
         self.accumulate = accumulate
+        self.compiler_warming = None  # joined before the first warm-up step: nothing compiles beside it
         if self.compiled:
             algorithm.compile_losses()
             algorithm.compile_optimizers()
             # The batch draw (index arithmetic, gather) and the metric sums fused as well.
             self.sample, self.accumulate = torch.compile(self.sample), torch.compile(accumulate)
+            self.compiler_warming = warm_compiler(self.device)
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # by (the phases of its updates, offline rows)
         self.warm: Counter = Counter()
         self.names: dict[tuple, list[str]] = {}
@@ -234,6 +259,9 @@ class GraphedUpdater:
         if not self.use_graphs:
             self._step(key)
             return
+        if self.compiler_warming is not None:
+            self.compiler_warming.join()
+            self.compiler_warming = None
         # Off the default stream, as capture will be (lazy per-stream state is set up here).
         self.side_stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.side_stream), self._kernel_settings():

@@ -9,6 +9,8 @@ pulling the rows each shard took in since the last call, and samples there. A gr
 returns once its updates are queued on the GPU, with the metrics of the call before it (read
 back meanwhile, and checked then); `settle_updates` hands over the last call's, at each
 evaluation boundary and at the end, so nothing is evaluated or saved before a divergence shows.
+Weights published meanwhile are those from before the queued updates (copied to the host behind
+the previous call's), so a publish never waits for the GPU to drain.
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ class Learner:
         # The graphed path's last update call, not yet read back: (its metrics, whether the
         # acting weights were finite after it, its env step).
         self.unsettled: tuple[PendingMeans, Readback, int] | None = None
+        # The acting weights as they stood when that call was queued (its version, each policy's
+        # names, their copy on its way to the host): what `weights` publishes meanwhile.
+        self.queued_weights: tuple[int, list[list[str]], Readback] | None = None
 
     def _weights_finite(self) -> torch.Tensor:
         """Whether every acting policy's weights are finite, as a device scalar (no sync)."""
@@ -217,6 +222,7 @@ class Learner:
     def _update_from_replay(self, count: int, env_step: int, online_sizes: list[int]) -> tuple[int, dict[str, float]]:
         if self.graphed is not None:
             self.pull_new_rows()
+            self.queued_weights = self._copy_acting_weights()
             queued = self.graphed.start(count, env_step, self.offline_ratio(env_step))
             previous, self.unsettled = self.unsettled, (queued, Readback([self._weights_finite()]), env_step)
             self.version += count
@@ -297,12 +303,25 @@ class Learner:
     def policy_arch(self) -> dict:
         return self.algorithm.acting_policy().arch()
 
-    def weights(self) -> tuple[int, dict[str, torch.Tensor]]:
-        """The acting policy's weights, published with their version (broadcast.py)."""
-        return self.version, self.acting_weights()
+    def weights(self) -> tuple[int, dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]]:
+        """The acting policy's weights, published with their version (broadcast.py). While a
+        graphed call's updates are queued, the weights from before them: a copy now would wait
+        for the GPU to finish them and leave it idle until the next call arrives."""
+        if self.unsettled is None:
+            return self.version, self._published([policy_weights(p) for p in self._acting_policies()])
+        version, names, host = self.queued_weights
+        values = iter(host.values())
+        return version, self._published([{name: torch.from_numpy(next(values).copy()) for name in policy}
+                                         for policy in names])
 
-    def acting_weights(self, agent: int = 0) -> dict[str, torch.Tensor]:
-        return policy_weights(self._agent(agent).acting_policy())
+    def _published(self, weights: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """What `weights` publishes, of each acting policy's weights (a single run has one)."""
+        return weights[0]
+
+    def _copy_acting_weights(self) -> tuple[int, list[list[str]], Readback]:
+        """The acting weights' copy to the host, queued behind the updates already queued."""
+        states = [policy.state_dict() for policy in self._acting_policies()]
+        return self.version, [list(state) for state in states], Readback([t.detach() for s in states for t in s.values()])
 
     def evaluation_weights(self, agent: int = 0) -> tuple[dict[str, tuple[dict[str, torch.Tensor], bool]], str | None]:
         """`Algorithm.evaluation_policies` with each policy's weights."""
@@ -328,7 +347,7 @@ class Learner:
         if self.graphed is not None:  # refilled from the shards' contents at the next pull
             self.graphed.clear()
             self.cursors = [0] * len(self.shards)
-            self.unsettled = None
+            self.unsettled = self.queued_weights = None
         self.version = int(state["version"]) + 1
 
 

@@ -111,8 +111,8 @@ class PopulationLearner(Learner):
         return self.agents[agent]
 
     # -- weights and state
-    def weights(self) -> tuple[int, list[dict[str, torch.Tensor]]]:
-        return self.version, [self.acting_weights(k) for k in range(len(self.agents))]
+    def _published(self, weights: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        return weights
 
     def state(self, *agent: int) -> dict | list[dict]:
         """Agent k's learner state (`state(k)`), in a single run's format; without k, every agent's."""
