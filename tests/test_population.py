@@ -18,7 +18,7 @@ from distributed_o2o.algorithms.base import Batch
 from distributed_o2o.algorithms.baselines import SAC
 from distributed_o2o.algorithms.o2sac import O2SAC
 from distributed_o2o.algorithms.policies import TanhGaussianPolicy
-from distributed_o2o.algorithms.optim import to_floats
+from distributed_o2o.algorithms.optim import backward_seed, optimizer_step, to_floats
 from distributed_o2o.algorithms.population import (Population, agent_batch, per_agent_floats,
                                                    require_population_support)
 from distributed_o2o.algorithms.porl import PORL
@@ -239,3 +239,14 @@ def test_act_gives_each_agent_its_own_policys_actions():
     for k in range(K):
         torch.testing.assert_close(modes[k], population.agents[k].policy.mode(obs[k]))
     assert not torch.allclose(modes[0], modes[1])
+
+
+def test_a_per_agent_loss_steps_each_agent_on_its_own_gradient_from_a_seed_made_once():
+    weights = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+    optimizer = torch.optim.SGD([weights], lr=0.1)
+    losses = weights ** 2  # one loss per agent, each on its own parameter
+    seed = backward_seed(losses)
+    optimizer_step(optimizer, losses, [weights])
+    assert torch.allclose(weights.detach(), torch.tensor([1.0, 2.0, 3.0]) * (1 - 0.1 * 2))  # d(w_k²)/dw_k = 2 w_k
+    assert backward_seed(weights ** 2) is seed and torch.equal(seed, torch.ones(3))  # reused, never written
+    assert backward_seed(weights.sum()) is not seed  # one per shape

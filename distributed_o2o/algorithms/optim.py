@@ -20,9 +20,26 @@ def optimizer_step(optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optim
     optimizers = list(optimizer) if isinstance(optimizer, Sequence) else [optimizer]
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    (loss.sum() if loss.dim() else loss).backward(inputs=list(params))
+    loss.backward(backward_seed(loss), inputs=list(params))
     for opt in optimizers:
         opt.step()
+
+
+_SEEDS: dict[tuple, torch.Tensor] = {}
+
+
+def backward_seed(loss: torch.Tensor) -> torch.Tensor:
+    """Ones shaped as `loss`: the gradient of its sum, where a backward starts. Made once per shape
+    and device (`backward()` fills a new one every time, and a population's `loss.sum()` adds a
+    kernel: two kernels in each captured update); a fresh one while a CUDA graph is being captured,
+    whose memory must not outlive the graph's pool."""
+    key = (tuple(loss.shape), loss.dtype, loss.device)
+    seed = _SEEDS.get(key)
+    if seed is None:
+        seed = torch.ones_like(loss)
+        if not (loss.is_cuda and torch.cuda.is_current_stream_capturing()):
+            _SEEDS[key] = seed
+    return seed
 
 
 def adam(params: Iterable[torch.Tensor], lr: float, device: torch.device) -> torch.optim.Adam:

@@ -167,10 +167,12 @@ class SACCore(Capturable, Algorithm):
 
     def sample_policy(self, obs: torch.Tensor, next_obs: torch.Tensor) -> tuple[Sample, Sample]:
         """π's samples at s (differentiable, for the actor step) and at s′ (detached, for the
-        critic target) from one forward pass: the policy has not moved between the two uses."""
+        critic target) from one forward pass: the policy has not moved between the two uses.
+        Copies, not views: a compiled function's views of its intermediates are re-made outside
+        it, and their backward (zeros, then a copy) runs there too, two kernels each."""
         actions, log_prob = self.policy.sample(torch.cat([obs, next_obs]))
         n = obs.shape[0]
-        return (actions[:n], log_prob[:n]), (actions[n:].detach(), log_prob[n:].detach())
+        return (actions[:n].clone(), log_prob[:n].clone()), (actions[n:].detach().clone(), log_prob[n:].detach().clone())
 
     def actor_loss(self, obs: torch.Tensor, sample: Sample | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
