@@ -1,7 +1,10 @@
+import math
+from collections import Counter
+
 import pytest
 import torch
 
-from distributed_o2o.algorithms.networks import CriticEnsemble
+from distributed_o2o.algorithms.networks import CriticEnsemble, random_members
 from distributed_o2o.algorithms.policies import FAMILIES, build_policy, convert_policy
 from distributed_o2o.evaluation import evaluate_policy
 
@@ -36,6 +39,17 @@ def test_conversion_keeps_the_evaluation_score(target):
     before = evaluate_policy(source, "Pendulum-v1", episodes=3, seed=5)
     after = evaluate_policy(convert_policy(source, target), "Pendulum-v1", episodes=3, seed=5)
     assert after.return_mean == pytest.approx(before.return_mean, rel=1e-4)
+
+
+@pytest.mark.parametrize("num_min", [2, 3])
+def test_random_critic_members_are_distinct_and_every_subset_is_equally_likely(num_min):
+    torch.manual_seed(0)
+    draws = 6000
+    subsets = Counter(tuple(sorted(random_members(5, num_min, torch.device("cpu")).tolist())) for _ in range(draws))
+    assert all(len(set(subset)) == num_min for subset in subsets)
+    assert len(subsets) == math.comb(5, num_min)  # every subset drawn
+    expected = draws / math.comb(5, num_min)
+    assert all(abs(count - expected) < 5 * math.sqrt(expected) for count in subsets.values())
 
 
 def test_ensemble_members_are_independent_and_batched():

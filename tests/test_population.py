@@ -88,6 +88,7 @@ def tensors(state) -> list[torch.Tensor]:
 def fixed_noise(monkeypatch):
     monkeypatch.setattr(torch, "randn_like", lambda x, **_: torch.linspace(-2.0, 2.0, x.numel()).reshape(x.shape))
     monkeypatch.setattr(torch, "rand", lambda n, **_: torch.linspace(0.0, 1.0, n))  # critic subsets
+    monkeypatch.setattr(torch, "randint", lambda high, size, **_: torch.full(size, high - 1))  # critic pairs
 
 
 def two_steps(env_step: int, phase: str | None = None):

@@ -131,9 +131,18 @@ class CriticEnsemble(nn.Module):
         """min over `num_min` random members, evaluating only those (REDQ/RLPD subsampling)."""
         if num_min >= self.num_critics:
             return self(obs, act).min(dim=0).values
-        # The `num_min` largest of K uniform draws: a uniform subset without randperm's sort.
-        members = torch.rand(self.num_critics, device=obs.device).topk(num_min).indices
-        return self(obs, act, members).min(dim=0).values
+        return self(obs, act, random_members(self.num_critics, num_min, obs.device)).min(dim=0).values
+
+
+def random_members(num_critics: int, num_min: int, device: torch.device) -> torch.Tensor:
+    """A uniform random subset of `num_min` of `num_critics` member indices, drawn on `device`.
+    A pair (REDQ's and RLPD's subset) is one index and another at a uniform offset from it, which
+    the random draw's kernel computes; larger subsets take the `num_min` largest of K uniform
+    draws (no randperm sort, but `topk` is a kernel of its own: 4% of a population's update)."""
+    if num_min == 2:
+        first = torch.randint(num_critics, (1,), device=device)
+        return torch.cat([first, (first + 1 + torch.randint(num_critics - 1, (1,), device=device)) % num_critics])
+    return torch.rand(num_critics, device=device).topk(num_min).indices
 
 
 class ValueNetwork(nn.Module):
