@@ -52,6 +52,24 @@ def test_random_critic_members_are_distinct_and_every_subset_is_equally_likely(n
     assert all(abs(count - expected) < 5 * math.sqrt(expected) for count in subsets.values())
 
 
+def test_the_compiled_readout_of_a_critic_computes_its_matrix_product_and_gradients(monkeypatch):
+    # Under torch.compile a one-output layer is a sum of products (EnsembleLinear); here that path
+    # runs eagerly (is_compiling patched) against the `bmm` one, values and every gradient.
+    torch.manual_seed(0)
+    critic = CriticEnsemble(3, 2, num_critics=4, hidden=[8, 8])
+    obs, act, members = torch.randn(6, 3), torch.randn(6, 2), torch.tensor([3, 1])
+    results = []
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda compiling=compiling: compiling)
+        q, q_members = critic(obs, act), critic(obs, act, members)
+        results.append((q, q_members, torch.autograd.grad((q.sum() + q_members.pow(2).sum()), list(critic.parameters()))))
+    (q, q_members, grads), (q_sum, q_members_sum, grads_sum) = results
+    torch.testing.assert_close(q_sum, q)
+    torch.testing.assert_close(q_members_sum, q_members)
+    for g, g_sum in zip(grads, grads_sum, strict=True):
+        torch.testing.assert_close(g_sum, g)
+
+
 def test_ensemble_members_are_independent_and_batched():
     torch.manual_seed(0)
     critic = CriticEnsemble(3, 2, num_critics=5, hidden=[8, 8])

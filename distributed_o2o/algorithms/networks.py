@@ -70,6 +70,11 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         weight, bias = (self.weight, self.bias) if members is None else (self.weight.index_select(0, members),
                                                                          self.bias.index_select(0, members))
+        if weight.shape[-1] == 1 and torch.compiler.is_compiling():
+            # A one-output layer (a critic's readout) as products summed over the features, which
+            # Inductor computes inside the kernels around it; as `bmm` it was a matrix-vector
+            # kernel and a copy forward and two products backward. Eager keeps `bmm` (faster there).
+            return (x * weight.transpose(1, 2)).sum(-1, keepdim=True) + bias
         num_members, rows, width = x.shape
         if rows >= SPLIT_MIN_ROWS and rows % ROW_CHUNKS == 0:
             chunks = x.reshape(num_members, ROW_CHUNKS, rows // ROW_CHUNKS, width)
