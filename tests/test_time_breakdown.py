@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from distributed_o2o.algorithms.policies import TanhGaussianPolicy
+from distributed_o2o.checkpoint import save_checkpoint
 from distributed_o2o.cli.main import main
 from distributed_o2o.config import finetune_config
 from distributed_o2o.runtime import timings as timings_module
@@ -20,7 +22,7 @@ TINY = {"hidden": [16, 16], "online_steps": 200, "eval_every": 100, "eval_episod
         "random_start_steps": 50, "learning_starts": 50, "log_every": 50}
 # The documented keys (docs/performance.md, "Where a run's time goes").
 KEYS = ["imports", "startup", "inputs", "ray_start", "offline_stages", "handover", "online", "waiting", "evaluations", "checkpoints", "resume",
-        "shutdown", "other", "learner", "compile", "update_gaps", "total"]
+        "shutdown", "other", "learner", "compile", "update_gaps", "presample", "total"]
 
 
 def check_breakdown(breakdown: dict[str, float]) -> None:
@@ -43,6 +45,7 @@ def test_a_run_records_and_prints_where_its_time_went(tmp_path, capsys):
     assert breakdown["compile"] == 0  # the eager learner compiles nothing
     assert breakdown["imports"] > 0  # from this process's start
     assert breakdown["offline_stages"] < 0.05 and breakdown["handover"] < 0.05  # SAC has neither
+    assert breakdown["presample"] == 0  # nor a pre-sample stage
     assert f"total {breakdown['total']:.1f}" in capsys.readouterr().out.splitlines()[-1]
 
 
@@ -96,3 +99,14 @@ def test_update_gaps_count_the_online_loop_without_an_update_running(tmp_path):
     loop = sum(breakdown[name] for name in ("online", "waiting", "evaluations", "checkpoints", "resume"))
     assert breakdown["learner"] > 0.3 * loop  # the updates are a good part of the loop here
     assert 0 < breakdown["update_gaps"] and breakdown["update_gaps"] + breakdown["learner"] <= loop + 0.05
+
+
+def test_a_porl_run_times_its_pre_sample_within_its_online_loop(tmp_path):
+    policy = save_checkpoint(tmp_path / "bc", {"policy": TanhGaussianPolicy(3, 1, hidden=(16, 16))}, env_id=ENV, algo="bc")
+    fields = {**TINY, "policy": str(policy), "presample_steps": 100, "online_steps": 300, "eval_every": 150,
+              "runtime": {"device": "cpu"}}
+    breakdown = run_finetune(finetune_config("porl", None, {"env": ENV, **fields}), tmp_path / "run", mode="local",
+                             progress=False)["time_breakdown_s"]
+    check_breakdown(breakdown)
+    loop = sum(breakdown[name] for name in ("online", "waiting", "evaluations", "checkpoints", "resume"))
+    assert 0 < breakdown["presample"] < loop  # the first 100 of 300 env steps

@@ -29,7 +29,7 @@ from distributed_o2o.runtime.components import Components
 from distributed_o2o.runtime.online import OnlineLoop
 from distributed_o2o.runtime.resume_state import ResumeState
 from distributed_o2o.runtime.run_dir import Rate, RunDir
-from distributed_o2o.runtime.timings import Timings
+from distributed_o2o.runtime.timings import PRESAMPLE, Timings
 from distributed_o2o.runtime.transport import ComponentFailed
 
 
@@ -164,8 +164,11 @@ class Driver:
             with self.timings.part("evaluations"):
                 self._start_evaluation(initial=self.counters.env_steps == 0)
             self._record_evaluation()
+        # A pre-sample stage still ahead (PORL's): timed until the loop passes the hand-over step.
+        presample_end = self.t.call(self.c.learner, "handover_step")
+        self.presample = (presample_end, time.perf_counter()) if self.counters.env_steps < presample_end else None
         with self.timings.part("online"):  # its evaluations and waiting are counted as such
-            self.online.run(self.on_policy, at_boundary=self._evaluate_if_due, status=self._bar_text,
+            self.online.run(self.on_policy, at_boundary=self._at_boundary, status=self._bar_text,
                             tick=self._record_evaluation)
         self._evaluate_if_due(final=True)
         with self.timings.part("evaluations"):
@@ -230,6 +233,14 @@ class Driver:
                 self.console.print(f"hand-over{seat.label}: {_brief(seat.records.handover)}")
 
     # ------------------------------------------------------------------ evaluation
+    def _at_boundary(self) -> None:
+        """Where the online loop stops between chunks: the pre-sample's time once the loop has
+        passed the hand-over step, then any evaluation due."""
+        if self.presample is not None and self.counters.env_steps >= self.presample[0]:
+            self.timings.add(PRESAMPLE, time.perf_counter() - self.presample[1])
+            self.presample = None
+        self._evaluate_if_due()
+
     def _evaluate_if_due(self, final: bool = False) -> None:
         """The evaluation trigger: at the first point past each `eval_every` boundary; at the
         end (`final`), wherever the run went on after its last evaluation."""

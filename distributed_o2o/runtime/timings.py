@@ -23,7 +23,11 @@ LEARNER_PARTS = ("learner", "compile")
 # The driver's view of the learner, overlapping its parts: seconds of the off-policy online loop
 # with no update call running or in flight (the learner had nothing to do).
 UPDATE_GAPS = "update_gaps"
-BREAKDOWN_KEYS = (*DRIVER_PARTS, *LEARNER_PARTS, UPDATE_GAPS, "total")
+# The stage before the hand-over (PORL's pre-sample, WSRL's warm-up): the online loop's seconds
+# from its start until it stopped at or past the hand-over step, overlapping the parts it spans
+# (compilation included); 0 without one.
+PRESAMPLE = "presample"
+BREAKDOWN_KEYS = (*DRIVER_PARTS, *LEARNER_PARTS, UPDATE_GAPS, PRESAMPLE, "total")
 
 
 class Timings:
