@@ -20,7 +20,7 @@ from distributed_o2o.algorithms.policies import TanhGaussianPolicy
 from distributed_o2o.algorithms.porl import PORL
 from distributed_o2o.config import O2SACConfig, PORLConfig, RuntimeConfig, SACConfig, finetune_config
 from distributed_o2o.errors import UserError
-from distributed_o2o.runtime.graphed import INDUCTOR_SETTINGS, DeviceReplay, GraphedUpdater, graphed_updater
+from distributed_o2o.runtime.graphed import INDUCTOR_SETTINGS, DeviceReplay, GraphedUpdater, graphed_updater, warm_compiler
 from distributed_o2o.runtime.learner import Learner, LearnerDiverged
 from distributed_o2o.runtime.replay import ReplayService
 
@@ -296,6 +296,7 @@ def test_a_compiling_updater_warms_the_compiler_on_a_side_thread_and_joins_it_be
     updater.add(normalised(300, seed=1))
     metrics = updater.run(5, 10_000, 0.0)  # warm-up (compiles), then a graph
     assert updater.compiler_warming is None and math.isfinite(metrics["critic_loss"])
+    assert warm_compiler(torch.device("cuda")) is warm_compiler(torch.device("cuda"))  # once per process
 
 
 @cuda

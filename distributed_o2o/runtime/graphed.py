@@ -54,11 +54,16 @@ def _probe(x: torch.Tensor) -> torch.Tensor:
     return (x * x).sum()
 
 
+_warming: threading.Thread | None = None  # the process's one warm-up (warm_compiler)
+
+
 def warm_compiler(device: torch.device) -> threading.Thread:
     """Start Inductor's compile workers and compile a throw-away function on `device`, on a side
     thread: a fresh process's first compile otherwise waits for the workers, the compiler's
     imports and the kernel toolchain's first start (seconds), and a learner's first update comes
-    only once the run's other actors have started. Join it before compiling anything else."""
+    only once the run's other actors have started. Once per process (later calls return the same
+    thread); join it before compiling anything else."""
+    global _warming
 
     def warm() -> None:
         from torch._inductor.async_compile import maybe_warm_pool
@@ -67,9 +72,10 @@ def warm_compiler(device: torch.device) -> threading.Thread:
         x = torch.ones(8, device=device, requires_grad=True)
         torch.compile(_probe, fullgraph=True)(x).backward()
 
-    thread = threading.Thread(target=warm, name="warm-compiler", daemon=True)
-    thread.start()
-    return thread
+    if _warming is None:
+        _warming = threading.Thread(target=warm, name="warm-compiler", daemon=True)
+        _warming.start()
+    return _warming
 
 
 class DeviceReplay:
