@@ -20,7 +20,8 @@ from distributed_o2o.algorithms.policies import TanhGaussianPolicy
 from distributed_o2o.algorithms.porl import PORL
 from distributed_o2o.config import O2SACConfig, PORLConfig, RuntimeConfig, SACConfig, finetune_config
 from distributed_o2o.errors import UserError
-from distributed_o2o.runtime.graphed import INDUCTOR_SETTINGS, DeviceReplay, GraphedUpdater, graphed_updater, warm_compiler
+from distributed_o2o.runtime.graphed import (INDUCTOR_SETTINGS, DeviceReplay, GraphedUpdater, graphed_updater,
+                                             warm_compiler)
 from distributed_o2o.runtime.learner import Learner, LearnerDiverged
 from distributed_o2o.runtime.replay import ReplayService
 
