@@ -121,6 +121,7 @@ class Driver:
         self.last_eval: dict[str, Any] | None = None  # the newest recorded evaluation line
         self.last_eval_step = 0  # the point of the newest evaluation started
         self.evaluation: PendingEvaluation | None = None
+        self.presample: tuple[int, float] | None = None  # (hand-over step, loop start) while a pre-sample runs
         self.on_policy = False
         self.segment_start = time.perf_counter()
         self.eval_rate = Rate()  # updates/s between evaluations (of this segment after a resume)
@@ -164,7 +165,7 @@ class Driver:
             with self.timings.part("evaluations"):
                 self._start_evaluation(initial=self.counters.env_steps == 0)
             self._record_evaluation()
-        # A pre-sample stage still ahead (PORL's): timed until the loop passes the hand-over step.
+        # A stage before the hand-over still ahead (PORL's pre-sample): timed until the loop passes it.
         presample_end = self.t.call(self.c.learner, "handover_step")
         self.presample = (presample_end, time.perf_counter()) if self.counters.env_steps < presample_end else None
         with self.timings.part("online"):  # its evaluations and waiting are counted as such
