@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -42,6 +42,17 @@ def pick_device(requested: str) -> torch.device:
         raise UserError("device 'cuda' was asked for, but torch sees no CUDA GPU here: use device auto or cpu "
                         "(o2o finetune: --set runtime.device=..., o2o pretrain: --set device=...)")
     return torch.device(requested)
+
+
+class UnsettledCall(NamedTuple):
+    """A graphed update call whose updates may still be running on the GPU."""
+
+    means: PendingMeans  # its metrics' means, on their way back
+    weights_finite: Readback  # whether the acting weights were finite after it
+    env_step: int
+    # The acting weights as they stood when it was queued: their version, each policy's names and
+    # their copy on its way to the host (what `weights` publishes meanwhile).
+    weights_before: tuple[int, list[list[str]], Readback]
 
 
 class LearnerDiverged(UserError):
@@ -105,12 +116,7 @@ class Learner:
         self.shards: list[Any] = []
         self.offline_sizes: list[int] = []
         self.last_finite: dict[str, float] = {}  # the newest metrics before any non-finite one
-        # The graphed path's last update call, not yet read back: (its metrics, whether the
-        # acting weights were finite after it, its env step).
-        self.unsettled: tuple[PendingMeans, Readback, int] | None = None
-        # The acting weights as they stood when that call was queued (its version, each policy's
-        # names, their copy on its way to the host): what `weights` publishes meanwhile.
-        self.queued_weights: tuple[int, list[list[str]], Readback] | None = None
+        self.unsettled: UnsettledCall | None = None  # the graphed path's last update call, not yet read back
 
     def _weights_finite(self) -> torch.Tensor:
         """Whether every acting policy's weights are finite, as a device scalar (no sync)."""
@@ -222,9 +228,10 @@ class Learner:
     def _update_from_replay(self, count: int, env_step: int, online_sizes: list[int]) -> tuple[int, dict[str, float]]:
         if self.graphed is not None:
             self.pull_new_rows()
-            self.queued_weights = self._copy_acting_weights()
+            weights_before = self._copy_acting_weights()
             queued = self.graphed.start(count, env_step, self.offline_ratio(env_step))
-            previous, self.unsettled = self.unsettled, (queued, Readback([self._weights_finite()]), env_step)
+            previous, self.unsettled = self.unsettled, UnsettledCall(queued, Readback([self._weights_finite()]), env_step,
+                                                                     weights_before)
             self.version += count
             return self.version, self._settle(previous)
         n_off = int(round(self.batch_size * self.offline_ratio(env_step))) if sum(self.offline_sizes) else 0
@@ -238,11 +245,10 @@ class Learner:
         previous, self.unsettled = self.unsettled, None
         return self._settle(previous)
 
-    def _settle(self, call: tuple[PendingMeans, Readback, int] | None) -> dict[str, float]:
+    def _settle(self, call: UnsettledCall | None) -> dict[str, float]:
         if call is None:
             return self._finite({}, "no update", weights_finite=True)
-        means, weights_finite, env_step = call
-        return self._finite(means.result(), f"env step {env_step}", bool(weights_finite.values()[0]))
+        return self._finite(call.means.result(), f"env step {call.env_step}", bool(call.weights_finite.values()[0]))
 
     def pull_new_rows(self) -> None:
         """Copy the rows every shard took in since the last pull into the device mirror (all of
@@ -309,7 +315,7 @@ class Learner:
         for the GPU to finish them and leave it idle until the next call arrives."""
         if self.unsettled is None:
             return self.version, self._published([policy_weights(p) for p in self._acting_policies()])
-        version, names, host = self.queued_weights
+        version, names, host = self.unsettled.weights_before
         values = iter(host.values())
         return version, self._published([{name: torch.from_numpy(next(values).copy()) for name in policy}
                                          for policy in names])
@@ -347,7 +353,7 @@ class Learner:
         if self.graphed is not None:  # refilled from the shards' contents at the next pull
             self.graphed.clear()
             self.cursors = [0] * len(self.shards)
-            self.unsettled = self.queued_weights = None
+            self.unsettled = None
         self.version = int(state["version"]) + 1
 
 
