@@ -251,3 +251,32 @@ def test_a_per_agent_loss_steps_each_agent_on_its_own_gradient_from_a_seed_made_
     assert torch.allclose(weights.detach(), torch.tensor([1.0, 2.0, 3.0]) * (1 - 0.1 * 2))  # d(w_k²)/dw_k = 2 w_k
     assert backward_seed(weights ** 2) is seed and torch.equal(seed, torch.ones(3))  # reused, never written
     assert backward_seed(weights.sum()) is not seed  # one per shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_compiled_population_of_two_critic_sac_learners_at_full_width_runs_on_cuda():
+    # torch 2.11's Inductor failed an assertion (2560 vs 1280) fusing this graph's mix-order
+    # reductions (5 agents x 2 critics x 256 features): INDUCTOR_SETTINGS turns those off.
+    device, obs, act, k = torch.device("cuda"), 11, 3, 5
+    agents = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        config = SACConfig(hidden=[256, 256], batch_size=256, num_critics=2)
+        agents.append(SAC(config, obs, act, device, policy=TanhGaussianPolicy(obs, act, [256, 256]).to(device)))
+    population = Population(agents)
+
+    def learned(agent: int) -> list[torch.Tensor]:  # every policy and critic weight (the normaliser stays)
+        state = population.agent_state_dict(agent)
+        return [t.clone() for part in ("policy", "critic") for name, t in state[part].items() if "normalizer" not in name]
+
+    before = [t for agent in range(k) for t in learned(agent)]
+    updater = GraphedUpdater(population, obs, act, capacity=4096, device=device, steps_per_graph=4)
+    rng = np.random.default_rng(0)
+    for agent in range(k):
+        updater.add({"observations": rng.normal(size=(512, obs)), "actions": rng.uniform(-1, 1, (512, act)),
+                     "rewards": rng.normal(size=512).astype(np.float32), "next_observations": rng.normal(size=(512, obs)),
+                     "terminals": np.zeros(512, np.float32)}, agent=agent)
+    metrics = updater.run(8, 10_000, 0.0)
+    assert all(np.isfinite(values).all() for values in metrics.values())
+    after = [t for agent in range(k) for t in learned(agent)]
+    assert not any(torch.equal(a, b) for a, b in zip(before, after, strict=True))

@@ -46,7 +46,9 @@ WARMUP_STEPS = 3
 # Inductor's settings while the updater compiles (max-autotune on top when asked): combo kernels
 # fuse independent kernels side by side (e.g. several layers' bias-gradient reductions), which
 # took SAC's update from 105 to 95 kernels and 4,215 to 4,460 updates/s on an H200 (docs/performance.md).
-INDUCTOR_SETTINGS = {"combo_kernels": True}
+# Mix-order reductions off: on torch 2.11 Inductor's fusion of them failed with an assertion
+# (2560 vs 1280) compiling a population of 2-critic SAC learners; off, no learner measured slower.
+INDUCTOR_SETTINGS = {"combo_kernels": True, "triton.mix_order_reduction": False}
 _INDEX_HIGH = 2**62  # indices are randint(0, 2^62) mod size: uniform to within size / 2^62
 
 
