@@ -17,8 +17,9 @@ critic 3x256 as its config), in one process:
 - `graph_compile_tf32`: the same with TF32 matrix products (the config's default);
 - `graph_compile_bf16`, `population_bf16`: those under bfloat16 autocast (`precision`), with
   their final metrics to set beside the TF32 ones: a candidate for speed, not a learner setting;
-- `graph_autotune_tf32`, `population_autotune`: those compiled with Inductor's max-autotune (the
-  config's `graph_autotune`); `*_compile_s` of the first says what the autotuning cost;
+- `graph_autotune_tf32`, `population_autotune`: those compiled with Inductor's autotuned matrix
+  products (`max_autotune_gemm`, the config's `graph_autotune`); `*_compile_s` of the first says
+  what the autotuning cost;
 - `stages`: the offline stages that have an update phase (O2SAC's A and B), eagerly
   (`stage.step`, the eager learner's path) and as `GraphedUpdater.run_phase` on D_off (compiled,
   TF32): `stage_<name>_eager` and `stage_<name>_graph` updates/s;
@@ -243,7 +244,7 @@ def measure(name: str, args, device: torch.device) -> dict:
         log(f"{name}: {variant}")
         if variant.startswith(("graph_compile", "graph_autotune", "population")):
             # Compiled code is kept per function and reused by a later variant whose guards pass, even
-            # one asking for other Inductor settings (max-autotune): each variant compiles its own.
+            # one asking for other Inductor settings (autotuned products): each variant compiles its own.
             torch._dynamo.reset()
         try:
             if variant == "baseline" and not sac_family:

@@ -87,10 +87,11 @@ class LearnerBackendFields(StrictModel):
                                                   "their small kernels; costs under a minute once per run)")
     graph_tf32: bool = Field(True, description="TF32 matrix products in the captured updates (what JAX uses for "
                                                "float32 on these GPUs)")
-    graph_autotune: bool = Field(False, description="compile with Inductor's max-autotune: matrix-product kernels picked "
-                                                    "by timing candidates on this GPU (about +20% updates/s for one SAC "
-                                                    "learner on an H200, none for a population; minutes of compiling "
-                                                    "the first time on a machine, cached after; docs/performance.md)")
+    graph_autotune: bool = Field(False, description="compile with Inductor's autotuned matrix products: Triton kernels "
+                                                    "picked by timing candidates on this GPU (1.3x updates/s for one SAC "
+                                                    "learner on an H200, 1.13-1.18x for a population; about two minutes "
+                                                    "of compiling the first time on a machine, cached after; "
+                                                    "docs/performance.md)")
 
 
 # ---------------------------------------------------------------- offline pretraining

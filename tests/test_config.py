@@ -108,7 +108,7 @@ def test_stage_cache_key_leaves_out_runtime_and_evaluation_fields_only():
     assert RunDir.stage_key({**config, "align_steps": 1}) != key
     # TF32 (and the compiled, graphed kernels) change a GPU's numbers: they stay in the key.
     assert RunDir.stage_key({**config, "runtime": {**config["runtime"], "graph_tf32": False}}) != key
-    # So does max-autotune, but only when set: a stage cached before the field existed keeps its key.
+    # So does graph_autotune, but only when set: a stage cached before the field existed keeps its key.
     assert RunDir.stage_key({**config, "runtime": {**config["runtime"], "graph_autotune": True}}) != key
     before_the_field = {**config, "runtime": {k: v for k, v in config["runtime"].items() if k != "graph_autotune"}}
     assert RunDir.stage_key(before_the_field) == key

@@ -132,18 +132,24 @@ def test_run_is_update_on_the_same_batches(build, env_step, offline_ratio):
 
 
 @pytest.mark.parametrize("autotune", [False, True])
-def test_inductor_settings_hold_while_the_updater_compiles_and_captures_with_max_autotune_only_when_asked(autotune):
+def test_inductor_settings_hold_while_the_updater_compiles_and_captures_with_autotuned_products_only_when_asked(autotune):
+    import logging
+
     import torch._inductor.config as inductor
 
+    candidates_log = logging.getLogger("torch._inductor.select_algorithm")
     updater = GraphedUpdater(build_sac(0), OBS, ACT, capacity=64, device=CPU, compile=True, autotune=True)
     assert updater.compiled is False and updater.autotune is False  # nothing is compiled without CUDA
     with updater._kernel_settings():
         assert inductor.combo_kernels is False
     updater.compiled, updater.autotune = True, autotune  # as the constructor sets them on CUDA
     with updater._kernel_settings():
-        assert inductor.max_autotune is autotune
+        assert inductor.max_autotune_gemm is autotune and inductor.max_autotune is False  # products only
         assert all(getattr(inductor, key) == value for key, value in INDUCTOR_SETTINGS.items())
-    assert inductor.max_autotune is False and inductor.combo_kernels is False
+        # the skipped candidates' error records are dropped while autotuning, and only then
+        assert candidates_log.isEnabledFor(logging.ERROR) is not autotune
+    assert inductor.max_autotune_gemm is False and inductor.combo_kernels is False
+    assert candidates_log.isEnabledFor(logging.ERROR)
 
 
 def test_run_refuses_to_sample_an_empty_replay():
@@ -342,7 +348,7 @@ def action_error(algo, seed: int = 5) -> float:
 @pytest.mark.parametrize("autotune", [False, True])
 def test_the_compiled_graphs_learn_what_eager_updates_learn(autotune):
     # The fast path as the runtime builds it (compiled losses, optimisers and batch draws, TF32,
-    # 16 updates per graph; with max-autotune's kernels or not) against plain eager updates: same
+    # 16 updates per graph; with autotuned matrix products or not) against plain eager updates: same
     # task and seed, same result within noise.
     torch._dynamo.reset()  # else the other case's compiled code is reused, whatever Inductor is asked for
     device, updates = torch.device("cuda"), 3000

@@ -24,6 +24,7 @@ offline pretrainers (`o2o pretrain` samples D_off alone: offline ratio 1).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Hashable, Iterator
@@ -43,7 +44,7 @@ from distributed_o2o.runtime.timings import Timings
 # Updates of each (phase, offline rows) that run eagerly before capture: lazy initialisation
 # (optimiser state, cuBLAS workspaces, compilation) must not happen inside a capture.
 WARMUP_STEPS = 3
-# Inductor's settings while the updater compiles (max-autotune on top when asked): combo kernels
+# Inductor's settings while the updater compiles (autotuned matrix products on top when asked): combo kernels
 # fuse independent kernels side by side (e.g. several layers' bias-gradient reductions), which
 # took SAC's update from 105 to 95 kernels and 4,215 to 4,460 updates/s on an H200 (docs/performance.md).
 # Mix-order reductions off: on torch 2.11 Inductor's fusion of them failed with an assertion
@@ -246,7 +247,7 @@ class GraphedUpdater:
     @contextmanager
     def _kernel_settings(self) -> Iterator[None]:
         """TF32 matrix products (when asked for) while this updater computes or captures, and
-        `INDUCTOR_SETTINGS`, with max-autotune when asked for, while it compiles (`torch.compile`
+        `INDUCTOR_SETTINGS`, with autotuned matrix products when asked for, while it compiles (`torch.compile`
         compiles at a function's first call: in the warm-up steps, which run in here)."""
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
@@ -256,12 +257,24 @@ class GraphedUpdater:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
 
-    def _inductor_settings(self):
+    @contextmanager
+    def _inductor_settings(self) -> Iterator[None]:
         if not self.compiled:
-            return nullcontext()
+            yield
+            return
         import torch._inductor.config  # only here: the module is not needed without compiling
 
-        return torch._inductor.config.patch(**INDUCTOR_SETTINGS, max_autotune=self.autotune)
+        # Autotuning times Triton candidates for each matrix product; those that need more shared
+        # memory than the GPU has are skipped, and Inductor logs each as an error with a traceback.
+        candidates_log = logging.getLogger("torch._inductor.select_algorithm")
+        level = candidates_log.level
+        if self.autotune:
+            candidates_log.setLevel(logging.CRITICAL)
+        try:
+            with torch._inductor.config.patch(**INDUCTOR_SETTINGS, max_autotune_gemm=self.autotune):
+                yield
+        finally:
+            candidates_log.setLevel(level)
 
     def _eager_step(self, key: tuple) -> None:
         if not self.use_graphs:
