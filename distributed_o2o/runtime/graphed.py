@@ -44,9 +44,10 @@ from distributed_o2o.runtime.timings import Timings
 # Updates of each (phase, offline rows) that run eagerly before capture: lazy initialisation
 # (optimiser state, cuBLAS workspaces, compilation) must not happen inside a capture.
 WARMUP_STEPS = 3
-# Inductor's settings while the updater compiles (autotuned matrix products on top when asked): combo kernels
-# fuse independent kernels side by side (e.g. several layers' bias-gradient reductions), which
-# took SAC's update from 105 to 95 kernels and 4,215 to 4,460 updates/s on an H200 (docs/performance.md).
+# Inductor's settings while the updater compiles (autotuned matrix products on top when asked):
+# combo kernels fuse independent kernels side by side (e.g. several layers' bias-gradient
+# reductions), which took SAC's update from 105 to 95 kernels and 4,215 to 4,460 updates/s on an
+# H200 (docs/performance.md).
 # Mix-order reductions off: on torch 2.11 Inductor's fusion of them failed with an assertion
 # (2560 vs 1280) compiling a population of 2-critic SAC learners; off, no learner measured slower.
 INDUCTOR_SETTINGS = {"combo_kernels": True, "triton.mix_order_reduction": False}
@@ -247,8 +248,8 @@ class GraphedUpdater:
     @contextmanager
     def _kernel_settings(self) -> Iterator[None]:
         """TF32 matrix products (when asked for) while this updater computes or captures, and
-        `INDUCTOR_SETTINGS`, with autotuned matrix products when asked for, while it compiles (`torch.compile`
-        compiles at a function's first call: in the warm-up steps, which run in here)."""
+        `INDUCTOR_SETTINGS`, with autotuned matrix products when asked for, while it compiles
+        (`torch.compile` compiles at a function's first call: in the warm-up steps, which run in here)."""
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         try:
