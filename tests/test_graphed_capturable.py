@@ -266,6 +266,7 @@ def test_every_replay_draws_fresh_batches_and_noise(build, phase):
 
 
 @cuda
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the reference steps no optimiser
 def test_iql_actor_lr_follows_the_cosine_schedule_inside_the_graphs():
     algo = pretrainer("iql", device=torch.device("cuda"))
     updater = GraphedUpdater(algo, OBS, ACT, capacity=0, device=torch.device("cuda"), steps_per_graph=4, compile=False)
