@@ -251,7 +251,12 @@ class SACConfig(FinetuneConfig):
     alpha_lr: Rate = Field(3e-4, description="Adam learning rate of log α")
     alpha_init: AlphaInit = 1.0
     autotune_alpha: bool = Field(True, description="tune α toward `target_entropy` (else α stays alpha_init)")
-    target_entropy: float | None = Field(None, description="entropy target of α's tuning; None: −|A|")
+    target_entropy: float | None = Field(
+        None, description="entropy target of α's tuning; None: −target_entropy_scale·|A|")
+    target_entropy_scale: float = Field(
+        1.0, gt=0.0, description="not in the specifications: with target_entropy None, the target is −scale·|A| "
+                                 "(1: SAC's −|A|; 0.5 keeps more action noise, an entropy target of one env's "
+                                 "action size for every env)")
     random_start_steps: RandomStartSteps = 5000
     learning_starts: LearningStarts = 5000
     offline_ratio: OfflineRatio = 0.0
@@ -283,6 +288,9 @@ class SACConfig(FinetuneConfig):
                              "minimum, set one of them")
         if (self.actor_num_min_critics or 0) > self.num_critics:
             raise ValueError(f"actor_num_min_critics ({self.actor_num_min_critics}) exceeds num_critics ({self.num_critics})")
+        if self.target_entropy is not None and self.target_entropy_scale != 1.0:
+            raise ValueError("target_entropy and target_entropy_scale both set: the target is a number or a multiple "
+                             "of −|A|, set one of them")
         if self.num_min_critics > self.num_critics:
             raise ValueError(f"num_min_critics ({self.num_min_critics}) exceeds num_critics ({self.num_critics}): the "
                              "target takes the minimum over a subset of the critics")

@@ -415,6 +415,20 @@ def test_alpha_moves_toward_the_target_entropy(log_std, rises):
     assert (np.diff(alphas) > 0).all() if rises else (np.diff(alphas) < 0).all()
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_target_entropy_scale_sets_the_target_as_a_multiple_of_the_action_size_and_alpha_follows_it(scale):
+    """A policy whose entropy lies between −|A| and −|A|/2: α falls toward SAC's target, rises toward half of it."""
+    policy = pretrained(state_dependent_std=False, init_log_std=-2.15)
+    algo = SAC(small(SACConfig, alpha_lr=1e-2, actor_lr=1e-6, target_entropy_scale=scale), OBS, ACT, CPU, policy=policy)
+    assert algo.target_entropy == -scale * ACT
+    history = [algo.update(random_batch(i), env_step=10_000) for i in range(5)]
+    assert all(-ACT < m["entropy"] < -ACT / 2 for m in history)
+    alphas = np.array([1.0] + [m["alpha"] for m in history])
+    assert (np.diff(alphas) > 0).all() if scale == 0.5 else (np.diff(alphas) < 0).all()
+    with pytest.raises(ValueError, match="target_entropy and target_entropy_scale"):
+        small(PORLConfig, target_entropy=-2.0, target_entropy_scale=0.5)
+
+
 # ---------------------------------------------------------------- state round trip
 def _round_trip_sac(seed):
     return SAC(small(SACConfig), OBS, ACT, CPU, policy=pretrained(seed)), 10_000

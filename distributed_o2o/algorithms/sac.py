@@ -98,7 +98,8 @@ class SACCore(Capturable, Algorithm):
         self.validated_score = -math.inf
         self.num_min_critics = config.num_min_critics
         self.temperature = Temperature(self.initial_alpha(), device)
-        self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
+        self.target_entropy = (-config.target_entropy_scale * act_dim if config.target_entropy is None
+                               else config.target_entropy)
         self.actor_optimizer = adam(self.policy.parameters(), config.actor_lr, device)
         self.critic_optimizer = adam(self.critic.parameters(), config.critic_lr, device)
         self.alpha_optimizer = adam([self.log_alpha], config.alpha_lr, device)
