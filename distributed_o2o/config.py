@@ -255,8 +255,8 @@ class SACConfig(FinetuneConfig):
         None, description="entropy target of α's tuning; None: −target_entropy_scale·|A|")
     target_entropy_scale: float = Field(
         1.0, gt=0.0, description="not in the specifications: with target_entropy None, the target is −scale·|A| "
-                                 "(1: SAC's −|A|; 0.5 keeps more action noise, an entropy target of one env's "
-                                 "action size for every env)")
+                                 "(1: SAC's −|A|; 0.5: more action noise; one setting for envs of different action "
+                                 "sizes)")
     random_start_steps: RandomStartSteps = 5000
     learning_starts: LearningStarts = 5000
     offline_ratio: OfflineRatio = 0.0
