@@ -211,3 +211,20 @@ def test_the_bootstrap_intervals_repeat_and_leave_numpys_generator_alone():
               [band.tolist() for band in iqm_curve(np.hstack([scores, 2 * scores]), reps=300)])
     assert first == second
     assert first[0].low < first[0].value < first[0].high  # a real interval, not a point
+
+
+@pytest.mark.parametrize("runs, tasks", [(3, 1), (5, 1), (7, 3), (10, 2)])
+def test_the_statistics_given_to_rliables_bootstrap_equal_rliables_own(runs, tasks):
+    """The report evaluates its own NumPy statistics on each resample (SciPy's per-call overhead
+    made rliable's the bulk of a report's time); they must equal rliable's, ties included."""
+    from rliable import metrics
+
+    from distributed_o2o.report.stats import improvement_fraction, trimmed_mean
+
+    rng = np.random.default_rng(runs * tasks)
+    x = rng.normal(size=(runs, tasks)).round(1)  # rounded: ties within x and between x and y
+    y = rng.normal(size=(runs + 2, tasks)).round(1)
+    assert trimmed_mean(x) == pytest.approx(metrics.aggregate_iqm(x), abs=1e-12)
+    np.testing.assert_allclose(trimmed_mean(x, axis=0), trim_mean(x, 0.25, axis=0), atol=1e-12)
+    assert improvement_fraction(x, y) == pytest.approx(metrics.probability_of_improvement(x, y), abs=1e-12)
+    assert improvement_fraction(x, x) == metrics.probability_of_improvement(x, x) == 0.5
