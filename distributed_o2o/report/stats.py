@@ -44,8 +44,9 @@ def _intervals(scores: dict, func, reps: int):
 def trimmed_mean(scores: np.ndarray, axis: int | None = None) -> np.ndarray:
     """The 25%-trimmed mean along `axis` (None: of all scores), as SciPy's `trim_mean(scores,
     0.25, axis)`: int(n/4) of the n values cut from each end, the rest averaged."""
-    scores = np.sort(np.ravel(scores) if axis is None else scores, axis=0 if axis is None else axis)
-    axis = 0 if axis is None else axis
+    if axis is None:
+        scores, axis = np.ravel(scores), 0
+    scores = np.sort(scores, axis=axis)
     n = scores.shape[axis]
     cut = int(0.25 * n)
     return np.take(scores, np.arange(cut, n - cut), axis=axis).mean(axis=axis)
