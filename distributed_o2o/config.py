@@ -88,10 +88,10 @@ class LearnerBackendFields(StrictModel):
     graph_tf32: bool = Field(True, description="TF32 matrix products in the captured updates (what JAX uses for "
                                                "float32 on these GPUs)")
     graph_autotune: bool = Field(False, description="compile with Inductor's autotuned matrix products: Triton kernels "
-                                                    "picked by timing candidates on this GPU (1.3x updates/s for one SAC "
-                                                    "learner on an H200, 1.13-1.18x for a population; about two minutes "
-                                                    "of compiling the first time on a machine, cached after; "
-                                                    "docs/performance.md)")
+                                                    "picked by timing candidates on this GPU (1.1-1.3x updates/s for one "
+                                                    "SAC learner on an H200, varying between compiles; 1.13-1.18x for "
+                                                    "a population; about two minutes of compiling the first time on a "
+                                                    "machine, cached after; docs/performance.md)")
 
 
 # ---------------------------------------------------------------- offline pretraining
