@@ -51,7 +51,7 @@ THREAD_PROBE_STEPS = 20
 THREAD_PROBE_ROUNDS = 3
 THREAD_PROBE_MARGIN = 0.8  # the default count's time must be below this fraction of one thread's
 THREAD_PROBE_MIN_STEPS = 1000  # shorter runs keep torch's default
-EVAL_SEED = 10_000  # evaluation envs are seeded EVAL_SEED + step, apart from the data's collection seeds
+EVAL_SEED = 10_000  # plus the run's seed: the evaluator's (its start states hashed with the step)
 
 
 def fastest_threads(train_step: Callable[[], None], steps: int, rounds: int = THREAD_PROBE_ROUNDS) -> int:
@@ -113,7 +113,7 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
 
     interval: dict[str, list[float]] = defaultdict(list)  # the pretrainer's scalars since the last log line
     references = reference_scores(dataset.env_id, (dataset.ref_min_score, dataset.ref_max_score))
-    evaluator = Evaluator(dataset.env_id, config.eval_episodes, EVAL_SEED, config.env_kwargs, *references)
+    evaluator = Evaluator(dataset.env_id, config.eval_episodes, EVAL_SEED + config.seed, config.env_kwargs, *references)
 
     def train_step() -> None:
         for key, value in pretrainer.step(data.sample(config.batch_size)).items():
@@ -175,8 +175,8 @@ def run_pretraining(config, dataset, out_dir: str | Path, progress: bool = True)
 
 
 def evaluate_pretrained(pretrainer: Pretrainer, evaluator: Evaluator, step: int) -> dict[str, float]:
-    """The policy scored by `evaluator` (fine-tuning's, seeded EVAL_SEED + step: fresh env seeds at
-    each evaluation): the mean return, its std, the normalised score where the references are
+    """The policy scored by `evaluator` (fine-tuning's, seeded EVAL_SEED + the run's seed: fresh start
+    states at each evaluation): the mean return, its std, the normalised score where the references are
     known, and the seconds it took (left out of the steps/s of every line)."""
     start = time.perf_counter()
     policy = pretrainer.modules()["policy"]
