@@ -65,6 +65,18 @@ def test_rollout_records_true_final_observation_and_timeouts():
     np.testing.assert_allclose(fragment.episode_returns, a["rewards"][:200].sum(axis=0), rtol=1e-5)
 
 
+def test_the_runs_of_a_study_start_their_envs_apart():
+    """Runs seeded 0 and 1 (a population's neighbours) share no start state among their envs; a
+    run's envs start as they did (seeding by seed + i gave them 3 of 4 in common)."""
+    arch = {"family": "tanh_gaussian", "obs_dim": 3, "act_dim": 1, "hidden": [8]}
+
+    def starts(seed: int) -> set[tuple[float, ...]]:
+        return {tuple(row) for row in RolloutWorker("Pendulum-v1", num_envs=4, seed=seed, policy_arch=arch).obs.tolist()}
+
+    assert len(starts(0)) == 4 and starts(0) == starts(0)
+    assert starts(0).isdisjoint(starts(1))
+
+
 def test_acting_spec_controls_exploration():
     arch = {"family": "tanh_gaussian", "obs_dim": 3, "act_dim": 1, "hidden": [8]}
     worker = RolloutWorker("Pendulum-v1", num_envs=4, seed=0, policy_arch=arch)

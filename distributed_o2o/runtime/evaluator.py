@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from distributed_o2o.algorithms.policies import build_policy
 from distributed_o2o.data.scores import normalized_score
 from distributed_o2o.evaluation import evaluate_policy
-
-
-def start_state_seed(seed: int, env_step: int) -> int:
-    """The seed of the start states of the evaluation at `env_step` by an evaluator seeded `seed`
-    (its episodes are seeded from it upwards). Hashed, not `seed + env_step`: with that, runs seeded
-    s and s + 1 shared 9 of every 10 episodes, so a study's seeds were not independent measurements
-    (π_pre, delivered by several seeds at once, scored nearly alike in all of them)."""
-    return int(np.random.SeedSequence([seed, env_step]).generate_state(1)[0] >> 1)
+from distributed_o2o.runtime.streams import EVALUATION_STREAM, hashed_seed
 
 
 class Evaluator:
@@ -26,11 +18,12 @@ class Evaluator:
 
     def evaluate(self, policy_arch: dict, state_dict: dict, deterministic: bool = True, env_step: int = 0) -> dict:
         """Mean/std return, normalised score (None without references) and env steps spent."""
-        # Start states seeded by the env step: each evaluation point has its own, the policies
-        # scored at one point (deployed, acting) share them, and a resumed run does not repeat them.
+        # Start states hashed from the evaluator's seed and the env step: each evaluation point has
+        # its own, the policies scored at one point (deployed, acting) share them, a resumed run
+        # does not repeat them, and the runs of a study (neighbouring seeds) never share one.
         # The policy's construction and sampled actions draw from a forked torch generator: an
         # evaluation never moves the training's random stream (local mode shares the process).
-        start_seed = start_state_seed(self.seed, env_step)
+        start_seed = hashed_seed(self.seed, env_step, EVALUATION_STREAM)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(start_seed)
             policy = build_policy(policy_arch)

@@ -13,7 +13,7 @@ from distributed_o2o.algorithms.policies import build_policy
 from distributed_o2o.envs import make_vector_env
 from distributed_o2o.errors import UserError
 from distributed_o2o.runtime.broadcast import WeightsInbox
-from distributed_o2o.runtime.streams import stream_seed
+from distributed_o2o.runtime.streams import hashed_seed, stream_seed
 
 
 @dataclass
@@ -49,8 +49,9 @@ class Fragment:
 
 
 class RolloutWorker:
-    """Steps `num_envs` envs with batched CPU inference. Env i of worker w is seeded
-    `seed + 1000 * w + i`; evaluation uses other seeds and other env instances."""
+    """Steps `num_envs` envs with batched CPU inference. Worker w's streams start from
+    `seed + 1000 * w`, its env i from a seed hashed from that and i; evaluation uses other seeds and
+    other env instances."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, policy_arch: dict, env_kwargs: dict | None = None, worker_index: int = 0):
         self.base_seed = seed + 1000 * worker_index
@@ -64,9 +65,9 @@ class RolloutWorker:
         self.spec = ActingSpec(uniform=True)
 
     def _start_streams(self, seed: int) -> tuple[np.ndarray, np.random.Generator, np.ndarray]:
-        """Reset env i from `seed + i`, the action noise and torch from `seed`; episodes start
+        """Reset env i from a seed hashed from `seed` and i, the action noise and torch from `seed`; episodes start
         anew. Returns the first observations, the noise generator and the episodes' returns."""
-        obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
+        obs, _ = self.envs.reset(seed=[hashed_seed(seed, i) for i in range(self.num_envs)])
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
         return obs, rng, np.zeros(self.num_envs)
