@@ -41,7 +41,10 @@ def _run(algo, out, **fields):
 
 @pytest.mark.slow
 def test_sac_from_scratch_improves(tmp_path):
-    summary, _ = _run("sac", tmp_path / "sac", online_steps=5000, eval_every=2500, random_start_steps=1000, learning_starts=1000)
+    # 20 episodes: after 5k steps the policy scores about -300 on average but still loses some
+    # start states (-1,500 and worse), so 5 episodes can read -900 from a policy that learnt.
+    summary, _ = _run("sac", tmp_path / "sac", online_steps=5000, eval_every=2500, random_start_steps=1000, learning_starts=1000,
+                      eval_episodes=20)
     assert summary["initial"]["return_mean"] < -1000
     assert summary["final"]["return_mean"] > summary["initial"]["return_mean"] + 500
 
@@ -97,9 +100,12 @@ def test_the_hand_over_constraint_prevents_the_collapse_of_the_specification(tmp
 @pytest.mark.slow
 def test_o2sac_first_online_evaluation_stays_near_the_pre_online_score(tmp_path, weak_bc):
     """No dip at hand-over: the first online evaluation stays within 250 return (about 1/4 of the
-    pre-online return's magnitude) of the pre-online evaluation."""
+    pre-online return's magnitude) of the pre-online evaluation. 40 episodes each: this policy's
+    returns spread by about 500 from one start state to the next, so with 5 a policy that had
+    not moved could read 250 lower."""
     summary, metrics = _run("o2sac", tmp_path / "o2sac", policy=weak_bc["policy"], dataset=weak_bc["dataset"],
-                            online_steps=2000, eval_every=1000, reevaluate_steps=1500, align_steps=1500, utd=1)
+                            online_steps=2000, eval_every=1000, reevaluate_steps=1500, align_steps=1500, utd=1,
+                            eval_episodes=40)
     assert set(summary["handover"]) >= {"handover_score_offline", "handover_score_aligned"}
     pre_online, first_online = metrics[0]["return_mean"], metrics[1]["return_mean"]
     assert first_online > pre_online - 250
