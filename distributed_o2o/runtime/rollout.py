@@ -65,8 +65,8 @@ class RolloutWorker:
         self.spec = ActingSpec(uniform=True)
 
     def _start_streams(self, seed: int) -> tuple[np.ndarray, np.random.Generator, np.ndarray]:
-        """Reset env i from a seed hashed from `seed` and i, the action noise and torch from `seed`; episodes start
-        anew. Returns the first observations, the noise generator and the episodes' returns."""
+        """Reset env i from a seed hashed from `seed` and i, the action noise and torch from `seed`;
+        episodes start anew. Returns the first observations, the noise generator and the episodes' returns."""
         obs, _ = self.envs.reset(seed=[hashed_seed(seed, i) for i in range(self.num_envs)])
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
