@@ -24,7 +24,7 @@ from distributed_o2o.config import PretrainConfig
 from distributed_o2o.data import OfflineDataset, collect_dataset, write_dataset
 from distributed_o2o.errors import UserError
 from distributed_o2o.evaluation import evaluate_policy
-from distributed_o2o.runtime.streams import EVALUATION_STREAM, hashed_seed
+from distributed_o2o.runtime.evaluator import Evaluator
 from distributed_o2o.zoo import zoo_entry
 
 FAMILIES = {"bc": "tanh_gaussian", "bc-det": "deterministic", "td3bc": "deterministic", "iql": "gaussian", "cql": "tanh_gaussian"}
@@ -201,10 +201,10 @@ def test_run_pretraining_evaluates_the_current_policy_every_eval_every_steps(tmp
     assert ["eval_return_mean" in line for line in lines] == [True, False, True]
     # The last evaluation is the saved policy's, on the start states of the run's seed and that
     # step; Pendulum has no references.
-    start_seed = hashed_seed(EVAL_SEED + config.seed, 30, EVALUATION_STREAM)
-    final = evaluate_policy(load_policy(out), "Pendulum-v1", episodes=2, seed=start_seed)
-    assert lines[-1]["eval_return_mean"] == pytest.approx(final.return_mean)
-    assert lines[-1]["eval_return_std"] == pytest.approx(final.return_std) and "eval_normalized_score" not in lines[-1]
+    saved = load_policy(out)
+    final = Evaluator("Pendulum-v1", 2, EVAL_SEED + config.seed).evaluate(saved.arch(), saved.state_dict(), env_step=30)
+    assert lines[-1]["eval_return_mean"] == pytest.approx(final["return_mean"])
+    assert lines[-1]["eval_return_std"] == pytest.approx(final["return_std"]) and "eval_normalized_score" not in lines[-1]
     assert lines[0]["eval_return_mean"] != lines[-1]["eval_return_mean"] and lines[0]["eval_s"] > 0
 
 
