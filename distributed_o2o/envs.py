@@ -11,6 +11,8 @@ so policies, datasets and replay all share one action convention.
 from __future__ import annotations
 
 import importlib
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +62,34 @@ def _env_class(path: str) -> type[gym.Env]:
     return cls
 
 
+class MujocoWarning(UserWarning):
+    """A warning from MuJoCo's compiler or simulator (`_route_mujoco_warnings`)."""
+
+
+def _route_mujoco_warnings() -> None:
+    """MuJoCo prints its warnings straight to the terminal, once per model compiled: with MuJoCo 4,
+    Gymnasium's own HalfCheetah model draws a deprecation warning at every env made (40 lines per
+    evaluation in a Ray run). Routed into Python's warnings, a repeat is shown once per process and
+    can be filtered (-W, PYTHONWARNINGS). A handler someone else installed is left alone."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_warn_from_mujoco)
+
+
+def _warn_from_mujoco(message: str) -> None:
+    try:
+        warnings.warn(message.strip(), MujocoWarning, stacklevel=2)
+    except Exception:  # a filter that turns it into an error: raised through MuJoCo's C code, it aborts the process
+        print(f"MuJoCo warning: {message.strip()}", file=sys.stderr)
+
+
 def make_env(name: str, seed: int | None = None, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """Make one env with actions in [-1, 1]; seeds its action space and first reset."""
     env_id = resolve_env_id(name)
+    _route_mujoco_warnings()
     kwargs = dict(env_kwargs or {})
     # `max_episode_steps` is ours (a time limit) for a user's class, the rest goes to its constructor.
     max_steps = kwargs.pop("max_episode_steps", None) if ":" in env_id else None

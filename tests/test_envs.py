@@ -1,8 +1,12 @@
+import subprocess
+import sys
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from distributed_o2o.envs import check_spaces, env_spaces, make_env, resolve_env_id
+from distributed_o2o.envs import MujocoWarning, check_spaces, env_spaces, make_env, resolve_env_id
 from distributed_o2o.errors import UserError
 
 
@@ -64,3 +68,26 @@ def test_space_check_names_both_widths():
     assert env_spaces("Hopper-v5").obs_dim == 11
     with pytest.raises(UserError, match="observation width 17 and action width 6.*has 11 and 3"):
         check_spaces("dataset 'x'", 17, 6, "Hopper-v5")
+
+
+def test_mujoco_warnings_come_once_as_python_warnings_not_once_per_env(capfd):
+    """MuJoCo 4 warns at every compile of Gymnasium's HalfCheetah model (`settotalmass` is
+    deprecated); made three times, the terminal gets none of it and Python's warnings get it once."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            make_env("HalfCheetah-v5").close()
+    printed = capfd.readouterr()
+    assert "settotalmass" not in printed.out + printed.err
+    assert [("settotalmass" in str(w.message)) for w in caught if w.category is MujocoWarning] == [True]
+
+
+def test_a_mujoco_warning_filtered_into_an_error_is_printed_not_fatal():
+    """Raised through MuJoCo's C code, an exception aborts the process: with MujocoWarning made an
+    error, the warning is printed and the env is made."""
+    code = ("import warnings\nfrom distributed_o2o.envs import MujocoWarning, make_env\n"
+            "warnings.simplefilter('error', MujocoWarning)\nmake_env('HalfCheetah-v5').close()\nprint('made')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "made", done.stderr[-500:]
+    assert "MuJoCo warning: compiler attribute 'settotalmass' is deprecated" in done.stderr
+

@@ -87,14 +87,16 @@ def _porl_around_hand_over(config_file: str, out, policy: str) -> tuple[float, f
 
 
 @pytest.mark.slow
-def test_the_hand_over_constraint_prevents_the_collapse_of_the_specification(tmp_path, good_policy):
+def test_porl_stable_and_the_hand_over_constraint_prevent_the_collapse_of_the_specification(tmp_path, good_policy):
     """From a good π_pre, PORL as specified collapses within 250 env steps of hand-over (its fresh
-    critic has seen 1k transitions); with the hand-over constraint no evaluation after hand-over
-    falls more than COLLAPSE_MARGIN below π_pre's level."""
+    critic has seen 1k transitions); with the recommended config (validated deployment) and with
+    the hand-over constraint, no evaluation after hand-over falls more than COLLAPSE_MARGIN below
+    π_pre's level."""
     before, lowest = _porl_around_hand_over("porl.yaml", tmp_path / "spec", good_policy)
     assert lowest < before - COLLAPSE_MARGIN  # the task shows the collapse
-    before, lowest = _porl_around_hand_over("porl-constrained.yaml", tmp_path / "constrained", good_policy)
-    assert lowest >= before - COLLAPSE_MARGIN
+    for config_file in ("porl-stable.yaml", "porl-constrained.yaml"):
+        before, lowest = _porl_around_hand_over(config_file, tmp_path / config_file, good_policy)
+        assert lowest >= before - COLLAPSE_MARGIN, config_file
 
 
 @pytest.mark.slow
