@@ -151,6 +151,25 @@ def test_baseline_improvement_and_files(tmp_path):
     assert (out / "curves-Hopper-v5.png").stat().st_size > 1000
 
 
+def test_the_all_envs_table_also_weighs_each_run_over_its_last_tenth(tmp_path):
+    """A method whose seeds swing but all end on a high point ties on final scores with a steady
+    one; over each run's last 10% of evaluations (here its last two of eleven) it is behind."""
+    steps = list(range(0, 11_000, 1000))
+    for seed in range(4):
+        for env in ("Hopper-v5", "Walker2d-v5"):
+            write_run(tmp_path, f"steady-{env}-{seed}", env, "steady", seed, steps, [50.0] * 9 + [90.0, 90.0])
+            write_run(tmp_path, f"swing-{env}-{seed}", env, "swing", seed, steps, [50.0] * 9 + [10.0, 90.0])
+    report = write_report([tmp_path], tmp_path / "report", baseline="steady", reps=REPS)
+    aggregate = {row["method"]: row for row in report["aggregate"]}
+    assert aggregate["swing"]["iqm"] == aggregate["steady"]["iqm"] == pytest.approx(90.0)
+    assert aggregate["swing"]["last_10pct"]["value"] == pytest.approx(50.0)
+    assert aggregate["steady"]["last_10pct"]["value"] == pytest.approx(90.0)
+    assert aggregate["swing"]["baseline_improvement"]["value"] == pytest.approx(0.5)
+    assert aggregate["swing"]["baseline_improvement_last_10pct"]["value"] == pytest.approx(1.0)
+    assert "| swing | Hopper-v5, Walker2d-v5 | 4 | 90.0 [90.0, 90.0] | 50.0 [50.0, 50.0] | 0.50 [0.50, 0.50] | 1.00 [1.00, 1.00] |" \
+        in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_plain_runs_group_by_algorithm(tmp_path):
     write_run(tmp_path, "x", "Hopper-v5", "sac", 0, [0, 1000], [0.0, 1.0], trial=False)
     report = build_report([tmp_path], reps=REPS)

@@ -104,27 +104,32 @@ def _baseline_group(groups: dict[tuple[str, str, str], list[RunRecord]], env: st
 
 def _aggregate(groups: dict[tuple[str, str, str], list[RunRecord]], baseline: str | None, reps: int) -> list[dict[str, Any]]:
     """Per method over every env it ran on (normalised scores only): IQM over runs x envs, each
-    env cut to the method's smallest run count there (stratified bootstrap needs a full matrix)."""
-    by_method: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    env cut to the method's smallest run count there (stratified bootstrap needs a full matrix),
+    of the final scores and of each run's mean over its last 10% of evaluations (where a method
+    swings, which final point each seed ends on is luck)."""
+    by_method: dict[str, dict[str, dict[str, np.ndarray]]] = defaultdict(dict)  # method -> task -> figure -> runs
     per_env = defaultdict(int)
     for env, _, method in groups:
         per_env[method, env] += 1
     for (env, dataset, method), members in groups.items():
         if members[0].normalised:  # a task is an env, or env and dataset where a method ran on several
             task = env if per_env[method, env] == 1 else f"{env} / {dataset}"
-            by_method[method][task] = np.array([run_figures(r)["final"] for r in members])
-    envs_of = {m: sorted(tasks) for m, tasks in by_method.items()}
+            figures = [run_figures(r) for r in members]
+            by_method[method][task] = {name: np.array([f[name] for f in figures]) for name in ("final", "last_10pct")}
     rows = []
     for method, tasks in by_method.items():
         if len(tasks) < 2:
             continue
-        matrix = _matrix(tasks, envs_of[method])
-        est = iqm_interval(matrix, reps)
-        row = {"method": method, "tasks": envs_of[method], "runs_per_task": len(matrix),
-               "iqm": est.value, "ci_low": est.low, "ci_high": est.high}
+        order = sorted(tasks)
         base = by_method.get(baseline or "")
-        if base is not None and method != baseline and sorted(base) == envs_of[method]:
-            row["baseline_improvement"] = improvement_probability(_matrix(base, envs_of[method]), matrix, reps).to_dict()
+        compared = base is not None and method != baseline and sorted(base) == order
+        final, last = (_matrix({t: tasks[t][name] for t in order}, order) for name in ("final", "last_10pct"))
+        est = iqm_interval(final, reps)
+        row = {"method": method, "tasks": order, "runs_per_task": len(final),
+               "iqm": est.value, "ci_low": est.low, "ci_high": est.high, "last_10pct": iqm_interval(last, reps).to_dict()}
+        if compared:
+            for key, name, matrix in (("baseline_improvement", "final", final), ("baseline_improvement_last_10pct", "last_10pct", last)):
+                row[key] = improvement_probability(_matrix({t: base[t][name] for t in order}, order), matrix, reps).to_dict()
         rows.append(row)
     return rows
 
@@ -142,6 +147,10 @@ def _mean(values: list[float | None]) -> float | None:
 # ---------------------------------------------------------------- files
 def _fmt(est: dict[str, float] | None) -> str:
     return "-" if est is None else f"{est['value']:.1f} [{est['ci_low']:.1f}, {est['ci_high']:.1f}]"
+
+
+def _fmt_probability(est: dict[str, float] | None) -> str:
+    return "-" if est is None else f"{est['value']:.2f} [{est['ci_low']:.2f}, {est['ci_high']:.2f}]"
 
 
 def _wall_cell(group: dict[str, Any]) -> str:
@@ -191,22 +200,23 @@ def write_markdown(report: dict[str, Any], path: Path, curve_files: dict[str, st
                    g["score"] + ("" if g["score"] == "raw return" else f" ({g['references']} references)"),
                    _wall_cell(g)]
             if baseline:
-                p = g.get("baseline_improvement")
-                row.append("-" if p is None else f"{p['value']:.2f} [{p['ci_low']:.2f}, {p['ci_high']:.2f}]")
+                row.append(_fmt_probability(g.get("baseline_improvement")))
             lines.append("| " + " | ".join(row) + " |")
         if env in curve_files:
             lines += ["", f"![{env}]({curve_files[env]})"]
         lines.append("")
     if report["aggregate"]:
-        lines += ["## All envs", "", "IQM over runs x envs of normalised final scores (each env cut to the method's "
-                  "smallest run count).", "", "| method | envs | runs per env | final |" + (f" P({baseline} > method) |" if baseline else ""),
-                  "|---|---|---|---|" + ("---|" if baseline else "")]
+        header = ["method", "envs", "runs per env", "final", "last 10%"]
+        if baseline:
+            header += [f"P({baseline} > method), final", f"P({baseline} > method), last 10%"]
+        lines += ["## All envs", "", "IQM over runs x envs of normalised scores, the final one and each run's mean over its "
+                  "last 10% of evaluations (each env cut to the method's smallest run count).", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in report["aggregate"]:
             cells = [row["method"], ", ".join(row["tasks"]), str(row["runs_per_task"]),
-                     _fmt({"value": row["iqm"], "ci_low": row["ci_low"], "ci_high": row["ci_high"]})]
+                     _fmt({"value": row["iqm"], "ci_low": row["ci_low"], "ci_high": row["ci_high"]}), _fmt(row["last_10pct"])]
             if baseline:
-                p = row.get("baseline_improvement")
-                cells.append("-" if p is None else f"{p['value']:.2f} [{p['ci_low']:.2f}, {p['ci_high']:.2f}]")
+                cells += [_fmt_probability(row.get(key)) for key in ("baseline_improvement", "baseline_improvement_last_10pct")]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     path.write_text("\n".join(lines))
