@@ -90,4 +90,3 @@ def test_a_mujoco_warning_filtered_into_an_error_is_printed_not_fatal():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "made", done.stderr[-500:]
     assert "MuJoCo warning: compiler attribute 'settotalmass' is deprecated" in done.stderr
-

@@ -145,12 +145,8 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 # ---------------------------------------------------------------- files
-def _fmt(est: dict[str, float] | None) -> str:
-    return "-" if est is None else f"{est['value']:.1f} [{est['ci_low']:.1f}, {est['ci_high']:.1f}]"
-
-
-def _fmt_probability(est: dict[str, float] | None) -> str:
-    return "-" if est is None else f"{est['value']:.2f} [{est['ci_low']:.2f}, {est['ci_high']:.2f}]"
+def _fmt(est: dict[str, float] | None, digits: int = 1) -> str:
+    return "-" if est is None else f"{est['value']:.{digits}f} [{est['ci_low']:.{digits}f}, {est['ci_high']:.{digits}f}]"
 
 
 def _wall_cell(group: dict[str, Any]) -> str:
@@ -200,7 +196,7 @@ def write_markdown(report: dict[str, Any], path: Path, curve_files: dict[str, st
                    g["score"] + ("" if g["score"] == "raw return" else f" ({g['references']} references)"),
                    _wall_cell(g)]
             if baseline:
-                row.append(_fmt_probability(g.get("baseline_improvement")))
+                row.append(_fmt(g.get("baseline_improvement"), 2))
             lines.append("| " + " | ".join(row) + " |")
         if env in curve_files:
             lines += ["", f"![{env}]({curve_files[env]})"]
@@ -216,7 +212,7 @@ def write_markdown(report: dict[str, Any], path: Path, curve_files: dict[str, st
             cells = [row["method"], ", ".join(row["tasks"]), str(row["runs_per_task"]),
                      _fmt({"value": row["iqm"], "ci_low": row["ci_low"], "ci_high": row["ci_high"]}), _fmt(row["last_10pct"])]
             if baseline:
-                cells += [_fmt_probability(row.get(key)) for key in ("baseline_improvement", "baseline_improvement_last_10pct")]
+                cells += [_fmt(row.get(key), 2) for key in ("baseline_improvement", "baseline_improvement_last_10pct")]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     path.write_text("\n".join(lines))
