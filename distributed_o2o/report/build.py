@@ -59,6 +59,7 @@ def build_report(roots: list[str | Path], baseline: str | None = None, reps: int
     groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
     for run in sorted(finished, key=lambda r: (r.group, r.seed)):
         groups[run.group].append(run)
+    figures_of = {key: [run_figures(r) for r in members] for key, members in groups.items()}
     methods = sorted({key[2] for key in groups})
     if baseline is not None and baseline not in methods:
         raise UserError(f"--baseline '{baseline}' is not a method of these runs (they have: {', '.join(methods)})")
@@ -68,7 +69,7 @@ def build_report(roots: list[str | Path], baseline: str | None = None, reps: int
             raw = ", ".join(str(r.path) for r in members if not r.normalised)
             raise UserError(f"{env} {method}: some runs have normalised scores and some only raw returns ({raw}): "
                             "report them separately")
-        figures = [run_figures(r) for r in members]
+        figures = figures_of[env, dataset, method]
         final = _estimate([f["final"] for f in figures], reps)
         group = {"env": env, "dataset": dataset, "method": method, "n_runs": len(members),
                  "seeds": [r.seed for r in members], "score": "normalised" if members[0].normalised else "raw return",
@@ -80,29 +81,30 @@ def build_report(roots: list[str | Path], baseline: str | None = None, reps: int
                  "population_sizes": sorted({r.population for r in members})}
         for name in ("last_10pct", "last_5", "before_handover", "lowest_after_handover", "dip", "learner_lowest_after_handover"):
             group[name] = _estimate([f[name] for f in figures], reps)
-        base = _baseline_group(groups, env, dataset, baseline) if baseline not in (None, method) else None
+        base = _baseline_group(figures_of, env, dataset, baseline) if baseline not in (None, method) else None
         if base is not None:
-            finals = np.array([run_figures(r)["final"] for r in base])
+            finals = np.array([f["final"] for f in base])
             group["baseline_improvement"] = improvement_probability(finals, np.array(group["final_scores"]), reps).to_dict()
         out_groups.append(group)
     return {"command": " ".join(["o2o", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("o2o") else None,
             "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.node()} ({platform.machine()})",
             "bootstrap_reps": reps, "baseline": baseline, "n_runs": len(runs), "n_unfinished": len(runs) - len(finished),
             "unfinished": [str(r.path) for r in runs if not r.finished], "groups": out_groups,
-            "aggregate": _aggregate(groups, baseline, reps), "_runs": finished}
+            "aggregate": _aggregate(groups, figures_of, baseline, reps), "_runs": finished}
 
 
-def _baseline_group(groups: dict[tuple[str, str, str], list[RunRecord]], env: str, dataset: str,
-                    baseline: str) -> list[RunRecord] | None:
-    """The baseline's runs to compare a group with: on the same env and dataset, else its only
-    group on that env (a method without a dataset, as SAC from scratch, against one with)."""
-    if (env, dataset, baseline) in groups:
-        return groups[env, dataset, baseline]
-    on_env = [members for (e, _, m), members in groups.items() if e == env and m == baseline]
+def _baseline_group(figures_of: dict[tuple[str, str, str], list[dict[str, float]]], env: str, dataset: str,
+                    baseline: str) -> list[dict[str, float]] | None:
+    """The baseline's runs' figures to compare a group with: on the same env and dataset, else its
+    only group on that env (a method without a dataset, as SAC from scratch, against one with)."""
+    if (env, dataset, baseline) in figures_of:
+        return figures_of[env, dataset, baseline]
+    on_env = [figures for (e, _, m), figures in figures_of.items() if e == env and m == baseline]
     return on_env[0] if len(on_env) == 1 else None
 
 
-def _aggregate(groups: dict[tuple[str, str, str], list[RunRecord]], baseline: str | None, reps: int) -> list[dict[str, Any]]:
+def _aggregate(groups: dict[tuple[str, str, str], list[RunRecord]], figures_of: dict[tuple[str, str, str], list[dict[str, float]]],
+               baseline: str | None, reps: int) -> list[dict[str, Any]]:
     """Per method over every env it ran on (normalised scores only): IQM over runs x envs, each
     env cut to the method's smallest run count there (stratified bootstrap needs a full matrix),
     of the final scores and of each run's mean over its last 10% of evaluations (where a method
@@ -114,7 +116,7 @@ def _aggregate(groups: dict[tuple[str, str, str], list[RunRecord]], baseline: st
     for (env, dataset, method), members in groups.items():
         if members[0].normalised:  # a task is an env, or env and dataset where a method ran on several
             task = env if per_env[method, env] == 1 else f"{env} / {dataset}"
-            figures = [run_figures(r) for r in members]
+            figures = figures_of[env, dataset, method]
             by_method[method][task] = {name: np.array([f[name] for f in figures]) for name in ("final", "last_10pct")}
     rows = []
     for method, tasks in by_method.items():
